@@ -1,0 +1,7 @@
+"""``python -m iqeclip`` (and so ``torchrun -m iqeclip``)."""
+
+import sys
+
+from iqeclip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,276 @@
+"""The frozen CLIP backbone, built by open_clip (never vendored).
+
+One image in, the paper's visual inputs out: the raw residual stream after each tapped block
+(patch tokens only, CLS dropped) and the global embedding ``ln_post(CLS) @ proj``. The text tower
+is exposed as :class:`TextTower` for the prompted text encoder in :mod:`iqeclip.prompts`.
+
+Two traps of loading OpenAI weights are handled on purpose:
+
+* torch >= 2.6 refuses TorchScript archives (OpenAI's ``ViT-L-14-336px.pt``) under
+  ``weights_only=True``, so archives are recognised and read with ``torch.jit.load``;
+* open_clip builds whatever activation the config says for a file path, silently; here the
+  activation is always the explicit ``quick_gelu`` choice (default GELU, as the published runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from iqeclip.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def register_configs() -> None:
+    """Make the package's open_clip configs (``iqe-tiny``) known to open_clip."""
+    if "iqe-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The dimensions of an open_clip architecture that the trainable head depends on."""
+
+    name: str
+    embed_dim: int
+    vision_width: int
+    vision_layers: int
+    patch_size: int
+    text_width: int
+    text_layers: int
+
+    @classmethod
+    def from_name(cls, name: str) -> Architecture:
+        """Read the dimensions from open_clip's config registry.
+
+        Raises:
+            UserError: if open_clip does not know ``name`` or its towers do not fit IQE-CLIP.
+        """
+        register_configs()
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            raise UserError(
+                f"--model_name {name!r} is not an open_clip architecture (e.g. ViT-L-14-336, "
+                "ViT-B-16, iqe-tiny; all: python -c 'import open_clip; print(open_clip.list_models())')"
+            )
+        vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+        if "timm_model_name" in vision or "hf_model_name" in text or cfg.get("custom_text"):
+            raise UserError(
+                f"--model_name {name!r}: IQE-CLIP needs a plain CLIP ViT with the CLIP text tower"
+            )
+        if isinstance(vision["layers"], (list, tuple)):
+            raise UserError(f"--model_name {name!r} is not a ViT (IQE-CLIP taps ViT blocks)")
+        arch = cls(
+            name=name,
+            embed_dim=cfg["embed_dim"],
+            vision_width=vision["width"],
+            vision_layers=vision["layers"],
+            patch_size=vision["patch_size"],
+            text_width=text.get("width", 512),
+            text_layers=text.get("layers", 12),
+        )
+        if arch.text_width != arch.embed_dim:
+            raise UserError(
+                f"--model_name {name!r}: text width {arch.text_width} differs from embed_dim "
+                f"{arch.embed_dim}; IQE-CLIP feeds the image embedding back as text tokens"
+            )
+        return arch
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(
+            n.endswith("/constants.pkl") or n.startswith("code/") or "/code/" in n
+            for n in zf.namelist()
+        )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read CLIP weights from a local file.
+
+    Accepts an OpenAI TorchScript archive (``ViT-L-14-336px.pt``), a safetensors file, or a
+    ``torch.save``-d state dict (optionally under ``state_dict``, optionally with ``module.``
+    prefixes). Plain state dicts are read with ``weights_only=True``.
+
+    Raises:
+        UserError: naming the file if it is missing or not a weights file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--pretrain {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif _is_torchscript_archive(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any reader failure is the file's fault, reported in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--pretrain {path}: cannot read weights ({reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"--pretrain {path}: the file holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for key in _OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    return state
+
+
+def create_clip(
+    model_name: str,
+    pretrain: str,
+    img_size: int,
+    quick_gelu: bool,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Build an open_clip CLIP at ``img_size`` with the requested weights and activation.
+
+    Args:
+        model_name: open_clip architecture name.
+        pretrain: ``none``, an open_clip pretrained tag, or a local weights file.
+        img_size: input side; the visual position embeddings are resized to its grid (bicubic,
+            antialias, class-token row kept) by open_clip's ``resize_pos_embed``.
+        quick_gelu: activation of both towers (False = exact GELU).
+        device: where to build the model (``meta`` for shape-only work such as ``iqeclip info``).
+
+    Returns:
+        The open_clip model, fp32, frozen and in eval mode.
+    """
+    Architecture.from_name(model_name)
+    kwargs = dict(force_image_size=img_size, force_quick_gelu=quick_gelu)
+    is_file = pretrain.lower() != "none" and Path(pretrain).expanduser().exists()
+    if pretrain.lower() == "none" or is_file or str(device) == "meta":
+        with torch.device(device), _quiet_root_logger():
+            # open_clip warns that no weights were loaded: random init is what was asked for.
+            model = open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
+        if is_file and str(device) != "meta":
+            state = read_state_dict(Path(pretrain).expanduser())
+            # Traced archives also store buffers that open_clip rebuilds itself (attn_mask).
+            derived = set(dict(model.named_buffers())) - set(model.state_dict())
+            state = {k: v for k, v in state.items() if k not in derived}
+            open_clip.model.resize_pos_embed(state, model)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [k for k in missing if k != "logit_bias"]
+            if missing or unexpected:
+                shown = (missing or unexpected)[:3]
+                raise UserError(
+                    f"--pretrain {pretrain}: weights do not fit {model_name} "
+                    f"({'missing' if missing else 'unexpected'} keys such as {', '.join(shown)})"
+                )
+    else:
+        if pretrain not in open_clip.list_pretrained_tags_by_model(model_name):
+            raise UserError(
+                f"--pretrain {pretrain!r} is neither 'none', an existing file, nor an open_clip "
+                f"tag of {model_name} ({', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none known'})"
+            )
+        with warnings.catch_warnings():
+            # The QuickGELU mismatch warning is expected: the activation is our explicit choice.
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            try:
+                model = open_clip.create_model(model_name, pretrained=pretrain, **kwargs)
+            except RuntimeError as exc:
+                raise UserError(
+                    f"--pretrain {pretrain}: cannot obtain the weights ({str(exc).splitlines()[0]}); "
+                    "pass a local file instead, e.g. --pretrain ViT-L-14-336px.pt"
+                ) from None
+        model = model.to(device)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def activation_name(clip: nn.Module) -> str:
+    """The activation actually built into the vision tower's MLPs (``GELU`` or ``QuickGELU``)."""
+    return type(clip.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+class TextTower(nn.Module):
+    """The frozen pieces of the CLIP text transformer, for a custom prompted forward."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the text projection to pooled features ``(N, Dt) -> (N, D)``."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+
+class Backbone(nn.Module):
+    """Frozen CLIP: feature taps and global embedding of images, plus the text tower.
+
+    Args:
+        clip: an open_clip CLIP model (see :func:`create_clip`).
+        features_list: 1-based indices of the tapped vision blocks.
+        normalize: ``none`` (pixels in [0, 1], as the paper) or ``clip`` (CLIP mean/std).
+    """
+
+    def __init__(self, clip: nn.Module, features_list: list[int], normalize: str = "none") -> None:
+        super().__init__()
+        self.visual = clip.visual
+        self.text = TextTower(clip)
+        self.taps = [f - 1 for f in features_list]
+        self.normalize = normalize
+        self.register_buffer(
+            "mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        """The backbone is frozen: it stays in eval mode whatever the caller asks."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tap the vision tower.
+
+        Args:
+            images: ``(B, 3, H, W)`` float pixels in [0, 1].
+
+        Returns:
+            patch tokens ``(T, B, L, Dv)`` (raw residual stream after each tapped block, CLS
+            dropped) and the global embedding ``(B, D)`` = ``ln_post(CLS) @ proj``.
+        """
+        if self.normalize == "clip":
+            images = (images - self.mean) / self.std
+        out = self.visual.forward_intermediates(images, indices=self.taps, output_fmt="NLC")
+        return torch.stack(out["image_intermediates"]), out["image_features"]

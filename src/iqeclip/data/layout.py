@@ -1,0 +1,367 @@
+"""The MVFA pre-processed BMAD folder layout and the few-shot support lists.
+
+Layout of a data folder (``--data_path``)::
+
+    <data_path>/<Name>_AD/{valid,test}/{good,Ungood}/img/<file>
+    <data_path>/<Name>_AD/{valid,test}/Ungood/anomaly_mask/<same file name>   # mask datasets only
+
+The six BMAD datasets are known by name (:data:`CLASS_INDEX`; a positive index means pixel masks
+exist, a negative one image labels only). Any other ``<Name>_AD`` folder is a user's dataset; it
+has pixel masks iff ``test/Ungood/anomaly_mask`` exists.
+
+Few-shot support lists live at ``<seed_dir>/<Name>/<K>-shot.txt`` and hold two lines, in either
+order::
+
+    a-0: 01388_60.png 01471_60.png 00154_60.png 01646_90.png
+    n-0: 01325_99.png 00250_60.png 01555_60.png 01181_99.png
+
+``a-0`` lists abnormal images of ``<Name>_AD/valid/Ungood/img``, ``n-0`` normal images of
+``<Name>_AD/valid/good/img``. Only iteration 0 exists.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from iqeclip.errors import UserError
+
+__all__ = [
+    "CLASS_INDEX",
+    "IMAGE_SUFFIXES",
+    "SPLITS",
+    "Sample",
+    "available_datasets",
+    "dataset_root",
+    "find_support_list",
+    "has_masks",
+    "list_split",
+    "read_support_list",
+    "support_set",
+]
+
+CLASS_INDEX: dict[str, int] = {
+    "Brain": 3,
+    "Liver": 2,
+    "Retina_RESC": 1,
+    "Retina_OCT2017": -1,
+    "Chest": -2,
+    "Histopathology": -3,
+}
+"""Known BMAD datasets; index > 0: pixel masks exist, < 0: image-level labels only."""
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp")
+"""File suffixes (compared case-insensitively) that are listed as images."""
+
+SPLITS: tuple[str, ...] = ("valid", "test")
+"""The splits of a ``<Name>_AD`` folder."""
+
+_SUFFIX = "_AD"
+_NORMAL = "good"
+_ABNORMAL = "Ungood"
+_IMG = "img"
+_MASK = "anomaly_mask"
+_SUPPORT_LINE = re.compile(r"^([an])-(\d+)\s*:(.*)$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split.
+
+    Attributes:
+        image: Path of the image file.
+        label: 0 for a normal (``good``) image, 1 for an abnormal (``Ungood``) one.
+        mask: Path of the pixel mask; None for normal images and for image-only datasets.
+    """
+
+    image: Path
+    label: int
+    mask: Path | None
+
+
+def _data_dir(data_path: str | Path) -> Path:
+    path = Path(data_path)
+    if not path.is_dir():
+        raise UserError(f"data folder {path} (--data_path) does not exist or is not a folder")
+    return path
+
+
+def available_datasets(data_path: str | Path) -> list[str]:
+    """Names of all ``<X>_AD`` folders in the data folder.
+
+    Args:
+        data_path: The data folder.
+
+    Returns:
+        The names ``X`` (without ``_AD``), sorted.
+
+    Raises:
+        UserError: If ``data_path`` is not a folder.
+    """
+    root = _data_dir(data_path)
+    return sorted(
+        p.name[: -len(_SUFFIX)]
+        for p in root.iterdir()
+        if p.is_dir() and p.name.endswith(_SUFFIX) and len(p.name) > len(_SUFFIX)
+    )
+
+
+def dataset_root(data_path: str | Path, name: str) -> Path:
+    """The folder ``<data_path>/<name>_AD`` of a dataset.
+
+    Args:
+        data_path: The data folder.
+        name: The dataset name, e.g. ``"Brain"``.
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        UserError: If the data folder or the dataset folder does not exist; the message lists the
+            ``<X>_AD`` folders that do exist.
+    """
+    root = _data_dir(data_path) / f"{name}{_SUFFIX}"
+    if not root.is_dir():
+        found = available_datasets(data_path)
+        listing = ", ".join(f"{n}{_SUFFIX}" for n in found) if found else "none"
+        raise UserError(
+            f"dataset folder {root} does not exist; <Name>_AD folders in {Path(data_path)}: "
+            f"{listing}"
+        )
+    return root
+
+
+def has_masks(data_path: str | Path, name: str) -> bool:
+    """Whether a dataset has pixel-level anomaly masks.
+
+    Known datasets answer from :data:`CLASS_INDEX`; a user's dataset has masks iff
+    ``<name>_AD/test/Ungood/anomaly_mask`` exists.
+
+    Args:
+        data_path: The data folder.
+        name: The dataset name.
+
+    Returns:
+        True if pixel masks exist.
+
+    Raises:
+        UserError: If a user's dataset folder does not exist.
+    """
+    if name in CLASS_INDEX:
+        return CLASS_INDEX[name] > 0
+    return (dataset_root(data_path, name) / "test" / _ABNORMAL / _MASK).is_dir()
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted by name; hidden files and other suffixes are skipped."""
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} does not exist")
+    return sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        ),
+        key=lambda p: p.name,
+    )
+
+
+def list_split(data_path: str | Path, name: str, split: str) -> list[Sample]:
+    """All images of one split of a dataset.
+
+    Args:
+        data_path: The data folder.
+        name: The dataset name.
+        split: ``"valid"`` or ``"test"``.
+
+    Returns:
+        The normal images sorted by file name, then the abnormal images sorted by file name. For
+        mask datasets each abnormal image carries its mask ``Ungood/anomaly_mask/<same name>``.
+
+    Raises:
+        UserError: If the split is unknown, the split folder or one of its ``img`` folders is
+            missing, the split holds no image, or an abnormal image of a mask dataset has no mask.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    split_dir = dataset_root(data_path, name) / split
+    if not split_dir.is_dir():
+        raise UserError(f"split folder {split_dir} does not exist")
+    masks = has_masks(data_path, name)
+    normal = _list_images(split_dir / _NORMAL / _IMG)
+    abnormal = _list_images(split_dir / _ABNORMAL / _IMG)
+    if not normal and not abnormal:
+        raise UserError(
+            f"split folder {split_dir} holds no image ({', '.join(IMAGE_SUFFIXES)}) in "
+            f"{_NORMAL}/{_IMG} or {_ABNORMAL}/{_IMG}"
+        )
+    samples = [Sample(image=p, label=0, mask=None) for p in normal]
+    mask_dir = split_dir / _ABNORMAL / _MASK
+    for p in abnormal:
+        mask = None
+        if masks:
+            mask = mask_dir / p.name
+            if not mask.is_file():
+                raise UserError(f"abnormal image {p} has no mask: expected {mask}")
+        samples.append(Sample(image=p, label=1, mask=mask))
+    return samples
+
+
+def read_support_list(path: Path) -> tuple[list[str], list[str]]:
+    """Parse a few-shot support list file.
+
+    The file holds one ``a-0:`` line (abnormal names) and one ``n-0:`` line (normal names), in
+    either order, names separated by white space. CRLF line ends, blank lines and a missing final
+    newline are tolerated.
+
+    Args:
+        path: The ``<K>-shot.txt`` file.
+
+    Returns:
+        ``(abnormal_names, normal_names)`` in file order.
+
+    Raises:
+        UserError: If the file cannot be read or is malformed (the message names file and line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"support list {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read support list {path}: {exc}") from None
+    found: dict[str, list[str]] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        match = _SUPPORT_LINE.match(line)
+        if match is None:
+            raise UserError(
+                f"support list {path} line {number}: expected 'a-0: <names>' or "
+                f"'n-0: <names>', got {line[:60]!r}"
+            )
+        kind, iteration, rest = match.groups()
+        if int(iteration) != 0:
+            raise UserError(
+                f"support list {path} line {number}: only iteration 0 exists, got "
+                f"'{kind}-{iteration}'"
+            )
+        if kind in found:
+            raise UserError(f"support list {path} line {number}: second '{kind}-0' line")
+        names = rest.split()
+        if not names:
+            raise UserError(f"support list {path} line {number}: '{kind}-0' lists no image")
+        found[kind] = names
+    missing = [f"'{k}-0'" for k in ("a", "n") if k not in found]
+    if missing:
+        raise UserError(f"support list {path} has no {' or '.join(missing)} line")
+    return found["a"], found["n"]
+
+
+def find_support_list(
+    name: str, shot: int, seed_dir: str | Path | None, data_path: str | Path
+) -> Path:
+    """Locate the support list ``<name>/<shot>-shot.txt``.
+
+    Args:
+        name: The dataset name.
+        shot: Number of shots K.
+        seed_dir: Folder of the support lists; if None, ``<data_path>/fewshot_seed`` and then
+            ``./dataset/fewshot_seed`` (relative to the working folder) are tried in that order.
+        data_path: The data folder.
+
+    Returns:
+        The first existing candidate file.
+
+    Raises:
+        UserError: If no candidate exists; the message lists the places searched.
+    """
+    rel = Path(name) / f"{shot}-shot.txt"
+    if seed_dir is not None:
+        candidates = [Path(seed_dir) / rel]
+    else:
+        candidates = [
+            Path(data_path) / "fewshot_seed" / rel,
+            Path("dataset") / "fewshot_seed" / rel,
+        ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        f"no {shot}-shot support list for {name}; searched: "
+        + ", ".join(str(c) for c in candidates)
+    )
+
+
+def support_set(
+    data_path: str | Path,
+    name: str,
+    shot: int,
+    iterate: int,
+    seed_dir: str | Path | None = None,
+    seed: int = 42,
+) -> tuple[list[Sample], list[Sample]]:
+    """The few-shot support set, K abnormal and K normal images of the ``valid`` split.
+
+    Args:
+        data_path: The data folder.
+        name: The dataset name.
+        shot: Number of shots K per class (``--shot``).
+        iterate: ``>= 0``: read the support list file (only iteration 0 exists);
+            ``< 0``: draw K names per class with ``random.Random(seed).sample`` from the sorted
+            folder listings (abnormal first, then normal, from the same generator).
+        seed_dir: Folder of the support lists, see :func:`find_support_list`.
+        seed: Seed for ``iterate < 0``.
+
+    Returns:
+        ``(abnormal, normal)``: K samples each. From a list file they keep the file's order.
+
+    Raises:
+        UserError: If ``shot < 1``, ``iterate > 0``, the list file is missing, malformed, does not
+            list K names per class or names an image that does not exist, or if a class has fewer
+            than K images.
+    """
+    if shot < 1:
+        raise UserError(f"--shot must be at least 1, got {shot}")
+    if iterate > 0:
+        raise UserError(f"--iterate {iterate}: only iteration 0 exists in the support lists")
+    samples = list_split(data_path, name, "valid")
+    normal = [s for s in samples if s.label == 0]
+    abnormal = [s for s in samples if s.label == 1]
+    valid_dir = dataset_root(data_path, name) / "valid"
+
+    if iterate < 0:
+        for kind, pool, folder in (("abnormal", abnormal, _ABNORMAL), ("normal", normal, _NORMAL)):
+            if len(pool) < shot:
+                raise UserError(
+                    f"--shot {shot} needs {shot} {kind} images but {valid_dir / folder / _IMG} "
+                    f"holds {len(pool)}"
+                )
+        rng = random.Random(seed)
+        return rng.sample(abnormal, shot), rng.sample(normal, shot)
+
+    list_file = find_support_list(name, shot, seed_dir, data_path)
+    abnormal_names, normal_names = read_support_list(list_file)
+    chosen: list[list[Sample]] = []
+    for kind, names, pool, folder in (
+        ("a-0", abnormal_names, abnormal, _ABNORMAL),
+        ("n-0", normal_names, normal, _NORMAL),
+    ):
+        if len(names) != shot:
+            raise UserError(
+                f"support list {list_file}: '{kind}' lists {len(names)} images, expected {shot}"
+            )
+        by_name = {s.image.name: s for s in pool}
+        picked = []
+        for n in names:
+            if n not in by_name:
+                raise UserError(
+                    f"support list {list_file} names {n}, but {valid_dir / folder / _IMG / n} "
+                    "does not exist"
+                )
+            picked.append(by_name[n])
+        chosen.append(picked)
+    return chosen[0], chosen[1]

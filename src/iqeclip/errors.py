@@ -1,0 +1,16 @@
+"""User-facing errors.
+
+Every problem a user can cause (a missing folder, a bad flag, an unreadable file, a checkpoint
+built for another model) is raised as :class:`UserError` with a one-line message that names the
+file or flag at fault. The command line prints it as ``error: <message>`` and exits with code 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

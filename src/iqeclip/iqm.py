@@ -1,0 +1,123 @@
+"""IQM, the instance-aware query module: a small Q-Former in plain torch.
+
+Two learnable queries per image (normal / abnormal) pass through ``L`` post-LN layers of
+
+    self-attention -> cross-attention to the projected patch tokens of one level
+    -> cross-attention to the two text embeddings -> feed-forward (GELU)
+
+One set of weights serves every tapped level; the levels are stacked along the batch dimension
+and run as one call. Weights keep PyTorch's default initialisation, which is what the published
+runs started from (their HF wrapper defined no ``_init_weights``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-12
+
+
+class AttentionBlock(nn.Module):
+    """BERT-style post-LN attention: ``LN(x + Dropout(O(Attn(Q x, K m, V m))))``.
+
+    Args:
+        dim: query width and memory width.
+        heads: number of heads (``dim`` must be divisible by it).
+        dropout: attention-probability and output dropout (training only).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"IQM width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(N, Q, D)``, memory ``(N, M, D)``. Returns ``(N, Q, D)``."""
+        n, q, d = x.shape
+        h = self.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, -1, h, d // h).transpose(1, 2)
+
+        p = self.dropout if self.training else 0.0
+        att = F.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(memory)), split(self.value(memory)), dropout_p=p
+        )
+        att = self.out(att.transpose(1, 2).reshape(n, q, d))
+        return self.norm(x + F.dropout(att, p, self.training))
+
+
+class FeedForward(nn.Module):
+    """Post-LN feed-forward ``LN(x + Dropout(W2 GELU(W1 x)))`` with hidden width ``4 D``."""
+
+    def __init__(self, dim: int, dropout: float, ratio: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, ratio * dim)
+        self.fc2 = nn.Linear(ratio * dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(F.gelu(self.fc1(x)))
+        return self.norm(x + F.dropout(y, self.dropout, self.training))
+
+
+class IQMLayer(nn.Module):
+    """Self-attention, image cross-attention, text cross-attention, feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = AttentionBlock(dim, heads, dropout)
+        self.image_attn = AttentionBlock(dim, heads, dropout)
+        self.text_attn = AttentionBlock(dim, heads, dropout)
+        self.ffn = FeedForward(dim, dropout)
+
+    def forward(self, h: torch.Tensor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        h = self.self_attn(h, h)
+        h = self.image_attn(h, image)
+        h = self.text_attn(h, text)
+        return self.ffn(h)
+
+
+class IQM(nn.Module):
+    """Instance-aware query module.
+
+    Args:
+        dim: hidden width ``D`` (the backbone's embed_dim).
+        layers: depth (paper: 4).
+        heads: attention heads (paper: 8).
+        dropout: dropout probability during training (paper computation: 0.0).
+    """
+
+    def __init__(self, dim: int, layers: int = 4, heads: int = 8, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(dim, eps=LN_EPS)
+        self.dropout = dropout
+        self.layers = nn.ModuleList(IQMLayer(dim, heads, dropout) for _ in range(layers))
+
+    def forward(
+        self, queries: torch.Tensor, image: torch.Tensor, text: torch.Tensor
+    ) -> torch.Tensor:
+        """Refine the queries against one level's patch tokens and the text embeddings.
+
+        Args:
+            queries: ``(N, Q, D)`` (``N`` = levels x batch when levels are stacked).
+            image: ``(N, L, D)`` projected patch tokens (not normalised).
+            text: ``(N, 2, D)`` text embeddings.
+
+        Returns:
+            ``(N, Q, D)`` query features.
+        """
+        h = F.dropout(self.norm_in(queries), self.dropout, self.training)
+        for layer in self.layers:
+            h = layer(h, image, text)
+        return h

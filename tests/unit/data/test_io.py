@@ -1,0 +1,199 @@
+"""Tests for image and mask reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iqeclip.data.io import load_image, load_mask, to_float
+from iqeclip.errors import UserError
+
+RNG = np.random.default_rng(0)
+
+
+def _rgb_array(h: int = 29, w: int = 37) -> np.ndarray:
+    return RNG.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _reference(path: Path, size: int) -> np.ndarray:
+    """The reference pre-processing done by hand: PIL RGB + bicubic resize, (3, size, size)."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").resize((size, size), Image.BICUBIC)
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [("RGB", ".png"), ("L", ".png"), ("RGBA", ".png"), ("RGB", ".jpg"), ("L", ".jpeg")],
+)
+def test_load_image_bit_exact(tmp_path: Path, mode: str, suffix: str) -> None:
+    array = _rgb_array()
+    if mode == "L":
+        array = array[..., 0]
+    elif mode == "RGBA":
+        alpha = RNG.integers(0, 256, size=(*array.shape[:2], 1), dtype=np.uint8)
+        array = np.concatenate([array, alpha], axis=2)
+    path = tmp_path / f"img{suffix}"
+    Image.fromarray(array).save(path)
+    out = load_image(path, 24)
+    assert out.dtype == torch.uint8
+    assert out.shape == (3, 24, 24)
+    assert out.is_contiguous()
+    np.testing.assert_array_equal(out.numpy(), _reference(path, 24))
+    if mode == "L":
+        assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+
+
+def test_load_image_rgba_drops_alpha(tmp_path: Path) -> None:
+    array = _rgb_array(8, 8)
+    rgba = np.concatenate([array, np.zeros((8, 8, 1), np.uint8)], axis=2)
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba).save(path)
+    out = load_image(path, 8)  # same size: bicubic resize is the identity
+    np.testing.assert_array_equal(out.numpy(), array.transpose(2, 0, 1))
+
+
+def test_load_image_16bit_png(tmp_path: Path) -> None:
+    values = np.array([0, 128, 129, 257, 300, 32767, 65278, 65535] * 8, dtype=np.uint16)
+    values = values.reshape(8, 8)
+    path = tmp_path / "wide.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I")
+    out = load_image(path, 8)
+    expected = np.rint(values / 257.0).astype(np.uint8)
+    assert out.dtype == torch.uint8 and out.shape == (3, 8, 8)
+    for c in range(3):
+        np.testing.assert_array_equal(out[c].numpy(), expected)
+    assert out.max() == 255 and out.min() == 0
+
+
+def test_load_image_16bit_resized(tmp_path: Path) -> None:
+    values = RNG.integers(0, 65536, size=(20, 20), dtype=np.uint16)
+    path = tmp_path / "wide.png"
+    Image.fromarray(values).save(path)
+    out = load_image(path, 12)
+    grey = Image.fromarray(np.rint(values / 257.0).astype(np.uint8))
+    expected = np.asarray(grey.convert("RGB").resize((12, 12), Image.BICUBIC)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_load_image_32bit_int_clipped(tmp_path: Path) -> None:
+    values = np.array([[-5, 0, 65535, 100000]], dtype=np.int32).repeat(4, axis=0)
+    path = tmp_path / "int.tif"
+    Image.fromarray(values).save(path)
+    out = load_image(path, 4)
+    np.testing.assert_array_equal(out[0, 0].numpy(), [0, 0, 255, 255])
+
+
+def test_load_image_size_check(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(_rgb_array(4, 4)).save(path)
+    with pytest.raises(UserError, match="size"):
+        load_image(path, 0)
+
+
+def _bad_files(tmp_path: Path) -> list[Path]:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("this is not an image\n")
+    good = tmp_path / "full.png"
+    Image.fromarray(RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    data = good.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    return [empty, text, truncated, tmp_path / "missing.png"]
+
+
+def test_load_image_unreadable(tmp_path: Path) -> None:
+    for path in _bad_files(tmp_path):
+        with pytest.raises(UserError) as err:
+            load_image(path, 8)
+        msg = str(err.value)
+        assert msg.startswith(f"cannot read image {path}: "), msg
+        assert len(msg) > len(f"cannot read image {path}: ")
+        if path.name == "empty.png":
+            assert msg.endswith("empty file")
+    with pytest.raises(UserError, match="cannot read image"):
+        load_image(tmp_path, 8)  # a folder
+
+
+def test_load_mask_unreadable(tmp_path: Path) -> None:
+    for path in _bad_files(tmp_path):
+        with pytest.raises(UserError) as err:
+            load_mask(path, 8)
+        assert str(path) in str(err.value)
+
+
+def _pattern(h: int = 20, w: int = 30) -> np.ndarray:
+    pattern = np.zeros((h, w), dtype=bool)
+    pattern[3:11, 5:19] = True
+    pattern[14:18, 22:27] = True
+    return pattern
+
+
+@pytest.mark.parametrize("size", [20, 16, 7])
+def test_load_mask_01_equals_0255(tmp_path: Path, size: int) -> None:
+    pattern = _pattern()
+    p01 = tmp_path / "m01.png"
+    p255 = tmp_path / "m255.png"
+    Image.fromarray(pattern.astype(np.uint8)).save(p01)
+    Image.fromarray(pattern.astype(np.uint8) * 255).save(p255)
+    m01 = load_mask(p01, size)
+    m255 = load_mask(p255, size)
+    assert m01.dtype == torch.bool and m01.shape == (size, size)
+    assert torch.equal(m01, m255)
+    with Image.open(p255) as im:
+        expected = np.asarray(im.resize((size, size), Image.NEAREST)) >= 128
+    np.testing.assert_array_equal(m255.numpy(), expected)
+    assert m255.any()
+
+
+def test_load_mask_threshold_and_formats(tmp_path: Path) -> None:
+    pattern = _pattern(30, 30)
+    # grey levels: >= 128 anomalous, below not
+    levels = np.where(pattern, 128, 127).astype(np.uint8)
+    path = tmp_path / "levels.png"
+    Image.fromarray(levels).save(path)
+    np.testing.assert_array_equal(load_mask(path, 30).numpy(), pattern)
+    # RGB white-on-black, 1-bit, 16-bit 0/65535 and 16-bit 0/1 masks
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.stack([pattern.astype(np.uint8) * 255] * 3, axis=2)).save(rgb)
+    one_bit = tmp_path / "bit.png"
+    Image.fromarray(pattern).save(one_bit)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(pattern.astype(np.uint16) * 65535).save(wide)
+    wide01 = tmp_path / "wide01.png"
+    Image.fromarray(pattern.astype(np.uint16)).save(wide01)
+    jpg = tmp_path / "mask.jpg"
+    Image.fromarray(pattern.astype(np.uint8) * 255).save(jpg, quality=95)
+    for p in (rgb, one_bit, wide, wide01):
+        np.testing.assert_array_equal(load_mask(p, 30).numpy(), pattern, err_msg=str(p))
+    # lossy JPEG masks: nearly identical after thresholding
+    assert (load_mask(jpg, 30).numpy() != pattern).mean() < 0.02
+    # empty mask stays empty
+    empty = tmp_path / "zeros.png"
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(empty)
+    assert not load_mask(empty, 10).any()
+
+
+def test_to_float() -> None:
+    x = torch.tensor([[[0, 128, 255]]], dtype=torch.uint8)
+    y = to_float(x)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    torch.testing.assert_close(y, torch.tensor([[[0.0, 128 / 255, 1.0]]]))
+    with pytest.raises(TypeError):
+        to_float(y)
+
+
+def test_float_matches_totensor_reference(tmp_path: Path) -> None:
+    path = tmp_path / "img.png"
+    Image.fromarray(_rgb_array()).save(path)
+    out = to_float(load_image(path, 16))
+    ref = torch.from_numpy(_reference(path, 16).astype(np.float32) / 255.0)
+    assert torch.equal(out, ref)
