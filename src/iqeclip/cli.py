@@ -10,6 +10,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
@@ -36,125 +37,128 @@ def parse_features_list(tokens: Sequence[str] | None) -> list[int] | None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Flags that define the detector (see :class:`~iqeclip.config.ModelConfig`)."""
+    """Flags that define the detector (see :class:`~iqeclip.config.ModelConfig`).
+
+    Every default is ``None`` here: training fills it from :class:`ModelConfig`, testing from
+    the checkpoint, so only flags given explicitly override.
+    """
     d = ModelConfig()
     g = parser.add_argument_group("model")
     g.add_argument(
         *flag("model_name"),
         dest="model_name",
-        default=d.model_name,
-        help="open_clip architecture (default %(default)s; iqe-tiny for tests)",
+        help=f"open_clip architecture (default {d.model_name}; iqe-tiny for tests)",
     )
     g.add_argument(
         *flag("pretrain"),
         dest="pretrain",
-        default=d.pretrain,
-        help="none | an open_clip tag such as openai | a weights file "
-        "(OpenAI TorchScript .pt, state dict, safetensors) (default %(default)s)",
+        help="none | an open_clip tag such as openai | a weights file (OpenAI "
+        f"TorchScript .pt, state dict, safetensors) (default {d.pretrain})",
     )
     g.add_argument(
         *flag("img_size"),
         dest="img_size",
         type=int,
-        default=d.img_size,
-        help="input side in pixels (default %(default)s)",
+        help=f"input side in pixels (default {d.img_size})",
     )
     g.add_argument(
         *flag("features_list"),
         dest="features_list",
         nargs="+",
-        default=None,
         help="1-based tapped blocks, '6 12 18 24' or '[6,12,18,24]' (default: quartiles)",
     )
     g.add_argument(
         *flag("prompt_len"),
         dest="prompt_len",
         type=int,
-        default=d.prompt_len,
-        help="class-based prompting tokens (default %(default)s)",
+        help=f"class-based prompting tokens (default {d.prompt_len})",
     )
     g.add_argument(
         *flag("deep_prompt_len"),
         dest="deep_prompt_len",
         type=int,
-        default=d.deep_prompt_len,
-        help="learnable text prompt slots (default %(default)s)",
+        help=f"learnable text prompt slots (default {d.deep_prompt_len})",
     )
     g.add_argument(
         *flag("total_d_layer_len"),
         dest="total_d_layer_len",
         type=int,
-        default=None,
         help="deep text prompt layers: 0 or text layers - 1 (default)",
     )
     g.add_argument(
         *flag("use_global"),
         dest="use_global",
-        action="store_true",
-        default=True,
+        action="store_const",
+        const=True,
         help="condition class tokens and IQM queries on the global image embedding "
         "(default on; the published scripts inverted this flag)",
     )
     g.add_argument(
         *flag("no_use_global"),
         dest="use_global",
-        action="store_false",
+        action="store_const",
+        const=False,
         help="image-independent class tokens and queries",
     )
     g.add_argument(
         *flag("quick_gelu"),
         dest="quick_gelu",
-        action="store_true",
+        action="store_const",
+        const=True,
         help="build the backbone with QuickGELU, the activation OpenAI trained with "
-        "(off: exact GELU, as the published runs)",
+        "(default: exact GELU, as the published runs)",
     )
     g.add_argument(
         *flag("normalize"),
         dest="normalize",
         choices=["none", "clip"],
-        default="none",
-        help="input normalisation: none (pixels in [0,1], as the paper) or clip mean/std",
+        help="input normalisation: none (pixels in [0,1], the paper; default) or clip mean/std",
     )
     g.add_argument(
-        *flag("iqm_layers"),
-        dest="iqm_layers",
-        type=int,
-        default=d.iqm_layers,
-        help="IQM depth (default %(default)s)",
+        *flag("iqm_layers"), dest="iqm_layers", type=int, help=f"IQM depth (default {d.iqm_layers})"
     )
     g.add_argument(
         *flag("iqm_heads"),
         dest="iqm_heads",
         type=int,
-        default=d.iqm_heads,
-        help="IQM attention heads (default %(default)s)",
+        help=f"IQM attention heads (default {d.iqm_heads})",
     )
     g.add_argument(
         *flag("dropout"),
         dest="dropout",
         type=float,
-        default=d.dropout,
-        help="IQM dropout while training (default %(default)s, the published computation)",
+        help=f"IQM dropout while training (default {d.dropout}, the published computation)",
     )
+
+
+MODEL_FIELDS = (
+    "model_name",
+    "pretrain",
+    "img_size",
+    "features_list",
+    "prompt_len",
+    "deep_prompt_len",
+    "total_d_layer_len",
+    "use_global",
+    "quick_gelu",
+    "normalize",
+    "iqm_layers",
+    "iqm_heads",
+    "dropout",
+)
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags given on the command line (``features_list`` parsed)."""
+    given = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
+    if "features_list" in given:
+        given["features_list"] = parse_features_list(given["features_list"])
+    return given
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     """The :class:`ModelConfig` named by the parsed flags (not yet resolved)."""
-    return ModelConfig(
-        model_name=args.model_name,
-        pretrain=args.pretrain,
-        img_size=args.img_size,
-        features_list=parse_features_list(args.features_list),
-        prompt_len=args.prompt_len,
-        deep_prompt_len=args.deep_prompt_len,
-        total_d_layer_len=args.total_d_layer_len,
-        use_global=args.use_global,
-        quick_gelu=args.quick_gelu,
-        normalize=args.normalize,
-        iqm_layers=args.iqm_layers,
-        iqm_heads=args.iqm_heads,
-        dropout=args.dropout,
-    )
+    return ModelConfig(**model_overrides(args))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -179,9 +183,236 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"trainable parameters: {sum(counts.values())}")
 
 
+def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> None:
+    """Flags of the four workflows (REFERENCE §9 names, both spellings)."""
+    from iqeclip.train import RunConfig
+
+    d = RunConfig()
+    g = parser.add_argument_group("run")
+    g.add_argument(
+        *flag("obj"), dest="obj", default=d.obj, help="target dataset (default %(default)s)"
+    )
+    g.add_argument(
+        *flag("data_path"),
+        dest="data_path",
+        default=d.data_path,
+        help="folder with the <Name>_AD datasets (default %(default)s)",
+    )
+    g.add_argument(
+        *flag("batch_size"),
+        dest="batch_size",
+        type=int,
+        default=d.batch_size,
+        help="batch size (default %(default)s)",
+    )
+    g.add_argument(
+        *flag("seed"),
+        dest="seed",
+        type=int,
+        default=d.seed,
+        help="random seed (default %(default)s)",
+    )
+    g.add_argument(
+        *flag("device"), dest="device", default=d.device, help="auto | cpu | cuda | cuda:N"
+    )
+    g.add_argument(
+        *flag("workers"),
+        dest="workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default 4 on CUDA, 0 on CPU)",
+    )
+    g.add_argument(
+        *flag("log_path"),
+        dest="log_path",
+        default=None,
+        help="log file, appended (default log/<command>_<obj>.log)",
+    )
+    g.add_argument(
+        *flag("metrics_json"),
+        dest="metrics_json",
+        default=None,
+        help="write the target test metrics to this JSON file",
+    )
+    g.add_argument(
+        *flag("overwrite"),
+        dest="overwrite",
+        action="store_true",
+        help="replace an existing checkpoint or metrics file",
+    )
+    if few:
+        g.add_argument(
+            *flag("shot"), dest="shot", type=int, default=d.shot, help="K (default %(default)s)"
+        )
+        g.add_argument(
+            *flag("iterate"),
+            dest="iterate",
+            type=int,
+            default=d.iterate,
+            help="0: read <K>-shot.txt; -1: draw the support set with --seed",
+        )
+        g.add_argument(
+            *flag("fewshot_seed_dir"),
+            dest="fewshot_seed_dir",
+            default=None,
+            help="folder of <Name>/<K>-shot.txt (default <data_path>/fewshot_seed, "
+            "then ./dataset/fewshot_seed)",
+        )
+    if train:
+        g.add_argument(
+            *flag("epoch"),
+            *flag("epochs"),
+            dest="epochs",
+            type=int,
+            default=d.epochs,
+            help="epochs (default %(default)s)",
+        )
+        g.add_argument(
+            *flag("learning_rate"),
+            *flag("lr"),
+            dest="learning_rate",
+            type=float,
+            default=d.learning_rate,
+            help="learning rate (default %(default)s; 0.01 for the temperature)",
+        )
+        g.add_argument(
+            *flag("save_dir"),
+            dest="save_dir",
+            default=d.save_dir,
+            help="checkpoint folder (default %(default)s)",
+        )
+        choices = ["last", "source-val", "target-test"] if not few else ["last", "target-test"]
+        g.add_argument(
+            *flag("select"),
+            dest="select",
+            choices=choices,
+            default=None,
+            help="checkpoint selection (default: "
+            + ("last" if few else "source-val")
+            + "; target-test is the published, optimistic protocol)",
+        )
+    else:
+        g.add_argument(
+            *flag("ckpt_path"), dest="ckpt_path", required=True, help="checkpoint to test"
+        )
+
+
+def run_config_from_args(args: argparse.Namespace, setting: str):
+    """The :class:`~iqeclip.train.RunConfig` named by the parsed flags."""
+    from iqeclip.train import RunConfig
+
+    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if hasattr(args, f)}
+    run = RunConfig(setting=setting, **fields)
+    if run.log_path is None:
+        run.log_path = f"log/{args.command}_{run.obj}.log"
+    return run
+
+
+def _parser_for(train: bool, few: bool) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        add_model_args(parser)
+        add_run_args(parser, train=train, few=few)
+
+    return add
+
+
+def cmd_train_zero(args: argparse.Namespace) -> None:
+    from iqeclip.train import train_zero
+
+    train_zero(model_config_from_args(args), run_config_from_args(args, "zero"))
+
+
+def cmd_train_few(args: argparse.Namespace) -> None:
+    from iqeclip.train import train_few
+
+    train_few(model_config_from_args(args), run_config_from_args(args, "few"))
+
+
+def cmd_test_zero(args: argparse.Namespace) -> None:
+    from iqeclip.train import test
+
+    test(model_overrides(args), run_config_from_args(args, "zero"))
+
+
+def cmd_test_few(args: argparse.Namespace) -> None:
+    from iqeclip.train import test
+
+    test(model_overrides(args), run_config_from_args(args, "few"))
+
+
+def add_synth_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(*flag("out"), dest="out", required=True, help="output folder")
+    parser.add_argument(
+        *flag("size"),
+        dest="size",
+        type=int,
+        default=12,
+        help="test images per class and dataset (default %(default)s)",
+    )
+    parser.add_argument(
+        *flag("seed"), dest="seed", type=int, default=0, help="seed (default %(default)s)"
+    )
+    parser.add_argument(
+        *flag("image_size"),
+        dest="image_size",
+        type=int,
+        default=128,
+        help="image side in pixels (default %(default)s)",
+    )
+    parser.add_argument(
+        *flag("overwrite"),
+        dest="overwrite",
+        action="store_true",
+        help="rewrite the datasets in a non-empty folder",
+    )
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from iqeclip.data.synth import write_benchmark
+
+    counts = write_benchmark(args.out, args.size, args.seed, args.image_size, args.overwrite)
+    for name, splits in counts.items():
+        print(f"{name}_AD: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+    print(f"synthetic benchmark written to {args.out}")
+
+
+def add_demo_args(parser: argparse.ArgumentParser) -> None:
+    from iqeclip.demo import add_demo_args as add
+
+    add(parser)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from iqeclip.demo import run_demo
+
+    run_demo(args)
+
+
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 ] = {
+    "train-zero": (
+        "zero-shot training: leave the target out, train on the other datasets",
+        _parser_for(True, False),
+        cmd_train_zero,
+    ),
+    "train-few": (
+        "few-shot training on K abnormal + K normal support images of the target",
+        _parser_for(True, True),
+        cmd_train_few,
+    ),
+    "test-zero": (
+        "test a zero-shot checkpoint on the target's test split",
+        _parser_for(False, False),
+        cmd_test_zero,
+    ),
+    "test-few": (
+        "test a few-shot checkpoint on the target's test split",
+        _parser_for(False, True),
+        cmd_test_few,
+    ),
+    "synth": ("write the synthetic BMAD-layout benchmark", add_synth_args, cmd_synth),
+    "demo": ("offline end-to-end demo on the synthetic benchmark", add_demo_args, cmd_demo),
     "info": (
         "print the resolved configuration and trainable parameter counts",
         add_model_args,

@@ -1,0 +1,112 @@
+"""Torch datasets and samplers for the paper's protocols.
+
+* :class:`ImageDataset` reads samples lazily (PIL decode + bicubic resize, the reference
+  pre-processing) and returns uint8 images, bool masks and labels.
+* :class:`HomogeneousBatchSampler` gives the zero-shot protocol's dataset-homogeneous batches:
+  each source is shuffled and chunked, then all chunks are shuffled, anew every epoch.
+* :func:`augmented_support` builds the few-shot training set: K abnormal + K normal support images,
+  each in its 11 fixed augmentations.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler, TensorDataset
+
+from iqeclip.data.augment import augment
+from iqeclip.data.io import load_image, load_mask, to_float
+from iqeclip.data.layout import Sample
+
+
+class ImageDataset(Dataset):
+    """Samples as tensors.
+
+    Args:
+        samples: images with labels and optional mask paths.
+        size: square side in pixels.
+        segmentation: the samples come from a dataset with pixel masks (returned with each
+            item, so that a batch knows whether its segmentation losses apply).
+
+    Items are ``(image uint8 (3, S, S), mask bool (S, S), label int64 (), segmentation bool ())``;
+    samples without a mask get an all-zero mask.
+    """
+
+    def __init__(self, samples: Sequence[Sample], size: int, segmentation: bool = False) -> None:
+        self.samples = list(samples)
+        self.size = size
+        self.segmentation = segmentation
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        s = self.samples[index]
+        image = load_image(s.image, self.size)
+        if s.mask is not None:
+            mask = load_mask(s.mask, self.size)
+        else:
+            mask = torch.zeros(self.size, self.size, dtype=torch.bool)
+        return image, mask, torch.tensor(s.label), torch.tensor(self.segmentation)
+
+
+class HomogeneousBatchSampler(Sampler[list[int]]):
+    """Batches that never mix datasets, reshuffled every epoch.
+
+    Args:
+        groups: dataset indices of each source, e.g. ``[[0..n0), [n0..n0+n1), ...]``.
+        batch_size: batch size; the last chunk of each source may be smaller.
+        seed: base seed; epoch ``e`` uses ``seed + e`` (call :meth:`set_epoch`).
+    """
+
+    def __init__(self, groups: Sequence[Sequence[int]], batch_size: int, seed: int) -> None:
+        self.groups = [list(g) for g in groups if len(g)]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, in order."""
+        rng = random.Random(self.seed + self.epoch)
+        chunks = []
+        for group in self.groups:
+            order = list(group)
+            rng.shuffle(order)
+            chunks += [
+                order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)
+            ]
+        rng.shuffle(chunks)
+        return chunks
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return sum(-(-len(g) // self.batch_size) for g in self.groups)
+
+
+def augmented_support(
+    abnormal: Sequence[Sample], normal: Sequence[Sample], size: int, segmentation: bool
+) -> TensorDataset:
+    """The few-shot training set: 11 augmentations of each of the K abnormal and K normal images.
+
+    Returns:
+        ``TensorDataset`` of images float ``(22K, 3, S, S)``, masks bool ``(22K, S, S)``, labels
+        ``(22K,)`` and segmentation flags ``(22K,)``, abnormal samples first.
+    """
+    parts = []
+    for samples, label in ((abnormal, 1), (normal, 0)):
+        data = ImageDataset(samples, size, segmentation)
+        items = [data[i] for i in range(len(data))]
+        images = to_float(torch.stack([item[0] for item in items]))
+        masks = torch.stack([item[1] for item in items]).unsqueeze(1).float()
+        images, masks = augment(images, masks)
+        n = len(images)
+        flags = torch.full((n,), segmentation)
+        parts.append((images, masks[:, 0] > 0.5, torch.full((n,), label), flags))
+    return TensorDataset(*(torch.cat(p) for p in zip(*parts, strict=True)))

@@ -1,0 +1,419 @@
+"""The paper's workflows: zero-shot and few-shot training, and testing.
+
+Zero-shot (leave one dataset out): train on the ``test`` splits of every other dataset in
+``--data_path`` with dataset-homogeneous batches, evaluate on the target's ``test`` split.
+Few-shot: fine-tune on K abnormal + K normal ``valid`` images of the target, each in 11 fixed
+augmentations, evaluate on the target's ``test`` split. Both start every trainable module from
+the same seeded initial state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm import tqdm
+
+from iqeclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from iqeclip.config import ModelConfig
+from iqeclip.data.datasets import HomogeneousBatchSampler, ImageDataset, augmented_support
+from iqeclip.data.layout import Sample, available_datasets, has_masks, list_split, support_set
+from iqeclip.errors import UserError
+from iqeclip.evaluate import as_input, evaluate, metric_lines, selection_score, write_metrics_json
+from iqeclip.losses import iqe_loss
+from iqeclip.maps import Setting
+from iqeclip.model import IQEClip
+
+Select = Literal["last", "source-val", "target-test"]
+TEMP_LR = 0.01  # learning rate of the text-branch temperature, as published
+BETAS = (0.5, 0.999)
+EVALS_PER_EPOCH = 5  # zero-shot: evaluate before each fifth of an epoch, as published
+
+
+@dataclass
+class RunConfig:
+    """Everything about a run that is not the model.
+
+    Attributes:
+        obj: target dataset name (``Brain``, ``Liver``, ...).
+        data_path: folder holding the ``<Name>_AD`` datasets.
+        setting: ``zero`` or ``few``.
+        shot: K for few-shot.
+        iterate: few-shot support: ``0`` reads the ``<K>-shot.txt`` list, ``-1`` draws with the seed.
+        fewshot_seed_dir: where ``<Name>/<K>-shot.txt`` lists live (default: see the data docs).
+        batch_size: training batch size (evaluation uses twice this).
+        epochs: training epochs.
+        learning_rate: learning rate of everything but the temperature.
+        seed: seeds python, numpy and torch.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        workers: DataLoader worker processes (``None``: 4 on CUDA, 0 on CPU).
+        select: checkpoint selection (``last``, ``source-val``, ``target-test``).
+        save_dir: checkpoint folder (training).
+        ckpt_path: checkpoint to test.
+        log_path: log file (appended).
+        metrics_json: write the final metrics here as JSON.
+        overwrite: allow replacing an existing checkpoint or metrics file.
+    """
+
+    obj: str = "Brain"
+    data_path: str = "./data"
+    setting: Setting = "zero"
+    shot: int = 4
+    iterate: int = 0
+    fewshot_seed_dir: str | None = None
+    batch_size: int = 16
+    epochs: int = 50
+    learning_rate: float = 1e-4
+    seed: int = 42
+    device: str = "auto"
+    workers: int | None = None
+    select: Select | None = None
+    save_dir: str = "./ckpt"
+    ckpt_path: str | None = None
+    log_path: str | None = None
+    metrics_json: str | None = None
+    overwrite: bool = False
+
+
+class RunLog:
+    """Lines to the console (above the progress bars) and appended to the log file."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.file: TextIO | None = None
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def __call__(self, line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; anything else must be usable."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def _workers(run: RunConfig, device: torch.device) -> int:
+    return run.workers if run.workers is not None else (4 if device.type == "cuda" else 0)
+
+
+def make_optimizer(model: IQEClip, learning_rate: float) -> torch.optim.Adam:
+    """Adam (0.5, 0.999): ``learning_rate`` for the head, 0.01 for the temperature."""
+    temp = model.head.class_tokens.prompt_temp
+    rest = [p for p in model.head.parameters() if p is not temp]
+    return torch.optim.Adam(
+        [{"params": rest, "lr": learning_rate}, {"params": [temp], "lr": TEMP_LR}], betas=BETAS
+    )
+
+
+def train_step(
+    model: IQEClip, optimizer: torch.optim.Optimizer, batch: Sequence[torch.Tensor]
+) -> float:
+    """One optimisation step on a batch ``(images, masks, labels, segmentation flags)``."""
+    device = next(model.head.parameters()).device
+    images, masks, labels, seg = batch
+    logits = model(as_input(images, device))
+    loss = iqe_loss(logits, masks.to(device), labels.to(device), segmentation=bool(seg[0]))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _checkpoint_path(run: RunConfig) -> Path:
+    name = f"{run.obj}.pth" if run.setting == "zero" else f"{run.obj}_{run.shot}.pth"
+    return Path(run.save_dir).expanduser() / name
+
+
+def _refuse_overwrite(run: RunConfig, *paths: Path | None) -> None:
+    for path in paths:
+        if path is not None and path.exists() and not run.overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _held_out(samples: list[Sample], seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split off a tenth of each class (at least one) as source validation: (train, val)."""
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in (0, 1):
+        group = [s for s in samples if s.label == label]
+        rng.shuffle(group)
+        k = max(1, len(group) // 10) if len(group) > 1 else 0
+        val += group[:k]
+        train += group[k:]
+    return train, val
+
+
+class Trainer:
+    """Shared machinery of the two training workflows: model, optimiser, selection, saving."""
+
+    def __init__(self, model_cfg: ModelConfig, run: RunConfig, log: RunLog) -> None:
+        self.run = run
+        self.log = log
+        self.device = resolve_device(run.device)
+        self.workers = _workers(run, self.device)
+        self.ckpt = _checkpoint_path(run)
+        _refuse_overwrite(run, self.ckpt, Path(run.metrics_json) if run.metrics_json else None)
+        seed_everything(run.seed)
+        self.model = IQEClip.build(model_cfg, self.device)
+        self.optimizer = make_optimizer(self.model, run.learning_rate)
+        self.best = -float("inf")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        for key, value in {**self.model.config.to_dict(), **dataclasses.asdict(run)}.items():
+            log(f"{key}: {value}")
+        log(f"activation: {self.model.activation}")
+        log(f"device: {self.device}")
+
+    def evaluate(self, samples: list[Sample], name: str, pixel: bool, desc: str) -> dict[str, Any]:
+        return evaluate(
+            self.model,
+            samples,
+            self.run.setting,
+            pixel,
+            2 * self.run.batch_size,
+            self.workers,
+            desc,
+        )
+
+    def consider(self, score: float, meta: dict[str, Any], where: str) -> None:
+        """Keep and save the current weights if ``score`` is at least the best so far."""
+        if score >= self.best:
+            self.best = score
+            self.best_state = {
+                k: v.detach().clone() for k, v in self.model.head.state_dict().items()
+            }
+            save_checkpoint(
+                self.ckpt,
+                self.model,
+                {**meta, "selection_score": score, "run": dataclasses.asdict(self.run)},
+            )
+            self.log(f"best epoch found: {where}")
+
+    def save_last(self, meta: dict[str, Any]) -> None:
+        save_checkpoint(self.ckpt, self.model, {**meta, "run": dataclasses.asdict(self.run)})
+
+    def finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
+        """Restore the selected weights, evaluate on the target test split, log and return."""
+        if self.best_state is not None:
+            self.model.head.load_state_dict(self.best_state)
+        metrics = self.evaluate(test_samples, self.run.obj, pixel, f"{self.run.obj} test")
+        for line in metric_lines(self.run.obj, metrics):
+            self.log(line)
+        self.log(f"checkpoint: {self.ckpt} (selected by {select})")
+        if self.run.metrics_json:
+            write_metrics_json(self.run.metrics_json, metrics, **_record_fields(self.run))
+        return metrics
+
+    def epoch_bar(self, loader: DataLoader, epoch: int) -> tqdm:
+        return tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _record_fields(run: RunConfig) -> dict[str, Any]:
+    return {
+        "dataset": run.obj,
+        "setting": run.setting,
+        "shot": run.shot if run.setting == "few" else 0,
+    }
+
+
+def _warn_target_test(log: RunLog) -> None:
+    msg = (
+        "--select target-test picks the checkpoint on the target test set, as the published "
+        "protocol does; its test metrics are optimistic"
+    )
+    warnings.warn(msg, stacklevel=3)
+    log(f"warning: {msg}")
+
+
+def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
+    """Zero-shot training on the other datasets; returns the target test metrics."""
+    run = dataclasses.replace(run, setting="zero")
+    select: Select = run.select or "source-val"
+    if select not in ("last", "source-val", "target-test"):
+        raise UserError(f"--select {select!r} must be last, source-val or target-test")
+    log = RunLog(run.log_path)
+    try:
+        sources = [n for n in available_datasets(run.data_path) if n != run.obj]
+        test_samples = list_split(run.data_path, run.obj, "test")
+        target_pixel = has_masks(run.data_path, run.obj)
+        if not sources:
+            raise UserError(
+                f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other <Name>_AD datasets"
+            )
+        trainer = Trainer(model_cfg, run, log)
+        size = trainer.model.config.img_size
+        parts, val = [], []
+        for name in sources:
+            samples = list_split(run.data_path, name, "test")
+            pixel = has_masks(run.data_path, name)
+            if select == "source-val":
+                samples, held = _held_out(samples, run.seed)
+                val.append((name, held, pixel))
+            parts.append(ImageDataset(samples, size, segmentation=pixel))
+        log(f"sources: {', '.join(f'{n} ({len(p)})' for n, p in zip(sources, parts, strict=True))}")
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        groups = [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
+        sampler = HomogeneousBatchSampler(groups, run.batch_size, run.seed)
+        loader = DataLoader(
+            ConcatDataset(parts), batch_sampler=sampler, num_workers=trainer.workers
+        )
+        if select == "target-test":
+            _warn_target_test(log)
+
+        def checkpoint_eval(epoch: int, step: int) -> None:
+            if select == "target-test":
+                metrics = trainer.evaluate(test_samples, run.obj, target_pixel, "target test")
+                for line in metric_lines(run.obj, metrics):
+                    log(line)
+                score = selection_score(metrics)
+            else:
+                scores = []
+                for name, held, pixel in val:
+                    metrics = trainer.evaluate(held, name, pixel, f"{name} val")
+                    for line in metric_lines(f"source-val {name}", metrics):
+                        log(line)
+                    scores.append(selection_score(metrics))
+                score = float(np.mean(scores))
+            trainer.consider(score, {"epoch": epoch, "step": step}, f"epoch {epoch} batch {step}")
+
+        n_batches = len(sampler)
+        eval_steps = {round(k * n_batches / EVALS_PER_EPOCH) for k in range(EVALS_PER_EPOCH)}
+        for epoch in range(run.epochs):
+            sampler.set_epoch(epoch)
+            log(f"epoch: {epoch}")
+            losses, start = [], time.perf_counter()
+            bar = trainer.epoch_bar(loader, epoch)
+            for step, batch in enumerate(bar):
+                if select != "last" and step in eval_steps:
+                    checkpoint_eval(epoch, step)
+                losses.append(train_step(trainer.model, trainer.optimizer, batch))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            log(
+                f"Loss: {np.mean(losses):.6f} ({len(loader.dataset) / (time.perf_counter() - start):.1f} img/s)"
+            )
+        if select != "last":
+            checkpoint_eval(run.epochs, 0)
+        else:
+            trainer.save_last({"epoch": run.epochs})
+        return trainer.finish(test_samples, target_pixel, select)
+    finally:
+        log.close()
+
+
+def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
+    """Few-shot training on K abnormal + K normal support images; returns the test metrics."""
+    run = dataclasses.replace(run, setting="few")
+    select: Select = run.select or "last"
+    if select not in ("last", "target-test"):
+        raise UserError(
+            f"--select {select!r}: few-shot training supports last or target-test (no source data)"
+        )
+    log = RunLog(run.log_path)
+    try:
+        pixel = has_masks(run.data_path, run.obj)
+        test_samples = list_split(run.data_path, run.obj, "test")
+        abnormal, normal = support_set(
+            run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
+        )
+        trainer = Trainer(model_cfg, run, log)
+        support = augmented_support(abnormal, normal, trainer.model.config.img_size, pixel)
+        log(
+            f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"
+        )
+        generator = torch.Generator().manual_seed(run.seed)
+        loader = DataLoader(support, batch_size=run.batch_size, shuffle=True, generator=generator)
+        if select == "target-test":
+            _warn_target_test(log)
+        for epoch in range(run.epochs):
+            log(f"epoch: {epoch}")
+            losses, start = [], time.perf_counter()
+            bar = trainer.epoch_bar(loader, epoch)
+            for batch in bar:
+                losses.append(train_step(trainer.model, trainer.optimizer, batch))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            log(
+                f"Loss: {np.mean(losses):.6f} ({len(support) / (time.perf_counter() - start):.1f} img/s)"
+            )
+            if select == "target-test":
+                metrics = trainer.evaluate(test_samples, run.obj, pixel, "target test")
+                for line in metric_lines(run.obj, metrics):
+                    log(line)
+                trainer.consider(selection_score(metrics), {"epoch": epoch}, f"epoch {epoch}")
+        if select == "last":
+            trainer.save_last({"epoch": run.epochs})
+        return trainer.finish(test_samples, pixel, select)
+    finally:
+        log.close()
+
+
+def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on the target's test split.
+
+    Args:
+        model_overrides: model flags given explicitly; the rest comes from the checkpoint.
+        run: run settings (``ckpt_path`` required).
+    """
+    if not run.ckpt_path:
+        raise UserError("--ckpt_path is required")
+    metrics_json = Path(run.metrics_json) if run.metrics_json else None
+    _refuse_overwrite(run, metrics_json)
+    stored, _, _ = read_checkpoint(run.ckpt_path)
+    config = dataclasses.replace(stored, **model_overrides)
+    log = RunLog(run.log_path)
+    try:
+        device = resolve_device(run.device)
+        samples = list_split(run.data_path, run.obj, "test")
+        pixel = has_masks(run.data_path, run.obj)
+        model = IQEClip.build(config, device)
+        load_checkpoint(model, run.ckpt_path)
+        for key, value in {**model.config.to_dict(), **dataclasses.asdict(run)}.items():
+            log(f"{key}: {value}")
+        metrics = evaluate(
+            model,
+            samples,
+            run.setting,
+            pixel,
+            run.batch_size,
+            _workers(run, device),
+            f"{run.obj} test",
+        )
+        for line in metric_lines(run.obj, metrics):
+            log(line)
+        if metrics_json is not None:
+            write_metrics_json(metrics_json, metrics, **_record_fields(run))
+        return metrics
+    finally:
+        log.close()

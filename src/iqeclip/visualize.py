@@ -1,0 +1,80 @@
+"""Anomaly maps as pictures: colour maps, overlays, ground-truth contours, image grids (PIL only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# A perceptually ordered dark-blue -> red -> yellow ramp (anchor colours of "inferno"-like maps).
+_ANCHORS = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float64,
+)
+
+
+def colorize(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] ``(H, W)`` to RGB uint8 ``(H, W, 3)`` (values outside are clipped)."""
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_ANCHORS) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(_ANCHORS) - 2)
+    frac = (v - lo)[..., None]
+    return np.rint(_ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, values: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the coloured map over an RGB uint8 image of the same size ``(H, W, 3)``."""
+    if image.shape[:2] != values.shape:
+        raise ValueError(f"image {image.shape[:2]} and map {values.shape} differ in size")
+    blend = (1 - alpha) * image.astype(np.float64) + alpha * colorize(values)
+    return np.rint(blend).astype(np.uint8)
+
+
+def draw_contour(
+    image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 0)
+) -> np.ndarray:
+    """Draw the boundary pixels of a bool mask ``(H, W)`` onto a copy of ``image``."""
+    m = mask.astype(bool)
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    out = image.copy()
+    out[m & ~inner] = color
+    return out
+
+
+def grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    labels: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
+    pad: int = 4,
+) -> Image.Image:
+    """Tile equally sized RGB uint8 images into a grid, with optional row labels (left) and
+    column titles (top)."""
+    h, w = rows[0][0].shape[:2]
+    left = 110 if labels else 0
+    top = 16 if titles else 0
+    cols = max(len(r) for r in rows)
+    size = (left + cols * (w + pad) + pad, top + len(rows) * (h + pad) + pad)
+    canvas = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, title in enumerate(titles or []):
+        draw.text((left + pad + j * (w + pad), 3), title, fill="black")
+    for i, row in enumerate(rows):
+        y = top + pad + i * (h + pad)
+        if labels:
+            draw.text((4, y + h // 2 - 6), labels[i], fill="black")
+        for j, tile in enumerate(row):
+            canvas.paste(Image.fromarray(tile), (left + pad + j * (w + pad), y))
+    return canvas

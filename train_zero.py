@@ -1,0 +1,11 @@
+"""Paper-compatible entry point: `python train_zero.py` with the flags of the IQE-CLIP README.
+
+Same as `iqeclip train-zero ...`; see `iqeclip train-zero --help`.
+"""
+
+import sys
+
+from iqeclip.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train-zero", *sys.argv[1:]]))
