@@ -30,6 +30,7 @@ from torch import nn
 from iqeclip.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
+RANDOM_INIT_SEED = 0
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
@@ -157,11 +158,17 @@ def create_clip(
     Architecture.from_name(model_name)
     kwargs = dict(force_image_size=img_size, force_quick_gelu=quick_gelu)
     is_file = pretrain.lower() != "none" and Path(pretrain).expanduser().exists()
-    if pretrain.lower() == "none" or is_file or str(device) == "meta":
-        with torch.device(device), _quiet_root_logger():
-            # open_clip warns that no weights were loaded: random init is what was asked for.
-            model = open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
-        if is_file and str(device) != "meta":
+    meta = str(device) == "meta"
+    if pretrain.lower() == "none" or is_file or meta:
+        # A random backbone is always the same one (seed RANDOM_INIT_SEED, drawn on the CPU), so
+        # that a checkpoint trained on `--pretrain none` can be tested later; the caller's random
+        # state is left untouched. open_clip's "no pretrained weights" warning is expected here.
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+            torch.manual_seed(RANDOM_INIT_SEED)
+            build_on = "meta" if meta else "cpu"
+            with torch.device(build_on):
+                model = open_clip.create_model(model_name, pretrained=None, device=build_on, **kwargs)
+        if is_file and not meta:
             state = read_state_dict(Path(pretrain).expanduser())
             # Traced archives also store buffers that open_clip rebuilds itself (attn_mask).
             derived = set(dict(model.named_buffers())) - set(model.state_dict())
@@ -191,6 +198,7 @@ def create_clip(
                     f"--pretrain {pretrain}: cannot obtain the weights ({str(exc).splitlines()[0]}); "
                     "pass a local file instead, e.g. --pretrain ViT-L-14-336px.pt"
                 ) from None
+    if str(device) != "meta":
         model = model.to(device)
     model.requires_grad_(False)
     return model.eval()

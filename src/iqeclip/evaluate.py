@@ -109,9 +109,46 @@ def evaluate(
         ``image_auroc``, ``image_ap``, ``image_f1_max`` and (``None`` without masks)
         ``pixel_auroc``, ``pixel_ap``, ``pixel_aupro``, plus ``n_images``.
     """
-    pred = predict_samples(model, samples, setting, batch_size, pixel_masks, workers, desc)
-    metrics = compute_metrics(pred.image_scores, pred.labels, pred.maps, pred.masks)
-    return {**metrics, "n_images": len(samples)}
+    groups = [("", list(samples), pixel_masks)]
+    return evaluate_groups(model, groups, setting, batch_size, workers, desc)[""]
+
+
+def evaluate_groups(
+    model: IQEClip,
+    groups: Sequence[tuple[str, Sequence[Sample], bool]],
+    setting: Setting,
+    batch_size: int,
+    workers: int = 0,
+    desc: str = "test",
+) -> dict[str, dict[str, Any]]:
+    """Metrics of several datasets, scored in at most two passes (with and without masks).
+
+    Args:
+        groups: ``(name, samples, pixel_masks)`` per dataset.
+
+    Returns:
+        The metrics of :func:`evaluate` per dataset name.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for pixel in (True, False):
+        chosen = [(name, list(samples)) for name, samples, p in groups if p == pixel]
+        if not chosen:
+            continue
+        pred = predict_samples(
+            model, [s for _, g in chosen for s in g], setting, batch_size, pixel, workers, desc
+        )
+        start = 0
+        for name, samples in chosen:
+            part = slice(start, start + len(samples))
+            start = part.stop
+            metrics = compute_metrics(
+                pred.image_scores[part],
+                pred.labels[part],
+                pred.maps[part] if pixel else None,
+                pred.masks[part] if pixel else None,
+            )
+            results[name] = {**metrics, "n_images": len(samples)}
+    return results
 
 
 def selection_score(metrics: dict[str, Any]) -> float:

@@ -30,7 +30,14 @@ from iqeclip.config import ModelConfig
 from iqeclip.data.datasets import HomogeneousBatchSampler, ImageDataset, augmented_support
 from iqeclip.data.layout import Sample, available_datasets, has_masks, list_split, support_set
 from iqeclip.errors import UserError
-from iqeclip.evaluate import as_input, evaluate, metric_lines, selection_score, write_metrics_json
+from iqeclip.evaluate import (
+    as_input,
+    evaluate,
+    evaluate_groups,
+    metric_lines,
+    selection_score,
+    write_metrics_json,
+)
 from iqeclip.losses import iqe_loss
 from iqeclip.maps import Setting
 from iqeclip.model import IQEClip
@@ -197,7 +204,7 @@ class Trainer:
         log(f"activation: {self.model.activation}")
         log(f"device: {self.device}")
 
-    def evaluate(self, samples: list[Sample], name: str, pixel: bool, desc: str) -> dict[str, Any]:
+    def evaluate(self, samples: list[Sample], pixel: bool, desc: str) -> dict[str, Any]:
         return evaluate(
             self.model,
             samples,
@@ -229,7 +236,7 @@ class Trainer:
         """Restore the selected weights, evaluate on the target test split, log and return."""
         if self.best_state is not None:
             self.model.head.load_state_dict(self.best_state)
-        metrics = self.evaluate(test_samples, self.run.obj, pixel, f"{self.run.obj} test")
+        metrics = self.evaluate(test_samples, pixel, f"{self.run.obj} test")
         for line in metric_lines(self.run.obj, metrics):
             self.log(line)
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
@@ -295,18 +302,18 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
 
         def checkpoint_eval(epoch: int, step: int) -> None:
             if select == "target-test":
-                metrics = trainer.evaluate(test_samples, run.obj, target_pixel, "target test")
+                metrics = trainer.evaluate(test_samples, target_pixel, "target test")
                 for line in metric_lines(run.obj, metrics):
                     log(line)
                 score = selection_score(metrics)
             else:
-                scores = []
-                for name, held, pixel in val:
-                    metrics = trainer.evaluate(held, name, pixel, f"{name} val")
+                results = evaluate_groups(
+                    trainer.model, val, "zero", 2 * run.batch_size, trainer.workers, "source val"
+                )
+                for name, metrics in results.items():
                     for line in metric_lines(f"source-val {name}", metrics):
                         log(line)
-                    scores.append(selection_score(metrics))
-                score = float(np.mean(scores))
+                score = float(np.mean([selection_score(m) for m in results.values()]))
             trainer.consider(score, {"epoch": epoch, "step": step}, f"epoch {epoch} batch {step}")
 
         n_batches = len(sampler)
@@ -368,7 +375,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                 f"Loss: {np.mean(losses):.6f} ({len(support) / (time.perf_counter() - start):.1f} img/s)"
             )
             if select == "target-test":
-                metrics = trainer.evaluate(test_samples, run.obj, pixel, "target test")
+                metrics = trainer.evaluate(test_samples, pixel, "target test")
                 for line in metric_lines(run.obj, metrics):
                     log(line)
                 trainer.consider(selection_score(metrics), {"epoch": epoch}, f"epoch {epoch}")

@@ -13,10 +13,10 @@ from iqeclip.errors import UserError
 
 def test_tiny_taps_and_global_shapes(tiny):
     patch, glob = tiny.features(torch.rand(3, 3, 64, 64))
-    # 64 px / patch 16 = 4x4 grid, 4 taps (quartiles of 4 blocks), width 128, CLS dropped
-    assert patch.shape == (4, 3, 16, 128)
+    # 64 px / patch 16 = 4x4 grid, 4 taps (quartiles of 24 blocks), width 64, CLS dropped
+    assert patch.shape == (4, 3, 16, 64)
     assert glob.shape == (3, 128)
-    assert tiny.config.features_list == [1, 2, 3, 4]
+    assert tiny.config.features_list == [6, 12, 18, 24]
 
 
 def test_taps_are_raw_residual_stream_and_global_is_ln_post_cls(tiny):
@@ -34,9 +34,11 @@ def test_taps_are_raw_residual_stream_and_global_is_ln_post_cls(tiny):
             )
             + visual.positional_embedding
         )
-        for i, block in enumerate(visual.transformer.resblocks):
+        taps = iter(patch)
+        for i, block in enumerate(visual.transformer.resblocks, start=1):
             h = block(h)
-            torch.testing.assert_close(patch[i], h[:, 1:])
+            if i in tiny.config.features_list:
+                torch.testing.assert_close(next(taps), h[:, 1:])
         torch.testing.assert_close(glob, visual.ln_post(h[:, 0]) @ visual.proj)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from tests.conftest import build_tiny
 
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from iqeclip.errors import UserError
+from tests.conftest import build_tiny
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
@@ -24,7 +24,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     torch.testing.assert_close(a(x).query, b(x).query, rtol=0, atol=0)
     torch.testing.assert_close(a(x).text, b(x).text, rtol=0, atol=0)
     beside = yaml.safe_load((tmp_path / "ckpt" / "Brain.yaml").read_text())
-    assert beside["model"]["features_list"] == [1, 2, 3, 4] and beside["epoch"] == 3
+    assert beside["model"]["features_list"] == [6, 12, 18, 24] and beside["epoch"] == 3
     config, state, _ = read_checkpoint(path)
     assert config == a.config and set(state) == set(a.head.state_dict())
 
@@ -34,7 +34,7 @@ def test_other_configuration_is_refused_in_one_line(tmp_path):
     other = build_tiny(features_list=[2, 4])
     with pytest.raises(
         UserError,
-        match=r"a.pth was built for another model: features_list=\[2, 4\] vs \[1, 2, 3, 4\]",
+        match=r"a.pth was built for another model: features_list=\[2, 4\] vs \[6, 12, 18, 24\]",
     ):
         load_checkpoint(other, path)
     with pytest.raises(UserError, match="use_global=False vs True"):

@@ -10,7 +10,27 @@ import pytest
 from iqeclip.cli import main, parse_features_list
 from iqeclip.errors import UserError
 
-PAPER_INFO = ["info", "--model_name", "ViT-L-14-336", "--pretrain", "none", "--img_size", "240", "--features_list", "6", "12", "18", "24", "--prompt_len", "2", "--deep_prompt_len", "1", "--total_d_layer_len", "11", "--use_global"]
+PAPER_INFO = [
+    "info",
+    "--model_name",
+    "ViT-L-14-336",
+    "--pretrain",
+    "none",
+    "--img_size",
+    "240",
+    "--features_list",
+    "6",
+    "12",
+    "18",
+    "24",
+    "--prompt_len",
+    "2",
+    "--deep_prompt_len",
+    "1",
+    "--total_d_layer_len",
+    "11",
+    "--use_global",
+]
 
 
 def test_info_prints_the_paper_parameter_count(capsys):
