@@ -167,7 +167,9 @@ def create_clip(
             torch.manual_seed(RANDOM_INIT_SEED)
             build_on = "meta" if meta else "cpu"
             with torch.device(build_on):
-                model = open_clip.create_model(model_name, pretrained=None, device=build_on, **kwargs)
+                model = open_clip.create_model(
+                    model_name, pretrained=None, device=build_on, **kwargs
+                )
         if is_file and not meta:
             state = read_state_dict(Path(pretrain).expanduser())
             # Traced archives also store buffers that open_clip rebuilds itself (attn_mask).
