@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
+# Keep the tests' feature caches and demo data out of the user's ~/.cache (subprocesses inherit).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="iqeclip-test-cache-")
+
 import pytest
 import torch
 
 from iqeclip.config import ModelConfig
+from iqeclip.data.synth import write_benchmark
 from iqeclip.model import IQEClip
 
 TINY = dict(model_name="iqe-tiny", pretrain="none", img_size=64)
@@ -20,3 +28,11 @@ def build_tiny(seed: int = 0, **overrides) -> IQEClip:
 @pytest.fixture(scope="session")
 def tiny() -> IQEClip:
     return build_tiny()
+
+
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory) -> Path:
+    """The synthetic benchmark: six datasets, 2 test images per class, 64 px, few-shot lists."""
+    root = tmp_path_factory.mktemp("bench")
+    write_benchmark(root, size=2, seed=0, image_size=64)
+    return root

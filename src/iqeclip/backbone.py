@@ -31,6 +31,7 @@ from iqeclip.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_INIT_SEED = 0
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
@@ -248,11 +249,21 @@ class Backbone(nn.Module):
         clip: an open_clip CLIP model (see :func:`create_clip`).
         features_list: 1-based indices of the tapped vision blocks.
         normalize: ``none`` (pixels in [0, 1], as the paper) or ``clip`` (CLIP mean/std).
+        precision: dtype of the frozen vision tower (``fp32``, ``bf16``, ``fp16``); its outputs
+            are returned in fp32. The text tower stays fp32: gradients of the text prompts flow
+            through it.
     """
 
-    def __init__(self, clip: nn.Module, features_list: list[int], normalize: str = "none") -> None:
+    def __init__(
+        self,
+        clip: nn.Module,
+        features_list: list[int],
+        normalize: str = "none",
+        precision: str = "fp32",
+    ) -> None:
         super().__init__()
-        self.visual = clip.visual
+        self.dtype = PRECISIONS[precision]
+        self.visual = clip.visual.to(self.dtype)
         self.text = TextTower(clip)
         self.taps = [f - 1 for f in features_list]
         self.normalize = normalize
@@ -282,5 +293,7 @@ class Backbone(nn.Module):
         """
         if self.normalize == "clip":
             images = (images - self.mean) / self.std
-        out = self.visual.forward_intermediates(images, indices=self.taps, output_fmt="NLC")
-        return torch.stack(out["image_intermediates"]), out["image_features"]
+        out = self.visual.forward_intermediates(
+            images.to(self.dtype), indices=self.taps, output_fmt="NLC"
+        )
+        return torch.stack(out["image_intermediates"]).float(), out["image_features"].float()

@@ -129,6 +129,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help=f"IQM dropout while training (default {d.dropout}, the published computation)",
     )
+    g.add_argument(
+        *flag("precision"),
+        dest="precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="dtype of the frozen vision tower (default fp32; fp16 needs CUDA); the trainable "
+        "head always runs in fp32",
+    )
 
 
 MODEL_FIELDS = (
@@ -145,6 +152,7 @@ MODEL_FIELDS = (
     "iqm_layers",
     "iqm_heads",
     "dropout",
+    "precision",
 )
 
 
@@ -239,6 +247,34 @@ def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> Non
         dest="overwrite",
         action="store_true",
         help="replace an existing checkpoint or metrics file",
+    )
+    c = parser.add_argument_group("feature cache")
+    c.add_argument(
+        *flag("cache_dir"),
+        dest="cache_dir",
+        default=d.cache_dir,
+        help="frozen-feature cache folder (default %(default)s)",
+    )
+    c.add_argument(
+        *flag("no_cache"),
+        dest="cache_dir",
+        action="store_const",
+        const=None,
+        help="compute the backbone every time",
+    )
+    c.add_argument(
+        *flag("cache_dtype"),
+        dest="cache_dtype",
+        choices=["fp32", "fp16"],
+        default=d.cache_dtype,
+        help="cache entries in fp32 (exact, default) or fp16 (half the disk)",
+    )
+    c.add_argument(
+        *flag("cache_budget_gb"),
+        dest="cache_budget_gb",
+        type=float,
+        default=d.cache_budget_gb,
+        help="use the cache only if its size estimate fits (default %(default)s GB)",
     )
     if few:
         g.add_argument(
@@ -376,6 +412,18 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"synthetic benchmark written to {args.out}")
 
 
+def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    from iqeclip.benchmark import add_benchmark_args as add
+
+    add(parser)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from iqeclip.benchmark import run_benchmark
+
+    run_benchmark(args)
+
+
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     from iqeclip.demo import add_demo_args as add
 
@@ -413,6 +461,11 @@ COMMANDS: dict[
     ),
     "synth": ("write the synthetic BMAD-layout benchmark", add_synth_args, cmd_synth),
     "demo": ("offline end-to-end demo on the synthetic benchmark", add_demo_args, cmd_demo),
+    "benchmark": (
+        "measure inference and training speed as ratios to the bare backbone forward",
+        add_benchmark_args,
+        cmd_benchmark,
+    ),
     "info": (
         "print the resolved configuration and trainable parameter counts",
         add_model_args,

@@ -52,6 +52,8 @@ class ModelConfig:
         iqm_layers: IQM depth.
         iqm_heads: IQM attention heads.
         dropout: IQM dropout during training (the published runs effectively used 0.0).
+        precision: dtype of the frozen vision tower: ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
+            Not an architecture field: a checkpoint trained in one precision tests in another.
     """
 
     model_name: str = "ViT-L-14-336"
@@ -67,6 +69,7 @@ class ModelConfig:
     iqm_layers: int = 4
     iqm_heads: int = 8
     dropout: float = 0.0
+    precision: str = "fp32"
 
     def resolved(self, vision_layers: int, text_layers: int) -> ModelConfig:
         """Fill the architecture-dependent defaults and validate every field.
@@ -107,6 +110,8 @@ class ModelConfig:
             raise UserError(f"--img_size must be at least 8, got {cfg.img_size}")
         if cfg.normalize not in ("none", "clip"):
             raise UserError(f"--normalize must be 'none' or 'clip', got {cfg.normalize!r}")
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"--precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
         return cfg

@@ -19,7 +19,7 @@ from iqeclip.checkpoint import load_checkpoint
 from iqeclip.config import ModelConfig
 from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.layout import list_split
-from iqeclip.evaluate import predict_samples
+from iqeclip.evaluate import KeptMaps, predict_samples
 from iqeclip.io_utils import atomic_write, atomic_write_text
 from iqeclip.model import IQEClip
 from iqeclip.train import RunConfig, resolve_device, train_few, train_zero
@@ -112,12 +112,13 @@ def _figure(models: dict[str, IQEClip], data_path: Path, obj: str, path: Path) -
     samples = list_split(data_path, obj, "test")
     picks = [s for s in samples if s.label == 0][:2] + [s for s in samples if s.label == 1][:2]
     columns = []
+    size = next(iter(models.values())).config.img_size
     for name, model in models.items():
-        maps = predict_samples(
-            model, picks, model_setting(name), len(picks), keep_maps=True, desc=name
-        ).maps
+        kept = KeptMaps(len(picks), size)
+        predict_samples(model, picks, model_setting(name), len(picks), desc=name, sink=kept)
+        maps = kept.maps
         columns.append((maps - maps.min()) / max(float(maps.max() - maps.min()), 1e-12))
-    data = ImageDataset(picks, next(iter(models.values())).config.img_size)
+    data = ImageDataset(picks, size)
     rows = []
     for i in range(len(picks)):
         image, mask = data[i][0].permute(1, 2, 0).numpy(), data[i][1].numpy()

@@ -8,8 +8,7 @@ AUPRO (:mod:`iqeclip.metrics`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +17,58 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from iqeclip.cache import FeatureCache
 from iqeclip.data.datasets import ImageDataset
-from iqeclip.data.io import to_float
+from iqeclip.data.io import as_input
 from iqeclip.data.layout import Sample
 from iqeclip.io_utils import atomic_write_text
 from iqeclip.maps import Setting
-from iqeclip.metrics import compute_metrics
+from iqeclip.metrics import PixelMetricAccumulator, compute_metrics, pixel_metrics
 from iqeclip.model import IQEClip
 
+MAX_EXACT_PIXELS = 2**26  # ~1,165 maps of 240 x 240: 256 MB of float32 maps, exact metrics
 
-@dataclass
-class Predictions:
-    """Scores of a test split.
+MapSink = Callable[[int, np.ndarray, np.ndarray], None]
 
-    Attributes:
-        image_scores: ``(N,)`` image scores.
-        labels: ``(N,)`` 0/1 image labels.
-        maps: ``(N, H, W)`` float32 anomaly maps, or ``None`` when not kept.
-        masks: ``(N, H, W)`` bool ground truth, or ``None`` without masks.
+
+class KeptMaps:
+    """Keeps every map and mask of a pass: ``sink(start, maps (B, H, W), masks (B, H, W))``."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.maps = np.empty((n, size, size), np.float32)
+        self.masks = np.empty((n, size, size), bool)
+
+    def __call__(self, start: int, maps: np.ndarray, masks: np.ndarray) -> None:
+        self.maps[start : start + len(maps)] = maps
+        self.masks[start : start + len(maps)] = masks
+
+
+class StreamedMaps:
+    """Feeds the maps of consecutive groups of samples to one binned accumulator per group.
+
+    Memory stays O(bins) per group whatever the test-set size (see
+    :class:`~iqeclip.metrics.PixelMetricAccumulator` for the error bounds).
     """
 
-    image_scores: np.ndarray
-    labels: np.ndarray
-    maps: np.ndarray | None
-    masks: np.ndarray | None
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.ends = np.cumsum(sizes)
+        self.accumulators = [PixelMetricAccumulator() for _ in sizes]
+
+    def __call__(self, start: int, maps: np.ndarray, masks: np.ndarray) -> None:
+        rows = np.arange(start, start + len(maps))
+        group = np.searchsorted(self.ends, rows, side="right")
+        for g in np.unique(group):
+            pick = group == g
+            self.accumulators[g].update(maps[pick], masks[pick])
 
 
-def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Model input in [0, 1] on ``device`` from uint8 (read from disk) or float (augmented) images."""
-    images = images.to(device, non_blocking=True)
-    return to_float(images) if images.dtype == torch.uint8 else images
+def frozen_features(
+    model: IQEClip, images: torch.Tensor, device: torch.device, cache: FeatureCache | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone features of a CPU batch, through the cache when there is one."""
+    if cache is not None:
+        return cache.features(images, device)
+    return model.features(as_input(images, device))
 
 
 @torch.no_grad()
@@ -56,10 +77,11 @@ def predict_samples(
     samples: Sequence[Sample],
     setting: Setting,
     batch_size: int,
-    keep_maps: bool,
     workers: int = 0,
     desc: str = "test",
-) -> Predictions:
+    cache: FeatureCache | None = None,
+    sink: MapSink | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the detector over ``samples``.
 
     Args:
@@ -67,31 +89,35 @@ def predict_samples(
         samples: test samples.
         setting: ``zero`` or ``few`` (image-score rule).
         batch_size: images per forward pass.
-        keep_maps: keep the pixel maps and masks (needed for pixel metrics).
         workers: DataLoader worker processes.
         desc: progress-bar label.
+        cache: frozen-feature cache to read from and fill (``None``: compute every time).
+        sink: receives ``(start index, maps (B, H, W) float32, masks (B, H, W) bool)`` of every
+            batch (e.g. :class:`KeptMaps`, :class:`StreamedMaps`); maps are not kept otherwise.
+
+    Returns:
+        Image scores ``(N,)`` and labels ``(N,)``.
     """
     device = next(model.head.parameters()).device
     was_training = model.head.training
     model.head.eval()
-    size = model.config.img_size
     n = len(samples)
     scores, labels = np.empty(n, np.float64), np.empty(n, np.int64)
-    maps = np.empty((n, size, size), np.float32) if keep_maps else None
-    masks = np.empty((n, size, size), bool) if keep_maps else None
-    loader = DataLoader(ImageDataset(samples, size), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(
+        ImageDataset(samples, model.config.img_size), batch_size=batch_size, num_workers=workers
+    )
     start = 0
     for images, mask, label, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
-        batch_maps, batch_scores = model.predict(as_input(images, device), setting)
+        patch, glob = frozen_features(model, images, device, cache)
+        batch_maps, batch_scores = model.predict_features(patch, glob, setting)
         stop = start + len(label)
         scores[start:stop] = batch_scores.double().cpu().numpy()
         labels[start:stop] = label.numpy()
-        if keep_maps:
-            maps[start:stop] = batch_maps.float().cpu().numpy()
-            masks[start:stop] = mask.numpy()
+        if sink is not None:
+            sink(start, batch_maps.float().cpu().numpy(), mask.numpy())
         start = stop
     model.head.train(was_training)
-    return Predictions(scores, labels, maps, masks)
+    return scores, labels
 
 
 def evaluate(
@@ -102,6 +128,8 @@ def evaluate(
     batch_size: int,
     workers: int = 0,
     desc: str = "test",
+    cache: FeatureCache | None = None,
+    max_exact_pixels: int = MAX_EXACT_PIXELS,
 ) -> dict[str, Any]:
     """Metrics of the detector on ``samples``.
 
@@ -110,7 +138,9 @@ def evaluate(
         ``pixel_auroc``, ``pixel_ap``, ``pixel_aupro``, plus ``n_images``.
     """
     groups = [("", list(samples), pixel_masks)]
-    return evaluate_groups(model, groups, setting, batch_size, workers, desc)[""]
+    return evaluate_groups(
+        model, groups, setting, batch_size, workers, desc, cache, max_exact_pixels
+    )[""]
 
 
 def evaluate_groups(
@@ -120,8 +150,14 @@ def evaluate_groups(
     batch_size: int,
     workers: int = 0,
     desc: str = "test",
+    cache: FeatureCache | None = None,
+    max_exact_pixels: int = MAX_EXACT_PIXELS,
 ) -> dict[str, dict[str, Any]]:
     """Metrics of several datasets, scored in at most two passes (with and without masks).
+
+    Pixel metrics are exact (scikit-learn) while the pass has at most ``max_exact_pixels``
+    pixels, else binned and streamed (``pixel_method`` says which; the binned error bounds are
+    reported beside the metrics).
 
     Args:
         groups: ``(name, samples, pixel_masks)`` per dataset.
@@ -130,23 +166,34 @@ def evaluate_groups(
         The metrics of :func:`evaluate` per dataset name.
     """
     results: dict[str, dict[str, Any]] = {}
+    size = model.config.img_size
     for pixel in (True, False):
         chosen = [(name, list(samples)) for name, samples, p in groups if p == pixel]
         if not chosen:
             continue
-        pred = predict_samples(
-            model, [s for _, g in chosen for s in g], setting, batch_size, pixel, workers, desc
+        everything = [s for _, g in chosen for s in g]
+        exact = len(everything) * size * size <= max_exact_pixels
+        sink: KeptMaps | StreamedMaps | None = None
+        if pixel:
+            sink = (
+                KeptMaps(len(everything), size)
+                if exact
+                else StreamedMaps([len(g) for _, g in chosen])
+            )
+        scores, labels = predict_samples(
+            model, everything, setting, batch_size, workers, desc, cache, sink
         )
         start = 0
-        for name, samples in chosen:
+        for i, (name, samples) in enumerate(chosen):
             part = slice(start, start + len(samples))
             start = part.stop
-            metrics = compute_metrics(
-                pred.image_scores[part],
-                pred.labels[part],
-                pred.maps[part] if pixel else None,
-                pred.masks[part] if pixel else None,
-            )
+            if isinstance(sink, KeptMaps):
+                pixel_part = pixel_metrics(sink.maps[part], sink.masks[part], max_exact_pixels)
+            elif isinstance(sink, StreamedMaps):
+                pixel_part = {**sink.accumulators[i].compute(), "pixel_method": "binned"}
+            else:
+                pixel_part = None
+            metrics = compute_metrics(scores[part], labels[part], pixel=pixel_part)
             results[name] = {**metrics, "n_images": len(samples)}
     return results
 

@@ -16,22 +16,23 @@ from iqeclip.model import LevelLogits
 SMOOTH = 1e-5
 
 
-def focal_loss(probs: torch.Tensor, masks: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss on two-channel *probabilities* with a smoothed one-hot target.
+def focal_loss(prob: torch.Tensor, masks: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss on two-class *probabilities* with a smoothed one-hot target.
 
-    ``p_t = sum_c onehot_c p_c + 1e-5`` with the one-hot clamped to ``[1e-5, 1 - 1e-5]``;
-    ``loss = -(1 - p_t)^gamma log p_t`` averaged over the pixels of each image.
+    ``p_t = sum_c onehot_c p_c + 1e-5`` over (normal ``1 - p``, abnormal ``p``) with the one-hot
+    clamped to ``[1e-5, 1 - 1e-5]``; ``loss = -(1 - p_t)^gamma log p_t`` averaged over the
+    pixels of each image.
 
     Args:
-        probs: ``(..., B, 2, H, W)`` softmax probabilities (normal, abnormal).
+        prob: ``(..., B, H, W)`` abnormal probability.
         masks: ``(B, H, W)`` bool or {0, 1} ground truth.
 
     Returns:
         ``(..., B)`` mean loss per image (all images have the same size, so the mean over ``B``
         is the published mean over every pixel of the batch).
     """
-    hot = masks.to(probs.dtype) * (1 - 2 * SMOOTH) + SMOOTH  # clamped one-hot, abnormal channel
-    p_t = (1 - hot) * probs[..., 0, :, :] + hot * probs[..., 1, :, :] + SMOOTH
+    hot = masks.to(prob.dtype) * (1 - 2 * SMOOTH) + SMOOTH  # clamped one-hot, abnormal channel
+    p_t = (1 - hot) * (1 - prob) + hot * prob + SMOOTH
     return (-((1 - p_t) ** gamma) * p_t.log()).flatten(-2).mean(-1)
 
 
@@ -83,7 +84,7 @@ def iqe_loss(
     for branch in (logits.query, logits.text):
         total = total + detection_loss(patch_scores(branch), labels).sum()
         if segmentation:
-            probs = probability_maps(branch, masks.shape[-1])  # (T, B, 2, H, W)
-            focal = focal_loss(probs, masks).mean(-1)  # (T,)
-            total = total + focal.sum() + dice_loss(probs[:, :, 1], masks).sum()
+            prob = probability_maps(branch, masks.shape[-1])  # (T, B, H, W)
+            focal = focal_loss(prob, masks).mean(-1)  # (T,)
+            total = total + focal.sum() + dice_loss(prob, masks).sum()
     return total

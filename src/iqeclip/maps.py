@@ -4,7 +4,8 @@ Per tapped level the projected patch tokens are compared with two references: th
 features ("query" branch, plain cosine, no temperature) and the text embeddings ("text" branch,
 cosine times ``exp(prompt_temp)``). Each comparison gives two logits (normal, abnormal) per patch.
 Maps are made by upsampling the logits to the image size (bilinear, align_corners) and *then*
-taking the softmax, as the published code does.
+taking the softmax, as the published code does (computed as a sigmoid of the upsampled logit
+difference, which is the same function).
 """
 
 from __future__ import annotations
@@ -38,20 +39,24 @@ def patch_scores(logits: torch.Tensor) -> torch.Tensor:
 def probability_maps(logits: torch.Tensor, size: int) -> torch.Tensor:
     """Upsample patch logits to pixels, then softmax over (normal, abnormal).
 
+    A two-way softmax is the sigmoid of the logit difference, and bilinear upsampling is
+    linear, so ``softmax(up(l))[1] = sigmoid(up(l1 - l0))``: one channel is upsampled instead
+    of two (equal up to float rounding; tested).
+
     Args:
         logits: ``(..., L, 2)`` with ``L`` a square number of patches.
         size: output side in pixels.
 
     Returns:
-        ``(..., 2, size, size)`` probabilities; channel 1 is the anomaly probability.
+        ``(..., size, size)`` abnormal probability (the normal one is ``1 - p``).
     """
     *lead, n_patch, _ = logits.shape
     grid = math.isqrt(n_patch)
     if grid * grid != n_patch:
         raise ValueError(f"{n_patch} patches do not form a square grid")
-    x = logits.reshape(-1, grid, grid, 2).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
-    return x.softmax(dim=1).reshape(*lead, 2, size, size)
+    diff = (logits[..., 1] - logits[..., 0]).reshape(-1, 1, grid, grid)
+    up = F.interpolate(diff, size=(size, size), mode="bilinear", align_corners=True)
+    return torch.sigmoid(up).reshape(*lead, size, size)
 
 
 def gaussian_kernel(sigma: float = SIGMA, truncate: float = TRUNCATE) -> torch.Tensor:
@@ -109,8 +114,8 @@ def score(
     Returns:
         maps ``(B, size, size)`` and image scores ``(B,)``.
     """
-    query_map = probability_maps(query_logits, size)[:, :, 1].mean(dim=0)
-    text_map = probability_maps(text_logits, size)[:, :, 1].mean(dim=0)
+    query_map = probability_maps(query_logits, size).mean(dim=0)
+    text_map = probability_maps(text_logits, size).mean(dim=0)
     maps = gaussian_blur(TEXT_WEIGHT * text_map + QUERY_WEIGHT * query_map)
     if setting == "zero":
         image = patch_scores(query_logits).sum(dim=0) + patch_scores(text_logits).sum(dim=0)

@@ -15,6 +15,7 @@ from torch import nn
 
 from iqeclip.backbone import Architecture, Backbone, TextTower, activation_name, create_clip
 from iqeclip.config import ModelConfig
+from iqeclip.errors import UserError
 from iqeclip.iqm import IQM
 from iqeclip.maps import Setting, score
 from iqeclip.prompts import (
@@ -129,7 +130,9 @@ class IQEClip(nn.Module):
         arch = Architecture.from_name(config.model_name)
         cfg = config.resolved(arch.vision_layers, arch.text_layers)
         clip = create_clip(cfg.model_name, cfg.pretrain, cfg.img_size, cfg.quick_gelu, device)
-        backbone = Backbone(clip, cfg.features_list, cfg.normalize)
+        if cfg.precision == "fp16" and torch.device(device).type == "cpu":
+            raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        backbone = Backbone(clip, cfg.features_list, cfg.normalize, cfg.precision)
         token_ids = prompt_token_ids(cfg.model_name)
         with torch.device(device):
             head = IQEHead(arch, cfg, token_ids.to(device))
@@ -149,7 +152,14 @@ class IQEClip(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, setting: Setting) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps ``(B, H, W)`` (blurred, not min-max normalised) and image scores ``(B,)``."""
-        logits = self(images)
+        return self.predict_features(*self.features(images), setting)
+
+    @torch.no_grad()
+    def predict_features(
+        self, patch_tokens: torch.Tensor, global_emb: torch.Tensor, setting: Setting
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict` from frozen features (e.g. read from the feature cache)."""
+        logits = self.logits(patch_tokens, global_emb)
         return score(logits.query, logits.text, self.config.img_size, setting)
 
     def trainable_parameters(self) -> dict[str, int]:

@@ -25,15 +25,16 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from iqeclip.cache import FeatureCache, default_cache_dir, open_cache
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from iqeclip.config import ModelConfig
 from iqeclip.data.datasets import HomogeneousBatchSampler, ImageDataset, augmented_support
 from iqeclip.data.layout import Sample, available_datasets, has_masks, list_split, support_set
 from iqeclip.errors import UserError
 from iqeclip.evaluate import (
-    as_input,
     evaluate,
     evaluate_groups,
+    frozen_features,
     metric_lines,
     selection_score,
     write_metrics_json,
@@ -71,6 +72,9 @@ class RunConfig:
         log_path: log file (appended).
         metrics_json: write the final metrics here as JSON.
         overwrite: allow replacing an existing checkpoint or metrics file.
+        cache_dir: frozen-feature cache folder (``None``: no cache).
+        cache_dtype: ``fp32`` (exact) or ``fp16`` cache entries.
+        cache_budget_gb: use the cache only if its estimated size fits.
     """
 
     obj: str = "Brain"
@@ -91,6 +95,9 @@ class RunConfig:
     log_path: str | None = None
     metrics_json: str | None = None
     overwrite: bool = False
+    cache_dir: str | None = str(default_cache_dir())
+    cache_dtype: str = "fp32"
+    cache_budget_gb: float = 50.0
 
 
 class RunLog:
@@ -147,12 +154,15 @@ def make_optimizer(model: IQEClip, learning_rate: float) -> torch.optim.Adam:
 
 
 def train_step(
-    model: IQEClip, optimizer: torch.optim.Optimizer, batch: Sequence[torch.Tensor]
+    model: IQEClip,
+    optimizer: torch.optim.Optimizer,
+    batch: Sequence[torch.Tensor],
+    cache: FeatureCache | None = None,
 ) -> float:
-    """One optimisation step on a batch ``(images, masks, labels, segmentation flags)``."""
+    """One optimisation step on a CPU batch ``(images, masks, labels, segmentation flags)``."""
     device = next(model.head.parameters()).device
     images, masks, labels, seg = batch
-    logits = model(as_input(images, device))
+    logits = model.logits(*frozen_features(model, images, device, cache))
     loss = iqe_loss(logits, masks.to(device), labels.to(device), segmentation=bool(seg[0]))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -187,7 +197,7 @@ def _held_out(samples: list[Sample], seed: int) -> tuple[list[Sample], list[Samp
 class Trainer:
     """Shared machinery of the two training workflows: model, optimiser, selection, saving."""
 
-    def __init__(self, model_cfg: ModelConfig, run: RunConfig, log: RunLog) -> None:
+    def __init__(self, model_cfg: ModelConfig, run: RunConfig, log: RunLog, n_images: int) -> None:
         self.run = run
         self.log = log
         self.device = resolve_device(run.device)
@@ -203,6 +213,9 @@ class Trainer:
             log(f"{key}: {value}")
         log(f"activation: {self.model.activation}")
         log(f"device: {self.device}")
+        self.cache = open_cache(
+            self.model, n_images, run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
+        )
 
     def evaluate(self, samples: list[Sample], pixel: bool, desc: str) -> dict[str, Any]:
         return evaluate(
@@ -213,6 +226,7 @@ class Trainer:
             2 * self.run.batch_size,
             self.workers,
             desc,
+            self.cache,
         )
 
     def consider(self, score: float, meta: dict[str, Any], where: str) -> None:
@@ -240,9 +254,16 @@ class Trainer:
         for line in metric_lines(self.run.obj, metrics):
             self.log(line)
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
+        if self.cache is not None:
+            self.log(self.cache.hit_rate())
         if self.run.metrics_json:
             write_metrics_json(self.run.metrics_json, metrics, **_record_fields(self.run))
         return metrics
+
+    def log_epoch(self, losses: list[float], n_images: int, seconds: float) -> None:
+        """The published ``Loss: <mean>`` line, with the speed and the cache hit rate."""
+        cache = f"; {self.cache.hit_rate()}" if self.cache is not None else ""
+        self.log(f"Loss: {np.mean(losses):.6f} ({n_images / seconds:.1f} img/s{cache})")
 
     def epoch_bar(self, loader: DataLoader, epoch: int) -> tqdm:
         return tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
@@ -280,8 +301,6 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             raise UserError(
                 f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other <Name>_AD datasets"
             )
-        trainer = Trainer(model_cfg, run, log)
-        size = trainer.model.config.img_size
         parts, val = [], []
         for name in sources:
             samples = list_split(run.data_path, name, "test")
@@ -289,7 +308,9 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             if select == "source-val":
                 samples, held = _held_out(samples, run.seed)
                 val.append((name, held, pixel))
-            parts.append(ImageDataset(samples, size, segmentation=pixel))
+            parts.append(ImageDataset(samples, model_cfg.img_size, segmentation=pixel))
+        n_images = sum(len(p) for p in parts) + sum(len(h) for _, h, _ in val) + len(test_samples)
+        trainer = Trainer(model_cfg, run, log, n_images)
         log(f"sources: {', '.join(f'{n} ({len(p)})' for n, p in zip(sources, parts, strict=True))}")
         starts = np.cumsum([0] + [len(p) for p in parts])
         groups = [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
@@ -308,7 +329,13 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                 score = selection_score(metrics)
             else:
                 results = evaluate_groups(
-                    trainer.model, val, "zero", 2 * run.batch_size, trainer.workers, "source val"
+                    trainer.model,
+                    val,
+                    "zero",
+                    2 * run.batch_size,
+                    trainer.workers,
+                    "source val",
+                    trainer.cache,
                 )
                 for name, metrics in results.items():
                     for line in metric_lines(f"source-val {name}", metrics):
@@ -326,11 +353,9 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             for step, batch in enumerate(bar):
                 if select != "last" and step in eval_steps:
                     checkpoint_eval(epoch, step)
-                losses.append(train_step(trainer.model, trainer.optimizer, batch))
+                losses.append(train_step(trainer.model, trainer.optimizer, batch, trainer.cache))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            log(
-                f"Loss: {np.mean(losses):.6f} ({len(loader.dataset) / (time.perf_counter() - start):.1f} img/s)"
-            )
+            trainer.log_epoch(losses, len(loader.dataset), time.perf_counter() - start)
         if select != "last":
             checkpoint_eval(run.epochs, 0)
         else:
@@ -355,8 +380,8 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         abnormal, normal = support_set(
             run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
         )
-        trainer = Trainer(model_cfg, run, log)
-        support = augmented_support(abnormal, normal, trainer.model.config.img_size, pixel)
+        support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
+        trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples))
         log(
             f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"
         )
@@ -369,11 +394,9 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             losses, start = [], time.perf_counter()
             bar = trainer.epoch_bar(loader, epoch)
             for batch in bar:
-                losses.append(train_step(trainer.model, trainer.optimizer, batch))
+                losses.append(train_step(trainer.model, trainer.optimizer, batch, trainer.cache))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            log(
-                f"Loss: {np.mean(losses):.6f} ({len(support) / (time.perf_counter() - start):.1f} img/s)"
-            )
+            trainer.log_epoch(losses, len(support), time.perf_counter() - start)
             if select == "target-test":
                 metrics = trainer.evaluate(test_samples, pixel, "target test")
                 for line in metric_lines(run.obj, metrics):
@@ -408,17 +431,17 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         load_checkpoint(model, run.ckpt_path)
         for key, value in {**model.config.to_dict(), **dataclasses.asdict(run)}.items():
             log(f"{key}: {value}")
+        cache = open_cache(
+            model, len(samples), run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
+        )
+        workers = _workers(run, device)
         metrics = evaluate(
-            model,
-            samples,
-            run.setting,
-            pixel,
-            run.batch_size,
-            _workers(run, device),
-            f"{run.obj} test",
+            model, samples, run.setting, pixel, run.batch_size, workers, f"{run.obj} test", cache
         )
         for line in metric_lines(run.obj, metrics):
             log(line)
+        if cache is not None:
+            log(cache.hit_rate())
         if metrics_json is not None:
             write_metrics_json(metrics_json, metrics, **_record_fields(run))
         return metrics

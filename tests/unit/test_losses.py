@@ -11,10 +11,6 @@ from iqeclip.maps import patch_scores
 from iqeclip.model import LevelLogits
 
 
-def _probs(p_abnormal: torch.Tensor) -> torch.Tensor:
-    return torch.stack([1 - p_abnormal, p_abnormal], dim=-3)
-
-
 def test_focal_by_hand():
     p = torch.tensor([[[0.9, 0.2]]])  # (B=1, H=1, W=2) abnormal probability
     mask = torch.tensor([[[True, False]]])
@@ -23,7 +19,7 @@ def test_focal_by_hand():
         [(1 - SMOOTH) * 0.9 + SMOOTH * 0.1 + SMOOTH, (1 - SMOOTH) * 0.8 + SMOOTH * 0.2 + SMOOTH]
     )
     want = (-((1 - pt) ** 2) * pt.log()).mean()
-    torch.testing.assert_close(focal_loss(_probs(p), mask), want.view(1))
+    torch.testing.assert_close(focal_loss(p, mask), want.view(1))
 
 
 def test_dice_by_hand():

@@ -26,17 +26,32 @@ def test_kernel_has_65_taps_for_sigma_8():
 
 
 def test_maps_are_upsampled_before_the_softmax():
-    # 2x2 patches, normal logit 0, abnormal logits a..d; size 3 with align_corners puts the
+    # 2x2 patches, normal logits n, abnormal logits a; size 3 with align_corners puts the
     # corners on the patch centres and the middle pixel at the mean of the four logits.
+    normal = torch.tensor([0.5, -1.0, 0.0, 1.0])
     abn = torch.tensor([0.0, 2.0, -1.0, 3.0])
-    logits = torch.stack([torch.zeros(4), abn], dim=-1)  # (L=4, 2)
+    logits = torch.stack([normal, abn], dim=-1)  # (L=4, 2)
     m = probability_maps(logits, 3)
-    assert m.shape == (2, 3, 3)
-    torch.testing.assert_close(m[1, 1, 1], torch.sigmoid(abn.mean()))
-    torch.testing.assert_close(m[1, 0, 0], torch.sigmoid(abn[0]))
-    torch.testing.assert_close(m[1, 2, 2], torch.sigmoid(abn[3]))
-    torch.testing.assert_close(m.sum(0), torch.ones(3, 3))
-    assert not torch.isclose(m[1, 1, 1], torch.sigmoid(abn).mean())
+    assert m.shape == (3, 3)
+    softmax = lambda n, a: torch.softmax(torch.stack([n, a]), 0)[1]  # noqa: E731
+    torch.testing.assert_close(m[1, 1], softmax(normal.mean(), abn.mean()))
+    torch.testing.assert_close(m[0, 0], softmax(normal[0], abn[0]))
+    torch.testing.assert_close(m[2, 2], softmax(normal[3], abn[3]))
+    assert not torch.isclose(m[1, 1], torch.sigmoid(abn - normal).mean())
+
+
+def test_maps_equal_softmax_of_the_upsampled_two_channel_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 16, 2)
+    two = torch.nn.functional.interpolate(
+        logits.reshape(6, 4, 4, 2).permute(0, 3, 1, 2),
+        size=(20, 20),
+        mode="bilinear",
+        align_corners=True,
+    )
+    torch.testing.assert_close(
+        probability_maps(logits, 20), two.softmax(1)[:, 1].reshape(3, 2, 20, 20)
+    )
 
 
 def test_patch_scores_are_mean_abnormal_probabilities():
@@ -70,7 +85,7 @@ def test_few_shot_image_score_uses_unsmoothed_maps():
     query[0, 0, 0, 1] = 4.0  # one hot patch
     text = torch.zeros(1, 1, 4, 2)
     maps, image = score(query, text, 6, "few")
-    raw_query = probability_maps(query, 6)[0, 0, 1]
+    raw_query = probability_maps(query, 6)[0, 0]
     torch.testing.assert_close(image, (raw_query.mean() + 0.5).view(1))
     # the map itself is blurred: the peak at the hot patch's corner is spread out
     assert maps[0, 0, 0] < 0.8 * raw_query[0, 0] + 0.2 * 0.5 - 1e-3

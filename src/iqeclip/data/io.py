@@ -136,3 +136,9 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"to_float expects a uint8 tensor, got {images_uint8.dtype}")
     return images_uint8.to(torch.float32) / 255.0
+
+
+def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Model input in [0, 1] on ``device`` from uint8 (read from disk) or float (augmented) images."""
+    images = images.to(device, non_blocking=True)
+    return to_float(images) if images.dtype == torch.uint8 else images
