@@ -12,6 +12,8 @@ runs started from (their HF wrapper defined no ``_init_weights``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,15 @@ LN_EPS = 1e-12
 
 class AttentionBlock(nn.Module):
     """BERT-style post-LN attention: ``LN(x + Dropout(O(Attn(Q x, K m, V m))))``.
+
+    Only two queries attend to up to hundreds of memory tokens, so instead of projecting every
+    memory token into keys and values (``M * D^2`` work, 94 % of the IQM), the queries are
+    projected into the memory's space and the attention-weighted memory is projected once:
+
+        q_h . (W_k,h m + b_k,h) = (q_h W_k,h) . m + const     (the constant cancels in the softmax)
+        sum_m a_m (W_v,h m + b_v,h) = W_v,h (sum_m a_m m) + (sum_m a_m) b_v,h
+
+    which is the same function at ``Q * M * D * heads`` cost (tested against the direct form).
 
     Args:
         dim: query width and memory width.
@@ -43,17 +54,18 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Args: x ``(N, Q, D)``, memory ``(N, M, D)``. Returns ``(N, Q, D)``."""
         n, q, d = x.shape
-        h = self.heads
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(n, -1, h, d // h).transpose(1, 2)
-
+        h, dh = self.heads, d // self.heads
         p = self.dropout if self.training else 0.0
-        att = F.scaled_dot_product_attention(
-            split(self.query(x)), split(self.key(memory)), split(self.value(memory)), dropout_p=p
-        )
-        att = self.out(att.transpose(1, 2).reshape(n, q, d))
-        return self.norm(x + F.dropout(att, p, self.training))
+        query = self.query(x).view(n, q, h, dh)
+        # queries in the memory's space: (N, Q, h, D)
+        q_mem = torch.einsum("nqhe,hec->nqhc", query, self.key.weight.view(h, dh, d))
+        scores = torch.einsum("nqhc,nmc->nhqm", q_mem, memory) / math.sqrt(dh)
+        att = F.dropout(scores.softmax(dim=-1), p, self.training)
+        pooled = torch.einsum("nhqm,nmc->nqhc", att, memory)  # attention-weighted memory
+        ctx = torch.einsum("nqhc,hec->nqhe", pooled, self.value.weight.view(h, dh, d))
+        ctx = ctx + att.sum(dim=-1).transpose(1, 2).unsqueeze(-1) * self.value.bias.view(h, dh)
+        out = self.out(ctx.reshape(n, q, d))
+        return self.norm(x + F.dropout(out, p, self.training))
 
 
 class FeedForward(nn.Module):

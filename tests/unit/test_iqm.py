@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqeclip.iqm import IQM, IQMLayer
+from iqeclip.iqm import IQM, AttentionBlock, IQMLayer
 
 
 def _attention_params(d: int) -> int:
@@ -59,3 +59,18 @@ def test_dropout_is_inactive_at_zero_and_in_eval():
     torch.testing.assert_close(off(*args), off.eval()(*args))
     on = IQM(32, layers=1, heads=4, dropout=0.5).train()
     assert not torch.allclose(on(*args), on.eval()(*args))
+
+
+def test_attention_equals_the_direct_key_value_form():
+    torch.manual_seed(0)
+    block = AttentionBlock(32, 4, 0.0).eval()
+    x, memory = torch.randn(3, 2, 32), torch.randn(3, 17, 32)
+    n, q, d, h = 3, 2, 32, 4
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(n, -1, h, d // h).transpose(1, 2)
+
+    k, v = heads(block.key(memory)), heads(block.value(memory))
+    att = (heads(block.query(x)) @ k.transpose(-1, -2) / (d // h) ** 0.5).softmax(-1)
+    direct = block.norm(x + block.out((att @ v).transpose(1, 2).reshape(n, q, d)))
+    torch.testing.assert_close(block(x, memory), direct, rtol=1e-5, atol=1e-5)
