@@ -3,12 +3,15 @@ backbone forward measured in the same run.
 
 The machine this runs on may be shared and noisy, so every quantity is measured in interleaved
 rounds (backbone, inference, uncached step, cached step, then again) and the median per image is
-reported; the ratios are the figures to compare, the absolute times only context.
+reported; the ratios are the figures to compare, the absolute times only context. With
+``--precision bf16`` (or fp16) the largest absolute difference of the anomaly maps from an fp32
+backbone with the same head is reported too.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -75,6 +78,14 @@ def benchmark(
     masks[batch_size // 2 :, size // 4 : size // 2, size // 4 : size // 2] = True
     labels = (torch.arange(batch_size) >= batch_size // 2).long()
     batch = (images, masks, labels, torch.ones(batch_size, dtype=torch.bool))
+    deviation = None
+    if model.config.precision != "fp32":
+        reference = IQEClip.build(dataclasses.replace(config, precision="fp32"), dev)
+        reference.head.load_state_dict(model.head.state_dict())
+        low, _ = model.predict(images.to(dev), "zero")
+        full, _ = reference.predict(images.to(dev), "zero")
+        deviation = float((low - full).abs().max())
+        del reference
     optimizer = make_optimizer(model, 1e-4)
     visual_input = images.to(dev, model.backbone.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,6 +119,7 @@ def benchmark(
         "train_ms_per_image_cached": round(ms["train_cached"], 2),
         "train_uncached_over_backbone": round(ms["train_uncached"] / ms["backbone"], 3),
         "train_cached_over_backbone": round(ms["train_cached"] / ms["backbone"], 3),
+        "max_map_deviation_from_fp32": deviation,
         "peak_rss_mb": round(peak, 1),
         "torch_threads": torch.get_num_threads(),
     }

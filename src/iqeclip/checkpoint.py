@@ -37,18 +37,27 @@ def save_checkpoint(
     Returns:
         The path written.
     """
-    path = Path(path)
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous()
         for k, v in model.head.state_dict().items()
     }
-    metadata = {
-        "format": FORMAT,
-        "config": json.dumps(model.config.to_dict()),
-        "meta": json.dumps(meta or {}),
-    }
+    return _write(Path(path), state, model.config, meta or {})
+
+
+def update_checkpoint_meta(path: str | Path, **updates: Any) -> dict[str, Any]:
+    """Merge ``updates`` into a checkpoint's metadata (rewritten atomically); returns the result."""
+    config, state, meta = read_checkpoint(path)
+    meta = {**meta, **updates}
+    _write(Path(path), state, config, meta)
+    return meta
+
+
+def _write(
+    path: Path, state: dict[str, torch.Tensor], config: ModelConfig, meta: dict[str, Any]
+) -> Path:
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict()), "meta": json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    save_yaml({"model": model.config.to_dict(), **(meta or {})}, path.with_suffix(".yaml"))
+    save_yaml({"model": config.to_dict(), **meta}, path.with_suffix(".yaml"))
     return path
 
 

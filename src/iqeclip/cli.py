@@ -198,7 +198,10 @@ def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> Non
     d = RunConfig()
     g = parser.add_argument_group("run")
     g.add_argument(
-        *flag("obj"), dest="obj", default=d.obj, help="target dataset (default %(default)s)"
+        *flag("obj"),
+        dest="obj",
+        default=None,
+        help="target dataset (default Brain; 'custom' for --normal/--abnormal data)",
     )
     g.add_argument(
         *flag("data_path"),
@@ -294,6 +297,23 @@ def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> Non
             help="folder of <Name>/<K>-shot.txt (default <data_path>/fewshot_seed, "
             "then ./dataset/fewshot_seed)",
         )
+    if train and few:
+        own = parser.add_argument_group("your own data (instead of the <obj>_AD valid split)")
+        own.add_argument(
+            *flag("normal"), dest="normal_dir", default=None, help="folder of normal support images"
+        )
+        own.add_argument(
+            *flag("abnormal"),
+            dest="abnormal_dir",
+            default=None,
+            help="folder of abnormal support images",
+        )
+        own.add_argument(
+            *flag("masks"),
+            dest="masks_dir",
+            default=None,
+            help="masks of the abnormal images, same file names (optional)",
+        )
     if train:
         g.add_argument(
             *flag("epoch"),
@@ -338,6 +358,8 @@ def run_config_from_args(args: argparse.Namespace, setting: str):
     from iqeclip.train import RunConfig
 
     fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if hasattr(args, f)}
+    if fields.get("obj") is None:
+        fields["obj"] = "custom" if fields.get("normal_dir") else "Brain"
     run = RunConfig(setting=setting, **fields)
     if run.log_path is None:
         run.log_path = f"log/{args.command}_{run.obj}.log"
@@ -412,6 +434,155 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"synthetic benchmark written to {args.out}")
 
 
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by predict and calibrate."""
+    parser.add_argument(*flag("ckpt_path"), dest="ckpt_path", required=True, help="checkpoint")
+    parser.add_argument(
+        *flag("batch_size"),
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="images per forward pass (default %(default)s)",
+    )
+    parser.add_argument(
+        *flag("device"), dest="device", default="auto", help="auto | cpu | cuda | cuda:N"
+    )
+    parser.add_argument(
+        *flag("setting"),
+        dest="setting",
+        choices=["zero", "few"],
+        default=None,
+        help="image-score rule (default: the checkpoint's training setting)",
+    )
+    parser.add_argument(
+        *flag("pretrain"),
+        dest="pretrain",
+        default=None,
+        help="backbone weights if they moved since training (tag or file)",
+    )
+    parser.add_argument(
+        *flag("precision"),
+        dest="precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="vision-tower dtype (default: as trained)",
+    )
+
+
+def add_predict_args(parser: argparse.ArgumentParser) -> None:
+    _add_inference_args(parser)
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (recursive), DICOM files or series folders, NIfTI volumes",
+    )
+    parser.add_argument(*flag("out"), dest="out", required=True, help="output folder")
+    parser.add_argument(
+        *flag("masks"),
+        dest="masks",
+        default=None,
+        help="folder of ground-truth masks named like the inputs (contour on the overlay)",
+    )
+    parser.add_argument(
+        *flag("axis"),
+        dest="axis",
+        type=int,
+        default=2,
+        help="NIfTI slicing axis 0, 1 or 2 (default %(default)s)",
+    )
+    parser.add_argument(
+        *flag("window"),
+        dest="window",
+        default=None,
+        help="intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); "
+        "default: the DICOM's own window, else min-max",
+    )
+    parser.add_argument(
+        *flag("percentile"),
+        dest="percentile",
+        default=None,
+        help="clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI)",
+    )
+    parser.add_argument(
+        *flag("overwrite"),
+        dest="overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in --out",
+    )
+
+
+def _inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("pretrain", "precision") if getattr(args, k) is not None}
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from iqeclip.predict import predict
+
+    predict(
+        args.ckpt_path,
+        args.inputs,
+        args.out,
+        masks=args.masks,
+        axis=args.axis,
+        window=args.window,
+        percentile=args.percentile,
+        batch_size=args.batch_size,
+        device=args.device,
+        setting=args.setting,
+        model_overrides=_inference_overrides(args),
+        overwrite=args.overwrite,
+    )
+
+
+def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
+    _add_inference_args(parser)
+    parser.add_argument(
+        *flag("normal"),
+        dest="normal",
+        default=None,
+        help="folder of normal images (threshold by --target_fpr)",
+    )
+    parser.add_argument(
+        *flag("data_path"),
+        dest="data_path",
+        default=None,
+        help="folder with <Name>_AD datasets: calibrate on --obj's valid split",
+    )
+    parser.add_argument(*flag("obj"), dest="obj", default=None, help="dataset name for --data_path")
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument(
+        *flag("target_fpr"),
+        dest="target_fpr",
+        type=float,
+        default=0.05,
+        help="false-positive rate allowed on normal calibration images (default %(default)s)",
+    )
+    rule.add_argument(
+        *flag("f1"),
+        dest="f1",
+        action="store_true",
+        help="maximise F1 on the labelled valid split instead",
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from iqeclip.calibrate import calibrate_checkpoint
+
+    calibrate_checkpoint(
+        args.ckpt_path,
+        normal=args.normal,
+        data_path=args.data_path,
+        obj=args.obj,
+        target_fpr=args.target_fpr,
+        f1=args.f1,
+        batch_size=args.batch_size,
+        device=args.device,
+        setting=args.setting,
+        model_overrides=_inference_overrides(args),
+    )
+
+
 def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
     from iqeclip.benchmark import add_benchmark_args as add
 
@@ -461,6 +632,16 @@ COMMANDS: dict[
     ),
     "synth": ("write the synthetic BMAD-layout benchmark", add_synth_args, cmd_synth),
     "demo": ("offline end-to-end demo on the synthetic benchmark", add_demo_args, cmd_demo),
+    "predict": (
+        "score your own images, DICOM and NIfTI; write heat maps and predictions.csv",
+        add_predict_args,
+        cmd_predict,
+    ),
+    "calibrate": (
+        "choose decision thresholds and store them in the checkpoint",
+        add_calibrate_args,
+        cmd_calibrate,
+    ),
     "benchmark": (
         "measure inference and training speed as ratios to the bare backbone forward",
         add_benchmark_args,

@@ -29,7 +29,14 @@ from iqeclip.cache import FeatureCache, default_cache_dir, open_cache
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from iqeclip.config import ModelConfig
 from iqeclip.data.datasets import HomogeneousBatchSampler, ImageDataset, augmented_support
-from iqeclip.data.layout import Sample, available_datasets, has_masks, list_split, support_set
+from iqeclip.data.layout import (
+    Sample,
+    available_datasets,
+    has_masks,
+    list_split,
+    samples_from_folders,
+    support_set,
+)
 from iqeclip.errors import UserError
 from iqeclip.evaluate import (
     evaluate,
@@ -75,6 +82,9 @@ class RunConfig:
         cache_dir: frozen-feature cache folder (``None``: no cache).
         cache_dtype: ``fp32`` (exact) or ``fp16`` cache entries.
         cache_budget_gb: use the cache only if its estimated size fits.
+        normal_dir: few-shot on your own data: folder of normal support images.
+        abnormal_dir: few-shot on your own data: folder of abnormal support images.
+        masks_dir: masks of the abnormal support images (same file names), optional.
     """
 
     obj: str = "Brain"
@@ -98,6 +108,9 @@ class RunConfig:
     cache_dir: str | None = str(default_cache_dir())
     cache_dtype: str = "fp32"
     cache_budget_gb: float = 50.0
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    masks_dir: str | None = None
 
 
 class RunLog:
@@ -250,6 +263,9 @@ class Trainer:
         """Restore the selected weights, evaluate on the target test split, log and return."""
         if self.best_state is not None:
             self.model.head.load_state_dict(self.best_state)
+        if not test_samples:
+            self.log(f"checkpoint: {self.ckpt} (no {self.run.obj}_AD/test split to evaluate on)")
+            return {}
         metrics = self.evaluate(test_samples, pixel, f"{self.run.obj} test")
         for line in metric_lines(self.run.obj, metrics):
             self.log(line)
@@ -375,11 +391,20 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         )
     log = RunLog(run.log_path)
     try:
-        pixel = has_masks(run.data_path, run.obj)
-        test_samples = list_split(run.data_path, run.obj, "test")
-        abnormal, normal = support_set(
-            run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
-        )
+        if run.normal_dir or run.abnormal_dir:
+            if not (run.normal_dir and run.abnormal_dir):
+                raise UserError("few-shot on your own data needs both --normal and --abnormal")
+            abnormal, normal = samples_from_folders(run.normal_dir, run.abnormal_dir, run.masks_dir)
+            pixel = run.masks_dir is not None
+            run = dataclasses.replace(run, shot=len(abnormal))
+            has_test = (Path(run.data_path) / f"{run.obj}_AD" / "test").is_dir()
+            test_samples = list_split(run.data_path, run.obj, "test") if has_test else []
+        else:
+            pixel = has_masks(run.data_path, run.obj)
+            test_samples = list_split(run.data_path, run.obj, "test")
+            abnormal, normal = support_set(
+                run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
+            )
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
         trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples))
         log(

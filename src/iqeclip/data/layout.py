@@ -37,8 +37,10 @@ __all__ = [
     "dataset_root",
     "find_support_list",
     "has_masks",
+    "list_images",
     "list_split",
     "read_support_list",
+    "samples_from_folders",
     "support_set",
 ]
 
@@ -154,7 +156,7 @@ def has_masks(data_path: str | Path, name: str) -> bool:
     return (dataset_root(data_path, name) / "test" / _ABNORMAL / _MASK).is_dir()
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     """Image files of a folder, sorted by name; hidden files and other suffixes are skipped."""
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist")
@@ -190,8 +192,8 @@ def list_split(data_path: str | Path, name: str, split: str) -> list[Sample]:
     if not split_dir.is_dir():
         raise UserError(f"split folder {split_dir} does not exist")
     masks = has_masks(data_path, name)
-    normal = _list_images(split_dir / _NORMAL / _IMG)
-    abnormal = _list_images(split_dir / _ABNORMAL / _IMG)
+    normal = list_images(split_dir / _NORMAL / _IMG)
+    abnormal = list_images(split_dir / _ABNORMAL / _IMG)
     if not normal and not abnormal:
         raise UserError(
             f"split folder {split_dir} holds no image ({', '.join(IMAGE_SUFFIXES)}) in "
@@ -365,3 +367,36 @@ def support_set(
             picked.append(by_name[n])
         chosen.append(picked)
     return chosen[0], chosen[1]
+
+
+def samples_from_folders(
+    normal_dir: str | Path, abnormal_dir: str | Path, masks_dir: str | Path | None
+) -> tuple[list[Sample], list[Sample]]:
+    """A user's own support set: ``(abnormal, normal)`` samples from two image folders.
+
+    Args:
+        normal_dir: folder of normal images (``--normal``).
+        abnormal_dir: folder of abnormal images (``--abnormal``).
+        masks_dir: folder of masks named like the abnormal images (``--masks``), or ``None``.
+
+    Raises:
+        UserError: if a folder is missing or empty, or an abnormal image has no mask.
+    """
+    folders = {"--normal": Path(normal_dir), "--abnormal": Path(abnormal_dir)}
+    images = {}
+    for flag, folder in folders.items():
+        if not folder.is_dir():
+            raise UserError(f"{flag} {folder}: no such folder")
+        images[flag] = list_images(folder)
+        if not images[flag]:
+            raise UserError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    abnormal = []
+    for image in images["--abnormal"]:
+        mask = None
+        if masks_dir is not None:
+            mask = Path(masks_dir) / image.name
+            if not mask.is_file():
+                raise UserError(f"abnormal image {image} has no mask: expected {mask}")
+        abnormal.append(Sample(image=image, label=1, mask=mask))
+    normal = [Sample(image=image, label=0, mask=None) for image in images["--normal"]]
+    return abnormal, normal

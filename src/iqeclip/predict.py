@@ -1,0 +1,338 @@
+"""``iqeclip predict``: score your own images, slices and volumes, and write heat maps.
+
+Inputs are image files, folders (searched recursively), DICOM files and series folders, and
+NIfTI volumes (scored slice by slice along ``--axis``). For every 2-D input the outputs are an
+overlay PNG (the map over the input, the ground-truth contour in green with ``--masks``), the map
+as a grey PNG and as a float ``.npy`` (both at the input's size, values are the anomaly
+probability in [0, 1]), and a row of ``predictions.csv``; a NIfTI input also gets a NIfTI of its
+anomaly maps with the source affine and header.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from iqeclip.checkpoint import load_checkpoint, read_checkpoint
+from iqeclip.data.io import as_input, load_image, load_mask
+from iqeclip.data.layout import IMAGE_SUFFIXES
+from iqeclip.errors import UserError
+from iqeclip.io_utils import atomic_write, atomic_write_text
+from iqeclip.model import IQEClip
+from iqeclip.thresholds import describe
+from iqeclip.visualize import draw_contour, overlay
+
+CSV_COLUMNS = ("path", "slice", "score", "decision", "threshold", "rule")
+
+
+@dataclass
+class Item:
+    """One 2-D input.
+
+    Attributes:
+        name: output file stem.
+        source: the file (or series folder) it came from.
+        index: slice index within a volume / series / multi-frame file, else ``None``.
+        display: ``(H, W, 3)`` uint8 picture at the input's resolution.
+        model_input: ``(3, S, S)`` uint8 model input.
+        volume: for NIfTI slices, the volume's metadata (affine, header, shape, axis).
+    """
+
+    name: str
+    source: Path
+    index: int | None
+    display: np.ndarray
+    model_input: torch.Tensor
+    volume: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _is_dicom(path: Path) -> bool:
+    from iqeclip.data.medical import is_medical
+
+    return not _is_nifti(path) and path.suffix.lower() not in IMAGE_SUFFIXES and is_medical(path)
+
+
+def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Files and DICOM series folders to read, in a stable order.
+
+    A folder is searched recursively: images and NIfTI files are taken one by one, and every
+    folder holding DICOM files is one series.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            series: set[Path] = set()
+            for f in sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+            ):
+                if f.suffix.lower() in IMAGE_SUFFIXES or _is_nifti(f):
+                    found.append(f)
+                elif _is_dicom(f) and f.parent not in series:
+                    series.add(f.parent)
+                    found.append(f.parent)
+        else:
+            raise UserError(f"input {path}: no such file or folder")
+    if not found:
+        raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
+    return found
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", *IMAGE_SUFFIXES, ".nii", ".dcm", ".dicom"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _grey_to_rgb(image: np.ndarray) -> np.ndarray:
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def read_items(path: Path, size: int, axis: int, intensity: Any) -> Iterator[Item]:
+    """The 2-D items of one input (an image, a DICOM file or series, a NIfTI volume)."""
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _is_wide(path):
+        tensor = load_image(path, size)
+        with Image.open(path) as im:
+            display = np.asarray(im.convert("RGB"))
+        yield Item(_stem(path), path, None, display, tensor)
+        return
+    from iqeclip.data.medical import read_any, slice_to_uint8_rgb
+
+    slices = read_any(path, axis=axis, intensity=intensity)
+    volume = None
+    if _is_nifti(path):
+        volume = {**slices[0].meta, "n_slices": len(slices)}
+    for s in slices:
+        name = _stem(path) if s.index is None else f"{_stem(path)}_s{s.index:03d}"
+        yield Item(name, path, s.index, _grey_to_rgb(s.image), slice_to_uint8_rgb(s, size), volume)
+
+
+def _is_wide(path: Path) -> bool:
+    """16-bit PNG/TIFF go through the medical reader (its intensity options apply)."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I")
+    except OSError:
+        return False
+
+
+def _resize_map(amap: torch.Tensor, height: int, width: int) -> np.ndarray:
+    up = F.interpolate(amap[None, None], size=(height, width), mode="bilinear", align_corners=False)
+    return up[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+class _Writer:
+    """Writes each item's files and collects CSV rows and NIfTI volumes."""
+
+    def __init__(self, out: Path, masks: Path | None, threshold: float | None, rule: str) -> None:
+        self.out, self.masks, self.threshold, self.rule = out, masks, threshold, rule
+        self.rows: list[dict[str, Any]] = []
+        self.names: set[str] = set()
+        self.volume_maps: dict[Path, dict[int, np.ndarray]] = {}
+
+    def unique(self, name: str) -> str:
+        candidate, n = name, 1
+        while candidate in self.names:
+            n += 1
+            candidate = f"{name}-{n}"
+        self.names.add(candidate)
+        return candidate
+
+    def write(self, item: Item, amap: torch.Tensor, score: float) -> None:
+        height, width = item.display.shape[:2]
+        full = _resize_map(amap, height, width)
+        picture = overlay(item.display, full)
+        if self.masks is not None and item.index is None:
+            mask_path = self.masks / item.source.name
+            if mask_path.is_file():
+                mask = load_mask(mask_path, max(height, width))
+                mask = np.asarray(
+                    Image.fromarray(mask.numpy()).resize((width, height), Image.NEAREST)
+                )
+                picture = draw_contour(picture, mask)
+        name = self.unique(item.name)
+        _save_png(self.out / f"{name}_overlay.png", picture)
+        _save_png(self.out / f"{name}_map.png", np.rint(full * 255).astype(np.uint8))
+        _save_npy(self.out / f"{name}_map.npy", full)
+        decision = ""
+        if self.threshold is not None:
+            decision = "abnormal" if score >= self.threshold else "normal"
+        self.rows.append(
+            {
+                "path": str(item.source),
+                "slice": "" if item.index is None else item.index,
+                "score": f"{score:.6f}",
+                "decision": decision,
+                "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
+                "rule": self.rule,
+            }
+        )
+        if item.volume is not None:
+            done = self.volume_maps.setdefault(item.source, {})
+            done[item.index] = (item.volume, full)
+            if len(done) == item.volume["n_slices"]:
+                self.finish_volume(item.source)
+
+    def finish_volume(self, source: Path) -> None:
+        """Write the NIfTI of a volume's maps (source affine and header, float32)."""
+        import nibabel as nib
+
+        slices = self.volume_maps.pop(source)
+        volume = next(iter(slices.values()))[0]
+        data = np.zeros(volume["shape"][:3], np.float32)
+        for index, (_, amap) in slices.items():
+            plane = [slice(None)] * 3
+            plane[volume["axis"]] = index
+            data[tuple(plane)] = amap
+        image = nib.Nifti1Image(data, volume["affine"], volume["header"])
+        image.set_data_dtype(np.float32)
+        path = self.out / f"{self.unique(_stem(source))}_anomaly.nii.gz"
+        tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+        try:
+            image.to_filename(str(tmp))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_csv(self) -> Path:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        path = self.out / "predictions.csv"
+        atomic_write_text(path, buffer.getvalue())
+        return path
+
+
+def predict(
+    ckpt_path: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    masks: str | Path | None = None,
+    axis: int = 2,
+    window: str | None = None,
+    percentile: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    setting: str | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Score ``inputs`` with a checkpoint and write every output into ``out``.
+
+    Returns:
+        The path of ``predictions.csv``.
+    """
+    import dataclasses
+
+    from iqeclip.train import resolve_device
+
+    out = Path(out)
+    if (out / "predictions.csv").exists() and not overwrite:
+        raise UserError(f"{out / 'predictions.csv'} exists; pass --overwrite to replace it")
+    if axis not in (0, 1, 2):
+        raise UserError(f"--axis must be 0, 1 or 2, got {axis}")
+    stored, _, meta = read_checkpoint(ckpt_path)
+    dev = resolve_device(device)
+    model = IQEClip.build(dataclasses.replace(stored, **(model_overrides or {})), dev)
+    load_checkpoint(model, ckpt_path)
+    setting = setting or meta.get("run", {}).get("setting", "zero")
+    thresholds = meta.get("thresholds")
+    if thresholds:
+        threshold, rule = thresholds["image"], describe(thresholds)
+        print(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
+    else:
+        threshold, rule = None, ""
+        print(
+            f"{ckpt_path} has no calibrated threshold: writing scores only (see iqeclip calibrate)"
+        )
+    paths = expand_inputs(inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(out, Path(masks) if masks else None, threshold, rule)
+    scored = scored_items(model, paths, setting, batch_size, axis, _intensity(window, percentile))
+    for item, amap, score in scored:
+        writer.write(item, amap, score)
+    csv_path = writer.write_csv()
+    print(
+        f"{len(writer.rows)} predictions from {len(paths)} inputs written to {out} ({csv_path.name})"
+    )
+    return csv_path
+
+
+def scored_items(
+    model: IQEClip,
+    paths: Sequence[Path],
+    setting: str,
+    batch_size: int,
+    axis: int = 2,
+    intensity: Any = None,
+) -> Iterator[tuple[Item, torch.Tensor, float]]:
+    """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``."""
+    from iqeclip.data.medical import Intensity
+
+    intensity = intensity or Intensity()
+    device = next(model.head.parameters()).device
+    pending: list[Item] = []
+
+    def flush() -> Iterator[tuple[Item, torch.Tensor, float]]:
+        images = torch.stack([item.model_input for item in pending])
+        maps, scores = model.predict(as_input(images, device), setting)
+        yield from zip(pending, maps, scores.tolist(), strict=True)
+        pending.clear()
+
+    for path in tqdm(paths, desc="predict", unit="input"):
+        for item in read_items(path, model.config.img_size, axis, intensity):
+            pending.append(item)
+            if len(pending) == batch_size:
+                yield from flush()
+    if pending:
+        yield from flush()
+
+
+def _intensity(window: str | None, percentile: str | None) -> Any:
+    from iqeclip.data.medical import Intensity, parse_window
+
+    pct = None
+    if percentile:
+        try:
+            lo, hi = (float(v) for v in percentile.split(","))
+        except ValueError:
+            raise UserError(
+                f"--percentile expects LOW,HIGH such as 1,99, got {percentile!r}"
+            ) from None
+        if not 0 <= lo < hi <= 100:
+            raise UserError(f"--percentile expects 0 <= LOW < HIGH <= 100, got {percentile!r}")
+        pct = (lo, hi)
+    return Intensity(window=parse_window(window) if window else None, percentile=pct)
