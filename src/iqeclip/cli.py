@@ -351,6 +351,12 @@ def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> Non
         g.add_argument(
             *flag("ckpt_path"), dest="ckpt_path", required=True, help="checkpoint to test"
         )
+        g.add_argument(
+            *flag("report"),
+            dest="report_dir",
+            default=None,
+            help="write scores, example maps and an HTML/markdown report to this folder",
+        )
 
 
 def run_config_from_args(args: argparse.Namespace, setting: str):
@@ -583,6 +589,24 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     )
 
 
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="folder written by test-* --report")
+    parser.add_argument(
+        *flag("top_k"),
+        dest="top_k",
+        type=int,
+        default=8,
+        help="highest- and lowest-scoring examples to show (default %(default)s)",
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from iqeclip.report import write_report
+
+    html, md = write_report(args.run_dir, top_k=args.top_k)
+    print(f"report: {html} and {md}")
+
+
 def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
     from iqeclip.benchmark import add_benchmark_args as add
 
@@ -642,6 +666,7 @@ COMMANDS: dict[
         add_calibrate_args,
         cmd_calibrate,
     ),
+    "report": ("HTML and markdown report of a test run folder", add_report_args, cmd_report),
     "benchmark": (
         "measure inference and training speed as ratios to the bare backbone forward",
         add_benchmark_args,

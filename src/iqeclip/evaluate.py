@@ -130,8 +130,9 @@ def evaluate(
     desc: str = "test",
     cache: FeatureCache | None = None,
     max_exact_pixels: int = MAX_EXACT_PIXELS,
+    scores_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the detector on ``samples``.
+    """Metrics of the detector on ``samples`` (``scores_out[""]`` receives scores and labels).
 
     Returns:
         ``image_auroc``, ``image_ap``, ``image_f1_max`` and (``None`` without masks)
@@ -139,7 +140,7 @@ def evaluate(
     """
     groups = [("", list(samples), pixel_masks)]
     return evaluate_groups(
-        model, groups, setting, batch_size, workers, desc, cache, max_exact_pixels
+        model, groups, setting, batch_size, workers, desc, cache, max_exact_pixels, scores_out
     )[""]
 
 
@@ -152,6 +153,7 @@ def evaluate_groups(
     desc: str = "test",
     cache: FeatureCache | None = None,
     max_exact_pixels: int = MAX_EXACT_PIXELS,
+    scores_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics of several datasets, scored in at most two passes (with and without masks).
 
@@ -161,6 +163,7 @@ def evaluate_groups(
 
     Args:
         groups: ``(name, samples, pixel_masks)`` per dataset.
+        scores_out: if given, receives ``(image scores, labels)`` per dataset name.
 
     Returns:
         The metrics of :func:`evaluate` per dataset name.
@@ -195,6 +198,8 @@ def evaluate_groups(
                 pixel_part = None
             metrics = compute_metrics(scores[part], labels[part], pixel=pixel_part)
             results[name] = {**metrics, "n_images": len(samples)}
+            if scores_out is not None:
+                scores_out[name] = (scores[part], labels[part])
     return results
 
 

@@ -85,6 +85,7 @@ class RunConfig:
         normal_dir: few-shot on your own data: folder of normal support images.
         abnormal_dir: few-shot on your own data: folder of abnormal support images.
         masks_dir: masks of the abnormal support images (same file names), optional.
+        report_dir: testing: write scores, examples and an HTML/markdown report here.
     """
 
     obj: str = "Brain"
@@ -111,6 +112,7 @@ class RunConfig:
     normal_dir: str | None = None
     abnormal_dir: str | None = None
     masks_dir: str | None = None
+    report_dir: str | None = None
 
 
 class RunLog:
@@ -444,7 +446,8 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     if not run.ckpt_path:
         raise UserError("--ckpt_path is required")
     metrics_json = Path(run.metrics_json) if run.metrics_json else None
-    _refuse_overwrite(run, metrics_json)
+    report_dir = Path(run.report_dir) if run.report_dir else None
+    _refuse_overwrite(run, metrics_json, report_dir / "metrics.json" if report_dir else None)
     stored, _, _ = read_checkpoint(run.ckpt_path)
     config = dataclasses.replace(stored, **model_overrides)
     log = RunLog(run.log_path)
@@ -460,8 +463,17 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
             model, len(samples), run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
         )
         workers = _workers(run, device)
+        scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         metrics = evaluate(
-            model, samples, run.setting, pixel, run.batch_size, workers, f"{run.obj} test", cache
+            model,
+            samples,
+            run.setting,
+            pixel,
+            run.batch_size,
+            workers,
+            f"{run.obj} test",
+            cache,
+            scores_out=scored,
         )
         for line in metric_lines(run.obj, metrics):
             log(line)
@@ -469,6 +481,11 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
             log(cache.hit_rate())
         if metrics_json is not None:
             write_metrics_json(metrics_json, metrics, **_record_fields(run))
+        if run.report_dir:
+            from iqeclip.report_run import write_test_report
+
+            html = write_test_report(run.report_dir, model, samples, *scored[""], metrics, run)
+            log(f"report: {html}")
         return metrics
     finally:
         log.close()
