@@ -297,6 +297,20 @@ def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> Non
             help="folder of <Name>/<K>-shot.txt (default <data_path>/fewshot_seed, "
             "then ./dataset/fewshot_seed)",
         )
+    if train:
+        g.add_argument(
+            *flag("resume"),
+            dest="resume",
+            action="store_true",
+            help="continue an interrupted run from its saved training state",
+        )
+        g.add_argument(
+            *flag("save_every"),
+            dest="save_every",
+            type=int,
+            default=d.save_every,
+            help="save the training state every N steps, and at each epoch end (default %(default)s)",
+        )
     if train and few:
         own = parser.add_argument_group("your own data (instead of the <obj>_AD valid split)")
         own.add_argument(

@@ -28,7 +28,12 @@ from tqdm import tqdm
 from iqeclip.cache import FeatureCache, default_cache_dir, open_cache
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from iqeclip.config import ModelConfig
-from iqeclip.data.datasets import HomogeneousBatchSampler, ImageDataset, augmented_support
+from iqeclip.data.datasets import (
+    HomogeneousBatchSampler,
+    ImageDataset,
+    ShuffledBatchSampler,
+    augmented_support,
+)
 from iqeclip.data.layout import (
     Sample,
     available_datasets,
@@ -49,6 +54,8 @@ from iqeclip.evaluate import (
 from iqeclip.losses import iqe_loss
 from iqeclip.maps import Setting
 from iqeclip.model import IQEClip
+from iqeclip.resume import FIXED as RESUME_FIXED
+from iqeclip.resume import load_state, save_state, state_path
 
 Select = Literal["last", "source-val", "target-test"]
 TEMP_LR = 0.01  # learning rate of the text-branch temperature, as published
@@ -86,6 +93,8 @@ class RunConfig:
         abnormal_dir: few-shot on your own data: folder of abnormal support images.
         masks_dir: masks of the abnormal support images (same file names), optional.
         report_dir: testing: write scores, examples and an HTML/markdown report here.
+        resume: continue an interrupted training run from its saved state.
+        save_every: save the training state every this many steps (and at each epoch end).
     """
 
     obj: str = "Brain"
@@ -113,6 +122,8 @@ class RunConfig:
     abnormal_dir: str | None = None
     masks_dir: str | None = None
     report_dir: str | None = None
+    resume: bool = False
+    save_every: int = 50
 
 
 class RunLog:
@@ -185,6 +196,12 @@ def train_step(
     return float(loss.detach())
 
 
+def _private_generator(seed: int) -> torch.Generator:
+    """A generator of the DataLoader's own: creating an epoch's iterator then draws from it, not
+    from the global RNG that dropout uses, so a run resumed mid-epoch sees the same random stream."""
+    return torch.Generator().manual_seed(seed)
+
+
 def _checkpoint_path(run: RunConfig) -> Path:
     name = f"{run.obj}.pth" if run.setting == "zero" else f"{run.obj}_{run.shot}.pth"
     return Path(run.save_dir).expanduser() / name
@@ -218,7 +235,9 @@ class Trainer:
         self.device = resolve_device(run.device)
         self.workers = _workers(run, self.device)
         self.ckpt = _checkpoint_path(run)
-        _refuse_overwrite(run, self.ckpt, Path(run.metrics_json) if run.metrics_json else None)
+        self.state_path = state_path(self.ckpt)
+        if not run.resume:
+            _refuse_overwrite(run, self.ckpt, Path(run.metrics_json) if run.metrics_json else None)
         seed_everything(run.seed)
         self.model = IQEClip.build(model_cfg, self.device)
         self.optimizer = make_optimizer(self.model, run.learning_rate)
@@ -231,6 +250,39 @@ class Trainer:
         self.cache = open_cache(
             self.model, n_images, run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
         )
+
+    def settings(self) -> dict[str, Any]:
+        """What must not change between an interrupted and a resumed run."""
+        run = dataclasses.asdict(self.run)
+        return {**{k: run[k] for k in RESUME_FIXED}, "model": self.model.config.to_dict()}
+
+    def start(self) -> tuple[int, int]:
+        """``(epoch, batches done in it)`` to start from: ``(0, 0)``, or the saved state."""
+        if not self.run.resume:
+            return 0, 0
+        state = load_state(self.state_path, self.model.head, self.optimizer, self.settings())
+        self.best, self.best_state = state["best"], state["best_state"]
+        self.log(f"resumed from {self.state_path}: epoch {state['epoch']}, batch {state['step']}")
+        return state["epoch"], state["step"]
+
+    def save_state(self, epoch: int, step: int) -> None:
+        """Save the training state: ``step`` batches of ``epoch`` are done."""
+        save_state(
+            self.state_path,
+            self.model.head,
+            self.optimizer,
+            epoch=epoch,
+            step=step,
+            best=self.best,
+            best_state=self.best_state,
+            settings=self.settings(),
+        )
+
+    def after_step(self, epoch: int, done: int, n_batches: int) -> None:
+        """Save the state every ``save_every`` steps (epoch ends are saved by the loop)."""
+        every = self.run.save_every
+        if every > 0 and done % every == 0 and done < n_batches:
+            self.save_state(epoch, done)
 
     def evaluate(self, samples: list[Sample], pixel: bool, desc: str) -> dict[str, Any]:
         return evaluate(
@@ -263,6 +315,7 @@ class Trainer:
 
     def finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
         """Restore the selected weights, evaluate on the target test split, log and return."""
+        self.state_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         if self.best_state is not None:
             self.model.head.load_state_dict(self.best_state)
         if not test_samples:
@@ -334,7 +387,10 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         groups = [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
         sampler = HomogeneousBatchSampler(groups, run.batch_size, run.seed)
         loader = DataLoader(
-            ConcatDataset(parts), batch_sampler=sampler, num_workers=trainer.workers
+            ConcatDataset(parts),
+            batch_sampler=sampler,
+            num_workers=trainer.workers,
+            generator=_private_generator(run.seed),
         )
         if select == "target-test":
             _warn_target_test(log)
@@ -361,19 +417,23 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                 score = float(np.mean([selection_score(m) for m in results.values()]))
             trainer.consider(score, {"epoch": epoch, "step": step}, f"epoch {epoch} batch {step}")
 
-        n_batches = len(sampler)
+        n_batches = len(sampler.batches())
         eval_steps = {round(k * n_batches / EVALS_PER_EPOCH) for k in range(EVALS_PER_EPOCH)}
-        for epoch in range(run.epochs):
-            sampler.set_epoch(epoch)
+        start_epoch, start_step = trainer.start()
+        for epoch in range(start_epoch, run.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip)
             log(f"epoch: {epoch}")
             losses, start = [], time.perf_counter()
             bar = trainer.epoch_bar(loader, epoch)
-            for step, batch in enumerate(bar):
+            for step, batch in enumerate(bar, start=skip):
                 if select != "last" and step in eval_steps:
                     checkpoint_eval(epoch, step)
                 losses.append(train_step(trainer.model, trainer.optimizer, batch, trainer.cache))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                trainer.after_step(epoch, step + 1, n_batches)
             trainer.log_epoch(losses, len(loader.dataset), time.perf_counter() - start)
+            trainer.save_state(epoch + 1, 0)
         if select != "last":
             checkpoint_eval(run.epochs, 0)
         else:
@@ -412,23 +472,29 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         log(
             f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"
         )
-        generator = torch.Generator().manual_seed(run.seed)
-        loader = DataLoader(support, batch_size=run.batch_size, shuffle=True, generator=generator)
+        sampler = ShuffledBatchSampler(len(support), run.batch_size, run.seed)
+        loader = DataLoader(support, batch_sampler=sampler, generator=_private_generator(run.seed))
         if select == "target-test":
             _warn_target_test(log)
-        for epoch in range(run.epochs):
+        n_batches = len(sampler.batches())
+        start_epoch, start_step = trainer.start()
+        for epoch in range(start_epoch, run.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip)
             log(f"epoch: {epoch}")
             losses, start = [], time.perf_counter()
             bar = trainer.epoch_bar(loader, epoch)
-            for batch in bar:
+            for step, batch in enumerate(bar, start=skip):
                 losses.append(train_step(trainer.model, trainer.optimizer, batch, trainer.cache))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                trainer.after_step(epoch, step + 1, n_batches)
             trainer.log_epoch(losses, len(support), time.perf_counter() - start)
             if select == "target-test":
                 metrics = trainer.evaluate(test_samples, pixel, "target test")
                 for line in metric_lines(run.obj, metrics):
                     log(line)
                 trainer.consider(selection_score(metrics), {"epoch": epoch}, f"epoch {epoch}")
+            trainer.save_state(epoch + 1, 0)
         if select == "last":
             trainer.save_last({"epoch": run.epochs})
         return trainer.finish(test_samples, pixel, select)

@@ -52,26 +52,46 @@ class ImageDataset(Dataset):
         return image, mask, torch.tensor(s.label), torch.tensor(self.segmentation)
 
 
-class HomogeneousBatchSampler(Sampler[list[int]]):
-    """Batches that never mix datasets, reshuffled every epoch.
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches that are a pure function of ``(seed, epoch)``, so a run can resume mid-epoch.
+
+    Call :meth:`set_epoch` before each epoch; ``skip`` leaves out the batches already done.
+    """
+
+    def __init__(self, batch_size: int, seed: int) -> None:
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def batches(self) -> list[list[int]]:
+        """All batches of the current epoch, in order."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.batches()) - self.skip
+
+
+class HomogeneousBatchSampler(EpochBatchSampler):
+    """Batches that never mix datasets, reshuffled every epoch (the zero-shot protocol).
 
     Args:
         groups: dataset indices of each source, e.g. ``[[0..n0), [n0..n0+n1), ...]``.
         batch_size: batch size; the last chunk of each source may be smaller.
-        seed: base seed; epoch ``e`` uses ``seed + e`` (call :meth:`set_epoch`).
+        seed: base seed; epoch ``e`` uses ``seed + e``.
     """
 
     def __init__(self, groups: Sequence[Sequence[int]], batch_size: int, seed: int) -> None:
+        super().__init__(batch_size, seed)
         self.groups = [list(g) for g in groups if len(g)]
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        """This epoch's batches, in order."""
         rng = random.Random(self.seed + self.epoch)
         chunks = []
         for group in self.groups:
@@ -83,11 +103,18 @@ class HomogeneousBatchSampler(Sampler[list[int]]):
         rng.shuffle(chunks)
         return chunks
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
 
-    def __len__(self) -> int:
-        return sum(-(-len(g) // self.batch_size) for g in self.groups)
+class ShuffledBatchSampler(EpochBatchSampler):
+    """A fresh permutation of ``n`` items every epoch, cut into batches (the few-shot protocol)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        super().__init__(batch_size, seed)
+        self.n = n
+
+    def batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        return [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
 
 
 def augmented_support(

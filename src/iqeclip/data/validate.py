@@ -1,0 +1,405 @@
+"""Checking input files before a run: the ``--on_bad_input {error,skip}`` policy.
+
+:func:`check_sample` opens each file of a :class:`~iqeclip.data.layout.Sample` once (PIL header,
+then one full decode; DICOM / NIfTI through :func:`iqeclip.data.medical.read_any`) and rejects,
+with a one-line reason:
+
+- a missing or empty (0-byte) file, a truncated or corrupt PNG/JPEG, or a file with an image suffix
+  whose content is not an image;
+- an image smaller than 2 pixels on a side (``image is 1x1 pixels``) or larger than
+  :data:`MAX_PIXELS` (``image is W x H pixels, larger than the 50-megapixel limit``; PIL's own
+  decompression-bomb warning/error is caught and reported the same way);
+- an abnormal image without a mask when the dataset has pixel masks (``masks_expected``);
+- a mask whose size differs from its image's (the original sizes, before any resize);
+- a mask that :func:`iqeclip.data.io.load_mask` would not read as intended: more than two grey
+  values, two values other than ``{0, x}``, or a largest value between 2 and 127 (``load_mask``
+  only marks values >= 128, or any value > 0 of a 0/1 mask, as anomalous, so such a mask would
+  come out empty). 0/1 and 0/255 masks (and ``{0, x}`` for any ``x >= 128``) are binary.
+  JPEG masks are lossy, so their compression noise is tolerated: a JPEG mask is accepted when at
+  least 99 % (:data:`JPEG_BINARY_FRACTION`) of its pixels lie within 32 grey levels
+  (:data:`JPEG_TOLERANCE`) of 0 or of the mask's maximum. (Exactly 0 or the maximum is too strict:
+  a 512 x 512 disc saved at JPEG quality 75 has only ~98.7 % such pixels.)
+
+DICOM and NIfTI images need their optional packages; non-finite voxels are the reader's business
+(replaced and counted in ``meta["nonfinite"]``; an all-NaN slice reads as zeros), so they pass.
+
+:func:`validate_samples` applies a policy to a list: ``"error"`` raises the first problem as a
+:class:`~iqeclip.errors.UserError`, ``"skip"`` returns the good samples (in order) and a
+:class:`Skipped` record for each other one, which :func:`write_skipped` saves as a CSV file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from iqeclip.data import medical
+from iqeclip.data.io import _WIDE_MODES, _check_size
+from iqeclip.data.layout import IMAGE_SUFFIXES, Sample
+from iqeclip.errors import UserError
+from iqeclip.io_utils import atomic_write_text
+
+__all__ = [
+    "JPEG_BINARY_FRACTION",
+    "JPEG_TOLERANCE",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "POLICIES",
+    "Skipped",
+    "check_sample",
+    "validate_samples",
+    "write_skipped",
+]
+
+POLICIES: tuple[str, ...] = ("error", "skip")
+"""The values of ``--on_bad_input``."""
+
+MAX_PIXELS = 50_000_000
+"""Largest accepted image (width x height), below PIL's decompression-bomb limit."""
+
+MIN_SIDE = 2
+"""Smallest accepted width and height in pixels."""
+
+JPEG_TOLERANCE = 32
+"""Grey levels around 0 and the maximum that count as binary in a JPEG mask."""
+
+JPEG_BINARY_FRACTION = 0.99
+"""Share of a JPEG mask's pixels that must be near 0 or near its maximum."""
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+_SAFE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample left out under ``--on_bad_input skip``.
+
+    Attributes:
+        path: The sample's image file.
+        reason: Why, on one line (a mask problem names the mask file).
+    """
+
+    path: Path
+    reason: str
+
+
+class _Bad(Exception):
+    """A per-file problem: the file at fault, its role (``image`` / ``mask``) and the reason."""
+
+    def __init__(self, what: str, path: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.what = what
+        self.path = Path(path)
+        self.reason = " ".join(reason.split())
+
+    def message(self) -> str:
+        return f"{self.what} {self.path}: {self.reason}"
+
+    def skip_reason(self) -> str:
+        return self.reason if self.what == "image" else self.message()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _magic_format(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def _too_large(what: str, width: int, height: int) -> str:
+    return (
+        f"{what} is {width} x {height} pixels, larger than the "
+        f"{MAX_PIXELS // 1_000_000}-megapixel limit"
+    )
+
+
+def _bomb_reason(what: str, exc: Image.DecompressionBombError) -> str:
+    """The reason for PIL's decompression-bomb error, with W x H when the traceback has it."""
+    tb = exc.__traceback__
+    while tb is not None:  # PIL's check sees the size; its message only gives the product
+        frame = tb.tb_frame
+        size = frame.f_locals.get("size") if "bomb" in frame.f_code.co_name else None
+        if isinstance(size, tuple) and len(size) == 2:
+            return _too_large(what, int(size[0]), int(size[1]))
+        tb = tb.tb_next
+    match = _BOMB_PIXELS.search(str(exc))
+    pixels = f"{int(match.group(1))} pixels" if match else "too many pixels"
+    return f"{what} has {pixels}, larger than the {MAX_PIXELS // 1_000_000}-megapixel limit"
+
+
+def _check_dims(what: str, path: Path, width: int, height: int) -> None:
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise _Bad(what, path, f"{what} is {width}x{height} pixels (at least 2x2 are needed)")
+    if width * height > MAX_PIXELS:
+        raise _Bad(what, path, _too_large(what, width, height))
+
+
+@contextmanager
+def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
+    """Open ``path`` with PIL, check its header size, decode it once and yield the image."""
+    try:
+        if path.is_dir():
+            raise _Bad(what, path, "is a folder, not an image file")
+        n_bytes = path.stat().st_size
+    except FileNotFoundError:
+        raise _Bad(what, path, "no such file") from None
+    except OSError as exc:
+        raise _Bad(what, path, f"cannot read the file: {_one_line(exc)}") from None
+    if n_bytes == 0:
+        raise _Bad(what, path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():  # reported below as "larger than the limit"
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise _Bad(what, path, _bomb_reason(what, exc)) from None
+    except UnidentifiedImageError:
+        fmt = _magic_format(path)
+        if fmt is not None:
+            reason = f"truncated or corrupt {fmt} file ({n_bytes} bytes; PIL cannot read it)"
+        else:
+            reason = f"not an image file (its content is no known image format despite the {path.suffix or 'missing'} suffix)"
+        raise _Bad(what, path, reason) from None
+    except Exception as exc:  # any header parser failure is a problem with the file
+        fmt = _magic_format(path) or "image"
+        raise _Bad(what, path, f"corrupt {fmt} header: {_one_line(exc)}") from None
+    with im:
+        fmt = im.format or "image"
+        try:
+            width, height = (int(v) for v in im.size)
+        except Exception as exc:
+            raise _Bad(what, path, f"corrupt {fmt} header: {_one_line(exc)}") from None
+        _check_dims(what, path, width, height)
+        try:
+            im.load()
+        except Exception as exc:  # truncated data, broken chunks, decoder errors
+            raise _Bad(what, path, f"truncated or corrupt {fmt} data: {_one_line(exc)}") from None
+        yield im
+
+
+def _check_image_pixels(im: Image.Image, path: Path) -> None:
+    """Make sure :func:`iqeclip.data.io.load_image`'s conversion to RGB works."""
+    if im.mode in _SAFE_MODES or im.mode in _WIDE_MODES:
+        return
+    try:
+        im.convert("RGB")
+    except Exception as exc:
+        raise _Bad(
+            "image", path, f"cannot convert {im.mode} pixels to RGB: {_one_line(exc)}"
+        ) from None
+
+
+def _mask_grey(im: Image.Image, path: Path) -> np.ndarray:
+    """The mask as :func:`iqeclip.data.io.load_mask` sees it: mode ``L`` values, (H, W) uint8."""
+    try:
+        if im.mode in _WIDE_MODES:
+            values = np.asarray(im, dtype=np.float64)
+            if values.max(initial=0.0) > 255:
+                values = np.rint(np.clip(values, 0.0, 65535.0) / 257.0)
+            return np.clip(values, 0, 255).astype(np.uint8)
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    except Exception as exc:
+        raise _Bad(
+            "mask", path, f"cannot convert {im.mode} pixels to grey: {_one_line(exc)}"
+        ) from None
+
+
+def _check_binary(grey: np.ndarray, path: Path, lossy: bool) -> None:
+    """Raise unless ``grey`` is a binary mask as described in the module docstring."""
+    counts = np.bincount(grey.ravel(), minlength=256)
+    present = np.flatnonzero(counts)
+    top = int(present[-1]) if present.size else 0
+    if 1 < top < 128:
+        raise _Bad(
+            "mask",
+            path,
+            f"largest mask value is {top}: only values >= 128 (or 1 in a 0/1 mask) mark anomalies, "
+            "so this mask would be empty; save masks as 0/1 or 0/255",
+        )
+    if present.size <= 2 and not lossy:
+        if present.size == 2 and present[0] != 0:
+            raise _Bad(
+                "mask",
+                path,
+                f"mask values are {int(present[0])} and {top}, not 0 and one other value "
+                "(expected 0/1 or 0/255)",
+            )
+        return
+    if lossy:
+        levels = np.arange(256)
+        near = (levels <= JPEG_TOLERANCE) | (levels >= top - JPEG_TOLERANCE)
+        share = float(counts[near].sum()) / max(grey.size, 1)
+        if share >= JPEG_BINARY_FRACTION:
+            return
+        raise _Bad(
+            "mask",
+            path,
+            f"JPEG mask is not binary: only {share:.1%} of its pixels are near 0 or {top} "
+            f"(at least {JPEG_BINARY_FRACTION:.0%} needed)",
+        )
+    raise _Bad(
+        "mask",
+        path,
+        f"mask is not binary: {present.size} distinct grey values (expected 0/1 or 0/255)",
+    )
+
+
+def _strip_path(message: str, path: Path) -> str:
+    """A reader's ``"... <path>: <reason>"`` message without its prefix."""
+    marker = f"{path}: "
+    index = message.find(marker)
+    return message[index + len(marker) :] if index >= 0 else message
+
+
+def _is_medical_image(path: Path) -> bool:
+    """DICOM / NIfTI files, read with :func:`iqeclip.data.medical.read_any` (as ``predict`` does)."""
+    return path.suffix.lower() not in IMAGE_SUFFIXES and path.is_file() and medical.is_medical(path)
+
+
+def _check_medical(path: Path) -> tuple[int, int]:
+    """Read a DICOM / NIfTI file and check its slices; returns the first slice's (W, H)."""
+    try:
+        slices = medical.read_any(path)
+    except UserError as exc:
+        if medical._INSTALL_HINT in str(exc):  # a missing package is not the file's fault
+            raise
+        raise _Bad("image", path, _strip_path(str(exc), path)) from None
+    if not slices:
+        raise _Bad("image", path, "holds no image")
+    for s in slices:
+        height, width = s.image.shape[:2]
+        _check_dims("image", path, int(width), int(height))
+    height, width = slices[0].image.shape[:2]
+    return int(width), int(height)
+
+
+def _check(sample: Sample, masks_expected: bool) -> None:
+    """Raise :class:`_Bad` for the first problem of a sample."""
+    image = Path(sample.image)
+    if _is_medical_image(image):
+        width, height = _check_medical(image)
+    else:
+        with _decoded(image, "image") as im:
+            width, height = im.size
+            _check_image_pixels(im, image)
+    if sample.mask is None:
+        if masks_expected and sample.label == 1:
+            raise _Bad("image", image, "abnormal image has no mask (this dataset has pixel masks)")
+        return
+    mask = Path(sample.mask)
+    with _decoded(mask, "mask") as im:
+        if im.size != (width, height):
+            raise _Bad(
+                "mask",
+                mask,
+                f"mask is {im.size[0]}x{im.size[1]} pixels but its image {image} is "
+                f"{width}x{height}",
+            )
+        lossy = im.format in ("JPEG", "MPO")
+        grey = _mask_grey(im, mask)
+    _check_binary(grey, mask, lossy)
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise UserError(f"--on_bad_input must be one of {', '.join(POLICIES)}, got {policy!r}")
+
+
+def check_sample(sample: Sample, size: int, masks_expected: bool = False) -> None:
+    """Check that a sample's files can be read as the model needs them.
+
+    Cheap: each file's header is read and its pixels decoded once; no resize, no model work.
+
+    Args:
+        sample: The image, its label and its mask (or None).
+        size: The model's input side in pixels (checked to be a positive integer).
+        masks_expected: The dataset has pixel masks, so an abnormal image (label 1) needs one.
+
+    Raises:
+        UserError: ``<image|mask> <path>: <reason>`` for the first problem found (see the
+            module docstring), or a non-positive size.
+    """
+    _check_size(size)
+    try:
+        _check(sample, masks_expected)
+    except _Bad as bad:
+        raise UserError(bad.message()) from None
+
+
+def validate_samples(
+    samples: Sequence[Sample], size: int, policy: str, masks_expected: bool = False
+) -> tuple[list[Sample], list[Skipped]]:
+    """Apply the ``--on_bad_input`` policy to a list of samples.
+
+    Args:
+        samples: The samples, in the order they will be used.
+        size: The model's input side in pixels.
+        policy: ``"error"``: stop at the first unusable sample; ``"skip"``: leave unusable
+            samples out and report them.
+        masks_expected: The dataset has pixel masks (see :func:`check_sample`).
+
+    Returns:
+        ``(good, skipped)``: the usable samples in their original order, and one
+        :class:`Skipped` per left-out sample (always empty under ``"error"``).
+
+    Raises:
+        UserError: An unknown policy or a bad size; under ``"error"``, the first unusable
+            sample (``<image|mask> <path>: <reason>``). ``"skip"`` never raises for a
+            per-file problem.
+    """
+    _check_policy(policy)
+    _check_size(size)
+    good: list[Sample] = []
+    skipped: list[Skipped] = []
+    for sample in samples:
+        try:
+            _check(sample, masks_expected)
+        except _Bad as bad:
+            if policy == "error":
+                raise UserError(
+                    f"{bad.message()} (--on_bad_input skip leaves such samples out)"
+                ) from None
+            skipped.append(Skipped(path=Path(sample.image), reason=bad.skip_reason()))
+        else:
+            good.append(sample)
+    return good, skipped
+
+
+def write_skipped(skipped: Sequence[Skipped], path: Path) -> None:
+    """Write the skipped samples as a CSV file with the header ``path,reason`` (atomically).
+
+    Args:
+        skipped: The records from :func:`validate_samples`.
+        path: The CSV file (UTF-8; fields quoted where needed). An empty list writes the header
+            only.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    for item in skipped:
+        writer.writerow([str(item.path), " ".join(item.reason.split())])
+    atomic_write_text(Path(path), buffer.getvalue())
