@@ -711,7 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iqeclip`` console script."""
     args = build_parser().parse_args(argv)
+    from iqeclip import distributed
+
     try:
+        if distributed.launched_by_torchrun():
+            distributed.setup(getattr(args, "device", "auto"))
         args.run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -719,6 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from iqeclip import distributed
 from iqeclip.cache import FeatureCache
 from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.io import as_input
@@ -103,19 +104,40 @@ def predict_samples(
     model.head.eval()
     n = len(samples)
     scores, labels = np.empty(n, np.float64), np.empty(n, np.int64)
+    # Batches are dealt round-robin to the ranks (one rank: all of them); after each round every
+    # rank receives every batch's results, so all ranks hold the same scores and metrics, equal
+    # to a single process's because each batch is computed exactly as a single process would.
+    starts = list(range(0, n, batch_size))
+    world, me = distributed.world_size(), distributed.rank()
+    mine = [list(range(a, min(a + batch_size, n))) for a in starts[me::world]]
     loader = DataLoader(
-        ImageDataset(samples, model.config.img_size), batch_size=batch_size, num_workers=workers
+        ImageDataset(samples, model.config.img_size), batch_sampler=mine, num_workers=workers
     )
-    start = 0
-    for images, mask, label, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
-        patch, glob = frozen_features(model, images, device, cache)
-        batch_maps, batch_scores = model.predict_features(patch, glob, setting)
-        stop = start + len(label)
-        scores[start:stop] = batch_scores.double().cpu().numpy()
-        labels[start:stop] = label.numpy()
-        if sink is not None:
-            sink(start, batch_maps.float().cpu().numpy(), mask.numpy())
-        start = stop
+    batches = iter(loader)
+    rounds = -(-len(starts) // world)
+    for round_ in tqdm(
+        range(rounds), desc=desc, unit="batch", leave=False, disable=not distributed.is_main()
+    ):
+        local = None
+        batch = next(batches, None)
+        if batch is not None:
+            images, mask, label, _ = batch
+            patch, glob = frozen_features(model, images, device, cache)
+            batch_maps, batch_scores = model.predict_features(patch, glob, setting)
+            local = (
+                batch_scores.double().cpu().numpy(),
+                label.numpy(),
+                batch_maps.float().cpu().numpy() if sink is not None else None,
+                mask.numpy() if sink is not None else None,
+            )
+        for k, result in enumerate(distributed.gather(local)):
+            if result is None:
+                continue
+            start = starts[round_ * world + k]
+            stop = start + len(result[0])
+            scores[start:stop], labels[start:stop] = result[0], result[1]
+            if sink is not None:
+                sink(start, result[2], result[3])
     model.head.train(was_training)
     return scores, labels
 

@@ -28,7 +28,7 @@ class AttentionBlock(nn.Module):
     memory token into keys and values (``M * D^2`` work, 94 % of the IQM), the queries are
     projected into the memory's space and the attention-weighted memory is projected once:
 
-        q_h . (W_k,h m + b_k,h) = (q_h W_k,h) . m + const     (the constant cancels in the softmax)
+        q_h . (W_k,h m + b_k,h) = (q_h W_k,h) . m + q_h . b_k,h   (the last term is per query)
         sum_m a_m (W_v,h m + b_v,h) = W_v,h (sum_m a_m m) + (sum_m a_m) b_v,h
 
     which is the same function at ``Q * M * D * heads`` cost (tested against the direct form).
@@ -59,7 +59,10 @@ class AttentionBlock(nn.Module):
         query = self.query(x).view(n, q, h, dh)
         # queries in the memory's space: (N, Q, h, D)
         q_mem = torch.einsum("nqhe,hec->nqhc", query, self.key.weight.view(h, dh, d))
-        scores = torch.einsum("nqhc,nmc->nhqm", q_mem, memory) / math.sqrt(dh)
+        # q . b_k is the same for every memory token, so it cannot change the softmax; it is kept
+        # so that the key bias stays in the graph as in the direct form (DDP needs every grad).
+        key_bias = torch.einsum("nqhe,he->nhq", query, self.key.bias.view(h, dh)).unsqueeze(-1)
+        scores = (torch.einsum("nqhc,nmc->nhqm", q_mem, memory) + key_bias) / math.sqrt(dh)
         att = F.dropout(scores.softmax(dim=-1), p, self.training)
         pooled = torch.einsum("nhqm,nmc->nqhc", att, memory)  # attention-weighted memory
         ctx = torch.einsum("nqhc,hec->nqhe", pooled, self.value.weight.view(h, dh, d))

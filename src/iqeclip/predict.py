@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from iqeclip import distributed
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint
 from iqeclip.data.io import as_input, load_image, load_mask
 from iqeclip.data.layout import IMAGE_SUFFIXES
@@ -94,6 +95,25 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def say(line: str) -> None:
+    """Print on rank 0 only (every line once under torchrun)."""
+    if distributed.is_main():
+        print(line)
+
+
+def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:
+    """Output stems of the inputs, made unique (``name``, ``name-2``, ...) in input order."""
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in paths:
+        stem, n = _stem(path), 1
+        while (stem if n == 1 else f"{stem}-{n}") in taken:
+            n += 1
+        stems[path] = stem if n == 1 else f"{stem}-{n}"
+        taken.add(stems[path])
+    return stems
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", *IMAGE_SUFFIXES, ".nii", ".dcm", ".dicom"):
@@ -107,22 +127,25 @@ def _grey_to_rgb(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def read_items(path: Path, size: int, axis: int, intensity: Any) -> Iterator[Item]:
+def read_items(
+    path: Path, size: int, axis: int, intensity: Any, stem: str | None = None
+) -> Iterator[Item]:
     """The 2-D items of one input (an image, a DICOM file or series, a NIfTI volume)."""
+    stem = stem or _stem(path)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _is_wide(path):
         tensor = load_image(path, size)
         with Image.open(path) as im:
             display = np.asarray(im.convert("RGB"))
-        yield Item(_stem(path), path, None, display, tensor)
+        yield Item(stem, path, None, display, tensor)
         return
     from iqeclip.data.medical import read_any, slice_to_uint8_rgb
 
     slices = read_any(path, axis=axis, intensity=intensity)
     volume = None
     if _is_nifti(path):
-        volume = {**slices[0].meta, "n_slices": len(slices)}
+        volume = {**slices[0].meta, "n_slices": len(slices), "stem": stem}
     for s in slices:
-        name = _stem(path) if s.index is None else f"{_stem(path)}_s{s.index:03d}"
+        name = stem if s.index is None else f"{stem}_s{s.index:03d}"
         yield Item(name, path, s.index, _grey_to_rgb(s.image), slice_to_uint8_rgb(s, size), volume)
 
 
@@ -158,16 +181,7 @@ class _Writer:
     def __init__(self, out: Path, masks: Path | None, threshold: float | None, rule: str) -> None:
         self.out, self.masks, self.threshold, self.rule = out, masks, threshold, rule
         self.rows: list[dict[str, Any]] = []
-        self.names: set[str] = set()
         self.volume_maps: dict[Path, dict[int, np.ndarray]] = {}
-
-    def unique(self, name: str) -> str:
-        candidate, n = name, 1
-        while candidate in self.names:
-            n += 1
-            candidate = f"{name}-{n}"
-        self.names.add(candidate)
-        return candidate
 
     def write(self, item: Item, amap: torch.Tensor, score: float) -> None:
         height, width = item.display.shape[:2]
@@ -181,7 +195,7 @@ class _Writer:
                     Image.fromarray(mask.numpy()).resize((width, height), Image.NEAREST)
                 )
                 picture = draw_contour(picture, mask)
-        name = self.unique(item.name)
+        name = item.name
         _save_png(self.out / f"{name}_overlay.png", picture)
         _save_png(self.out / f"{name}_map.png", np.rint(full * 255).astype(np.uint8))
         _save_npy(self.out / f"{name}_map.npy", full)
@@ -217,7 +231,7 @@ class _Writer:
             data[tuple(plane)] = amap
         image = nib.Nifti1Image(data, volume["affine"], volume["header"])
         image.set_data_dtype(np.float32)
-        path = self.out / f"{self.unique(_stem(source))}_anomaly.nii.gz"
+        path = self.out / f"{volume['stem']}_anomaly.nii.gz"
         tmp = path.with_name(f".{path.name}.tmp.nii.gz")
         try:
             image.to_filename(str(tmp))
@@ -225,12 +239,18 @@ class _Writer:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def write_csv(self) -> Path:
+    def write_csv(self, order: dict[str, int]) -> Path:
+        """Gather every rank's rows; rank 0 writes them in input order."""
+        rows = [r for part in distributed.gather(self.rows) for r in part]
+        rows.sort(key=lambda r: (order[r["path"]], r["slice"] if r["slice"] != "" else -1))
+        self.rows = rows
+        path = self.out / "predictions.csv"
+        if not distributed.is_main():
+            return path
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.rows)
-        path = self.out / "predictions.csv"
+        writer.writerows(rows)
         atomic_write_text(path, buffer.getvalue())
         return path
 
@@ -272,20 +292,20 @@ def predict(
     thresholds = meta.get("thresholds")
     if thresholds:
         threshold, rule = thresholds["image"], describe(thresholds)
-        print(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
+        say(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
     else:
         threshold, rule = None, ""
-        print(
-            f"{ckpt_path} has no calibrated threshold: writing scores only (see iqeclip calibrate)"
-        )
+        say(f"{ckpt_path} has no calibrated threshold: writing scores only (see iqeclip calibrate)")
     paths = expand_inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out, Path(masks) if masks else None, threshold, rule)
-    scored = scored_items(model, paths, setting, batch_size, axis, _intensity(window, percentile))
-    for item, amap, score in scored:
+    stems = unique_stems(paths)
+    mine = distributed.shard(paths)  # under torchrun each rank scores and writes its own inputs
+    intensity = _intensity(window, percentile)
+    for item, amap, score in scored_items(model, mine, setting, batch_size, axis, intensity, stems):
         writer.write(item, amap, score)
-    csv_path = writer.write_csv()
-    print(
+    csv_path = writer.write_csv({str(p): i for i, p in enumerate(paths)})
+    say(
         f"{len(writer.rows)} predictions from {len(paths)} inputs written to {out} ({csv_path.name})"
     )
     return csv_path
@@ -298,6 +318,7 @@ def scored_items(
     batch_size: int,
     axis: int = 2,
     intensity: Any = None,
+    stems: dict[Path, str] | None = None,
 ) -> Iterator[tuple[Item, torch.Tensor, float]]:
     """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``."""
     from iqeclip.data.medical import Intensity
@@ -312,8 +333,9 @@ def scored_items(
         yield from zip(pending, maps, scores.tolist(), strict=True)
         pending.clear()
 
-    for path in tqdm(paths, desc="predict", unit="input"):
-        for item in read_items(path, model.config.img_size, axis, intensity):
+    for path in tqdm(paths, desc="predict", unit="input", disable=not distributed.is_main()):
+        stem = (stems or {}).get(path)
+        for item in read_items(path, model.config.img_size, axis, intensity, stem):
             pending.append(item)
             if len(pending) == batch_size:
                 yield from flush()

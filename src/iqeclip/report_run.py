@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from iqeclip import distributed
 from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.layout import Sample
 from iqeclip.evaluate import KeptMaps, predict_samples
@@ -44,6 +45,15 @@ def write_test_report(
 ) -> Path:
     """Write the run folder of a test and its report; returns the HTML path."""
     run_dir = Path(run_dir)
+    order = np.argsort(scores)
+    picks = sorted(set(order[-top_k:].tolist()) | set(order[:top_k].tolist()))
+    chosen = [samples[i] for i in picks]
+    size = model.config.img_size
+    kept = KeptMaps(len(chosen), size)
+    # every rank takes part in scoring the examples (it is collective under torchrun); rank 0 writes
+    predict_samples(model, chosen, run.setting, run.batch_size, desc="report examples", sink=kept)
+    if not distributed.is_main():
+        return run_dir / "report.html"
     record = {
         "dataset": run.obj,
         "setting": run.setting,
@@ -60,12 +70,6 @@ def write_test_report(
     for sample, label, score in zip(samples, labels, scores, strict=True):
         writer.writerow([str(sample.image), "", int(label), f"{score:.6f}"])
     atomic_write_text(run_dir / "scores.csv", buffer.getvalue())
-    order = np.argsort(scores)
-    picks = sorted(set(order[-top_k:].tolist()) | set(order[:top_k].tolist()))
-    chosen = [samples[i] for i in picks]
-    size = model.config.img_size
-    kept = KeptMaps(len(chosen), size)
-    predict_samples(model, chosen, run.setting, run.batch_size, desc="report examples", sink=kept)
     data = ImageDataset(chosen, size)
     for row, (i, sample) in enumerate(zip(picks, chosen, strict=True)):
         image, mask = data[row][0].permute(1, 2, 0).numpy(), data[row][1].numpy()

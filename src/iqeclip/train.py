@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import random
 import sys
 import time
@@ -25,12 +26,15 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from iqeclip import distributed
 from iqeclip.cache import FeatureCache, default_cache_dir, open_cache
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from iqeclip.config import ModelConfig
 from iqeclip.data.datasets import (
+    EpochBatchSampler,
     HomogeneousBatchSampler,
     ImageDataset,
+    ShardedBatchSampler,
     ShuffledBatchSampler,
     augmented_support,
 )
@@ -131,11 +135,14 @@ class RunLog:
 
     def __init__(self, path: str | Path | None) -> None:
         self.file: TextIO | None = None
-        if path is not None:
+        self.active = distributed.is_main()  # under torchrun only rank 0 logs
+        if path is not None and self.active:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def __call__(self, line: str) -> None:
+        if not self.active:
+            return
         tqdm.write(line, file=sys.stdout)
         if self.file is not None:
             self.file.write(line + "\n")
@@ -155,6 +162,10 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; anything else must be usable."""
+    if distributed.is_distributed() and (
+        (device == "auto" and torch.cuda.is_available()) or device == "cuda"
+    ):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -184,11 +195,17 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     batch: Sequence[torch.Tensor],
     cache: FeatureCache | None = None,
+    head: torch.nn.Module | None = None,
 ) -> float:
-    """One optimisation step on a CPU batch ``(images, masks, labels, segmentation flags)``."""
+    """One optimisation step on a CPU batch ``(images, masks, labels, segmentation flags)``.
+
+    ``head`` is the module to run the trainable half through (the DistributedDataParallel
+    wrapper of ``model.head`` under torchrun); default ``model.head``.
+    """
     device = next(model.head.parameters()).device
     images, masks, labels, seg = batch
-    logits = model.logits(*frozen_features(model, images, device, cache))
+    patch, glob = frozen_features(model, images, device, cache)
+    logits = (head or model.head)(patch, glob, model.backbone.text)
     loss = iqe_loss(logits, masks.to(device), labels.to(device), segmentation=bool(seg[0]))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -241,6 +258,12 @@ class Trainer:
         seed_everything(run.seed)
         self.model = IQEClip.build(model_cfg, self.device)
         self.optimizer = make_optimizer(self.model, run.learning_rate)
+        self.head: torch.nn.Module = self.model.head
+        if distributed.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.head = DistributedDataParallel(self.model.head, device_ids=ids)
         self.best = -float("inf")
         self.best_state: dict[str, torch.Tensor] | None = None
         for key, value in {**self.model.config.to_dict(), **dataclasses.asdict(run)}.items():
@@ -266,17 +289,18 @@ class Trainer:
         return state["epoch"], state["step"]
 
     def save_state(self, epoch: int, step: int) -> None:
-        """Save the training state: ``step`` batches of ``epoch`` are done."""
-        save_state(
-            self.state_path,
-            self.model.head,
-            self.optimizer,
-            epoch=epoch,
-            step=step,
-            best=self.best,
-            best_state=self.best_state,
-            settings=self.settings(),
-        )
+        """Save the training state: ``step`` batches of ``epoch`` are done (rank 0 writes)."""
+        if distributed.is_main():
+            save_state(
+                self.state_path,
+                self.model.head,
+                self.optimizer,
+                epoch=epoch,
+                step=step,
+                best=self.best,
+                best_state=self.best_state,
+                settings=self.settings(),
+            )
 
     def after_step(self, epoch: int, done: int, n_batches: int) -> None:
         """Save the state every ``save_every`` steps (epoch ends are saved by the loop)."""
@@ -303,19 +327,18 @@ class Trainer:
             self.best_state = {
                 k: v.detach().clone() for k, v in self.model.head.state_dict().items()
             }
-            save_checkpoint(
-                self.ckpt,
-                self.model,
-                {**meta, "selection_score": score, "run": dataclasses.asdict(self.run)},
-            )
+            self.save_checkpoint({**meta, "selection_score": score})
             self.log(f"best epoch found: {where}")
 
-    def save_last(self, meta: dict[str, Any]) -> None:
-        save_checkpoint(self.ckpt, self.model, {**meta, "run": dataclasses.asdict(self.run)})
+    def save_checkpoint(self, meta: dict[str, Any]) -> None:
+        """Write the checkpoint with the run settings (rank 0 writes)."""
+        if distributed.is_main():
+            save_checkpoint(self.ckpt, self.model, {**meta, "run": dataclasses.asdict(self.run)})
 
     def finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
         """Restore the selected weights, evaluate on the target test split, log and return."""
-        self.state_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+        if distributed.is_main():
+            self.state_path.unlink(missing_ok=True)  # the run is complete: nothing to resume
         if self.best_state is not None:
             self.model.head.load_state_dict(self.best_state)
         if not test_samples:
@@ -327,7 +350,7 @@ class Trainer:
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
         if self.cache is not None:
             self.log(self.cache.hit_rate())
-        if self.run.metrics_json:
+        if self.run.metrics_json and distributed.is_main():
             write_metrics_json(self.run.metrics_json, metrics, **_record_fields(self.run))
         return metrics
 
@@ -337,7 +360,21 @@ class Trainer:
         self.log(f"Loss: {np.mean(losses):.6f} ({n_images / seconds:.1f} img/s{cache})")
 
     def epoch_bar(self, loader: DataLoader, epoch: int) -> tqdm:
-        return tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
+        return tqdm(
+            loader,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
+
+    def shard(self, sampler: EpochBatchSampler) -> EpochBatchSampler | ShardedBatchSampler:
+        """Under torchrun, this rank's part of every global batch; else the sampler itself."""
+        if not distributed.is_distributed():
+            return sampler
+        sampler.batch_size *= distributed.world_size()  # global batch = per-rank x world size
+        return ShardedBatchSampler(sampler, distributed.rank(), distributed.world_size())
 
 
 def _record_fields(run: RunConfig) -> dict[str, Any]:
@@ -385,7 +422,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         log(f"sources: {', '.join(f'{n} ({len(p)})' for n, p in zip(sources, parts, strict=True))}")
         starts = np.cumsum([0] + [len(p) for p in parts])
         groups = [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
-        sampler = HomogeneousBatchSampler(groups, run.batch_size, run.seed)
+        sampler = trainer.shard(HomogeneousBatchSampler(groups, run.batch_size, run.seed))
         loader = DataLoader(
             ConcatDataset(parts),
             batch_sampler=sampler,
@@ -429,7 +466,9 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             for step, batch in enumerate(bar, start=skip):
                 if select != "last" and step in eval_steps:
                     checkpoint_eval(epoch, step)
-                losses.append(train_step(trainer.model, trainer.optimizer, batch, trainer.cache))
+                losses.append(
+                    train_step(trainer.model, trainer.optimizer, batch, trainer.cache, trainer.head)
+                )
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 trainer.after_step(epoch, step + 1, n_batches)
             trainer.log_epoch(losses, len(loader.dataset), time.perf_counter() - start)
@@ -437,7 +476,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         if select != "last":
             checkpoint_eval(run.epochs, 0)
         else:
-            trainer.save_last({"epoch": run.epochs})
+            trainer.save_checkpoint({"epoch": run.epochs})
         return trainer.finish(test_samples, target_pixel, select)
     finally:
         log.close()
@@ -472,7 +511,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         log(
             f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"
         )
-        sampler = ShuffledBatchSampler(len(support), run.batch_size, run.seed)
+        sampler = trainer.shard(ShuffledBatchSampler(len(support), run.batch_size, run.seed))
         loader = DataLoader(support, batch_sampler=sampler, generator=_private_generator(run.seed))
         if select == "target-test":
             _warn_target_test(log)
@@ -485,7 +524,9 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             losses, start = [], time.perf_counter()
             bar = trainer.epoch_bar(loader, epoch)
             for step, batch in enumerate(bar, start=skip):
-                losses.append(train_step(trainer.model, trainer.optimizer, batch, trainer.cache))
+                losses.append(
+                    train_step(trainer.model, trainer.optimizer, batch, trainer.cache, trainer.head)
+                )
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 trainer.after_step(epoch, step + 1, n_batches)
             trainer.log_epoch(losses, len(support), time.perf_counter() - start)
@@ -496,7 +537,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                 trainer.consider(selection_score(metrics), {"epoch": epoch}, f"epoch {epoch}")
             trainer.save_state(epoch + 1, 0)
         if select == "last":
-            trainer.save_last({"epoch": run.epochs})
+            trainer.save_checkpoint({"epoch": run.epochs})
         return trainer.finish(test_samples, pixel, select)
     finally:
         log.close()
@@ -545,7 +586,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
             log(line)
         if cache is not None:
             log(cache.hit_rate())
-        if metrics_json is not None:
+        if metrics_json is not None and distributed.is_main():
             write_metrics_json(metrics_json, metrics, **_record_fields(run))
         if run.report_dir:
             from iqeclip.report_run import write_test_report

@@ -117,6 +117,34 @@ class ShuffledBatchSampler(EpochBatchSampler):
         return [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """One rank's part of another sampler's batches, for distributed training.
+
+    The inner sampler makes *global* batches (per-rank batch x world size); each is split into
+    ``world`` nearly equal parts and this rank takes part ``rank``, so every step of the world
+    together sees exactly the global batch a single process would. Global batches smaller than
+    the world size are left out (every rank must take every step).
+    """
+
+    def __init__(self, inner: EpochBatchSampler, rank: int, world: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.inner.set_epoch(epoch, skip)
+
+    def batches(self) -> list[list[int]]:
+        return [b for b in self.inner.batches() if len(b) >= self.world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches()[self.inner.skip :]:
+            size, extra = divmod(len(batch), self.world)
+            start = self.rank * size + min(self.rank, extra)
+            yield batch[start : start + size + (self.rank < extra)]
+
+    def __len__(self) -> int:
+        return len(self.batches()) - self.inner.skip
+
+
 def augmented_support(
     abnormal: Sequence[Sample], normal: Sequence[Sample], size: int, segmentation: bool
 ) -> TensorDataset:

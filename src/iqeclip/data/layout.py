@@ -65,7 +65,7 @@ _NORMAL = "good"
 _ABNORMAL = "Ungood"
 _IMG = "img"
 _MASK = "anomaly_mask"
-_SUPPORT_LINE = re.compile(r"^([an])-(\d+)\s*:(.*)$")
+_SUPPORT_LINE = re.compile(r"^([an])-([0-9]+)\s*:(.*)$")
 
 
 @dataclass(frozen=True)
@@ -246,10 +246,10 @@ def read_support_list(path: Path) -> tuple[list[str], list[str]]:
                 f"'n-0: <names>', got {line[:60]!r}"
             )
         kind, iteration, rest = match.groups()
-        if int(iteration) != 0:
+        if iteration.strip("0"):  # not int(): a 5000-digit number would raise ValueError
             raise UserError(
                 f"support list {path} line {number}: only iteration 0 exists, got "
-                f"'{kind}-{iteration}'"
+                f"'{kind}-{iteration[:20]}'"
             )
         if kind in found:
             raise UserError(f"support list {path} line {number}: second '{kind}-0' line")

@@ -182,7 +182,8 @@ def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
         if fmt is not None:
             reason = f"truncated or corrupt {fmt} file ({n_bytes} bytes; PIL cannot read it)"
         else:
-            reason = f"not an image file (its content is no known image format despite the {path.suffix or 'missing'} suffix)"
+            reason = "not an image file (its content is in no known image format"
+            reason += f", although its name ends in {path.suffix})" if path.suffix else ")"
         raise _Bad(what, path, reason) from None
     except Exception as exc:  # any header parser failure is a problem with the file
         fmt = _magic_format(path) or "image"
