@@ -1,0 +1,151 @@
+"""torchrun on the CPU (gloo, 2 processes): sharded evaluation, DDP training, sharded predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from iqeclip.cli import main
+from tests.conftest import build_tiny
+from tests.integration.conftest import MODEL
+
+# Parameters whose exact gradient is zero: a constant shift of the class tokens or queries across
+# the embedding dimension is removed by the LayerNorm they go through first, and the IQM key bias
+# shifts all attention scores of a query equally. Their float gradients are noise, which Adam
+# scales up to lr-sized steps, so they are compared through the model's outputs instead.
+OUTPUT_INVARIANT = ("class_tokens.conv.bias", "queries.conv.bias", ".key.bias")
+
+
+def _torchrun(args, cwd):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "iqeclip",
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(bench, tmp_path_factory):
+    """The same few-shot run, once in one process (batch 8) and once on 2 ranks (batch 4 each)."""
+    root = tmp_path_factory.mktemp("ddp")
+    common = [
+        "train-few",
+        "--data_path",
+        str(bench),
+        *MODEL,
+        "--shot",
+        "2",
+        "--epoch",
+        "1",
+        "--lr",
+        "1e-3",
+        "--no_cache",
+    ]
+    assert (
+        main(
+            [
+                *common,
+                "--batch_size",
+                "8",
+                "--save_dir",
+                str(root / "one"),
+                "--log_path",
+                str(root / "one.log"),
+            ]
+        )
+        == 0
+    )
+    assert not dist.is_initialized()  # a plain run never creates a process group
+    _torchrun(
+        [
+            *common,
+            "--batch_size",
+            "4",
+            "--save_dir",
+            str(root / "two"),
+            "--log_path",
+            str(root / "two.log"),
+        ],
+        root,
+    )
+    return root
+
+
+def test_ddp_training_matches_one_process_with_the_same_global_batch(trained):
+    one, two = (
+        load_file(trained / "one" / "Brain_2.pth"),
+        load_file(trained / "two" / "Brain_2.pth"),
+    )
+    assert one.keys() == two.keys()
+    for key in one:
+        if not key.endswith(OUTPUT_INVARIANT):
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-4, msg=key)
+    models = []
+    for name in ("one", "two"):
+        model = build_tiny()
+        model.head.load_state_dict(load_file(trained / name / "Brain_2.pth"))
+        models.append(model)
+    x = torch.rand(2, 3, 64, 64)
+    maps = [m.predict(x, "few") for m in models]
+    torch.testing.assert_close(maps[1][0], maps[0][0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(maps[1][1], maps[0][1], rtol=0, atol=1e-4)
+    log = (trained / "two.log").read_text()
+    assert log.count("epoch: 0") == 1  # only rank 0 logs
+
+
+def test_sharded_evaluation_equals_one_process(bench, trained, tmp_path):
+    ckpt = trained / "one" / "Brain_2.pth"
+    common = [
+        "test-few",
+        "--data_path",
+        str(bench),
+        "--shot",
+        "2",
+        "--ckpt_path",
+        str(ckpt),
+        "--batch_size",
+        "1",
+        "--log_path",
+        str(tmp_path / "log"),
+    ]
+    assert main([*common, "--metrics_json", str(tmp_path / "one.json")]) == 0
+    _torchrun([*common, "--metrics_json", str(tmp_path / "two.json")], tmp_path)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one == two
+
+
+def test_sharded_prediction_writes_each_output_once(bench, trained, tmp_path):
+    inputs = bench / "Liver_AD" / "test"
+    out = tmp_path / "out"
+    _torchrun(
+        [
+            "predict",
+            "--ckpt_path",
+            str(trained / "one" / "Brain_2.pth"),
+            str(inputs),
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_inputs = len(list(inputs.rglob("*.png")))  # images and masks alike, names repeat across folders
+    assert len(rows) == n_inputs == len({r["path"] for r in rows})
+    assert len(list(out.glob("*_overlay.png"))) == n_inputs
