@@ -16,6 +16,7 @@ import numpy as np
 
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint, update_checkpoint_meta
 from iqeclip.data.layout import has_masks, list_split
+from iqeclip.data.validate import validate_samples
 from iqeclip.errors import UserError
 from iqeclip.evaluate import KeptMaps, predict_samples
 from iqeclip.model import IQEClip
@@ -35,6 +36,7 @@ def calibrate_checkpoint(
     device: str = "auto",
     setting: str | None = None,
     model_overrides: dict[str, Any] | None = None,
+    on_bad_input: str = "error",
 ) -> dict[str, Any]:
     """Compute and store thresholds; returns the stored ``thresholds`` record."""
     from iqeclip.train import resolve_device
@@ -53,14 +55,29 @@ def calibrate_checkpoint(
     setting = setting or meta.get("run", {}).get("setting", "zero")
     pixel_threshold = None
     if normal is not None:
-        scores = np.array(
-            [s for _, _, s in scored_items(model, expand_inputs([normal]), setting, batch_size)]
+        skipped: list = []
+        items = scored_items(
+            model,
+            expand_inputs([normal]),
+            setting,
+            batch_size,
+            skipped=skipped,
+            on_bad_input=on_bad_input,
         )
+        scores = np.array([s for _, _, s in items])
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
+
         labels = np.zeros(len(scores), np.int64)
         source = f"normal images in {normal}"
     else:
-        samples = list_split(data_path, obj, "valid")
         pixel = has_masks(data_path, obj)
+        missing = "keep" if on_bad_input == "skip" else "error"
+        samples, skipped_samples = validate_samples(
+            list_split(data_path, obj, "valid", missing), model.config.img_size, on_bad_input, pixel
+        )
+        if skipped_samples:
+            print(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
         kept = KeptMaps(len(samples), model.config.img_size) if pixel else None
         scores, labels = predict_samples(
             model, samples, setting, batch_size, desc="calibrate", sink=kept

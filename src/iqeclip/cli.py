@@ -251,6 +251,14 @@ def add_run_args(parser: argparse.ArgumentParser, train: bool, few: bool) -> Non
         action="store_true",
         help="replace an existing checkpoint or metrics file",
     )
+    g.add_argument(
+        *flag("on_bad_input"),
+        dest="on_bad_input",
+        choices=["error", "skip"],
+        default="error",
+        help="error: stop before any work at the first unusable file (default); skip: leave "
+        "such files out, count them and list them in the run folder",
+    )
     c = parser.add_argument_group("feature cache")
     c.add_argument(
         *flag("cache_dir"),
@@ -487,6 +495,13 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="vision-tower dtype (default: as trained)",
     )
+    parser.add_argument(
+        *flag("on_bad_input"),
+        dest="on_bad_input",
+        choices=["error", "skip"],
+        default="error",
+        help="error: stop at an unusable file; skip: leave it out and list it",
+    )
 
 
 def add_predict_args(parser: argparse.ArgumentParser) -> None:
@@ -552,6 +567,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         setting=args.setting,
         model_overrides=_inference_overrides(args),
         overwrite=args.overwrite,
+        on_bad_input=args.on_bad_input,
     )
 
 
@@ -600,6 +616,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         device=args.device,
         setting=args.setting,
         model_overrides=_inference_overrides(args),
+        on_bad_input=args.on_bad_input,
     )
 
 

@@ -27,6 +27,7 @@ from iqeclip import distributed
 from iqeclip.checkpoint import load_checkpoint, read_checkpoint
 from iqeclip.data.io import as_input, load_image, load_mask
 from iqeclip.data.layout import IMAGE_SUFFIXES
+from iqeclip.data.validate import Skipped, write_skipped
 from iqeclip.errors import UserError
 from iqeclip.io_utils import atomic_write, atomic_write_text
 from iqeclip.model import IQEClip
@@ -269,6 +270,7 @@ def predict(
     setting: str | None = None,
     model_overrides: dict[str, Any] | None = None,
     overwrite: bool = False,
+    on_bad_input: str = "error",
 ) -> Path:
     """Score ``inputs`` with a checkpoint and write every output into ``out``.
 
@@ -302,9 +304,20 @@ def predict(
     stems = unique_stems(paths)
     mine = distributed.shard(paths)  # under torchrun each rank scores and writes its own inputs
     intensity = _intensity(window, percentile)
-    for item, amap, score in scored_items(model, mine, setting, batch_size, axis, intensity, stems):
+    skipped: list[Skipped] = []
+    scored = scored_items(
+        model, mine, setting, batch_size, axis, intensity, stems, skipped, on_bad_input
+    )
+    for item, amap, score in scored:
         writer.write(item, amap, score)
     csv_path = writer.write_csv({str(p): i for i, p in enumerate(paths)})
+    skipped = [s for part in distributed.gather(skipped) for s in part]
+    if skipped:
+        if distributed.is_main():
+            write_skipped(skipped, out / "skipped_inputs.csv")
+        say(
+            f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / 'skipped_inputs.csv'}"
+        )
     say(
         f"{len(writer.rows)} predictions from {len(paths)} inputs written to {out} ({csv_path.name})"
     )
@@ -319,8 +332,13 @@ def scored_items(
     axis: int = 2,
     intensity: Any = None,
     stems: dict[Path, str] | None = None,
+    skipped: list[Skipped] | None = None,
+    on_bad_input: str = "error",
 ) -> Iterator[tuple[Item, torch.Tensor, float]]:
-    """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``."""
+    """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``.
+
+    With ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``.
+    """
     from iqeclip.data.medical import Intensity
 
     intensity = intensity or Intensity()
@@ -335,7 +353,14 @@ def scored_items(
 
     for path in tqdm(paths, desc="predict", unit="input", disable=not distributed.is_main()):
         stem = (stems or {}).get(path)
-        for item in read_items(path, model.config.img_size, axis, intensity, stem):
+        try:
+            items = list(read_items(path, model.config.img_size, axis, intensity, stem))
+        except UserError as exc:
+            if on_bad_input != "skip":
+                raise
+            (skipped if skipped is not None else []).append(Skipped(path, str(exc)))
+            continue
+        for item in items:
             pending.append(item)
             if len(pending) == batch_size:
                 yield from flush()

@@ -46,6 +46,7 @@ from iqeclip.data.layout import (
     samples_from_folders,
     support_set,
 )
+from iqeclip.data.validate import Skipped, validate_samples, write_skipped
 from iqeclip.errors import UserError
 from iqeclip.evaluate import (
     evaluate,
@@ -99,6 +100,8 @@ class RunConfig:
         report_dir: testing: write scores, examples and an HTML/markdown report here.
         resume: continue an interrupted training run from its saved state.
         save_every: save the training state every this many steps (and at each epoch end).
+        on_bad_input: ``error`` stops at the first unusable file before any work; ``skip`` leaves
+            such files out, counts them and lists them in the run folder.
     """
 
     obj: str = "Brain"
@@ -128,6 +131,7 @@ class RunConfig:
     report_dir: str | None = None
     resume: bool = False
     save_every: int = 50
+    on_bad_input: str = "error"
 
 
 class RunLog:
@@ -151,6 +155,35 @@ class RunLog:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+class BadInputs:
+    """Checks every sample before any work under the ``--on_bad_input`` policy."""
+
+    def __init__(self, policy: str, size: int) -> None:
+        self.policy, self.size = policy, size
+        self.skipped: list[Skipped] = []
+
+    @property
+    def missing_masks(self) -> str:
+        """How :func:`list_split` treats a missing mask under this policy."""
+        return "keep" if self.policy == "skip" else "error"
+
+    def check(self, samples: list[Sample], masks_expected: bool) -> list[Sample]:
+        good, skipped = validate_samples(samples, self.size, self.policy, masks_expected)
+        self.skipped += skipped
+        return good
+
+    def report(self, folder: Path, name: str, log: RunLog) -> None:
+        """Write the skipped files to ``folder/<name>_skipped.csv`` (rank 0) and say so."""
+        if not self.skipped:
+            return
+        path = folder / f"{name}_skipped.csv"
+        if distributed.is_main():
+            write_skipped(self.skipped, path)
+        log(
+            f"skipped {len(self.skipped)} unusable input files (--on_bad_input skip), listed in {path}"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -402,23 +435,27 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         raise UserError(f"--select {select!r} must be last, source-val or target-test")
     log = RunLog(run.log_path)
     try:
+        bad = BadInputs(run.on_bad_input, model_cfg.img_size)
         sources = [n for n in available_datasets(run.data_path) if n != run.obj]
-        test_samples = list_split(run.data_path, run.obj, "test")
         target_pixel = has_masks(run.data_path, run.obj)
+        test_samples = bad.check(
+            list_split(run.data_path, run.obj, "test", bad.missing_masks), target_pixel
+        )
         if not sources:
             raise UserError(
                 f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other <Name>_AD datasets"
             )
         parts, val = [], []
         for name in sources:
-            samples = list_split(run.data_path, name, "test")
             pixel = has_masks(run.data_path, name)
+            samples = bad.check(list_split(run.data_path, name, "test", bad.missing_masks), pixel)
             if select == "source-val":
                 samples, held = _held_out(samples, run.seed)
                 val.append((name, held, pixel))
             parts.append(ImageDataset(samples, model_cfg.img_size, segmentation=pixel))
         n_images = sum(len(p) for p in parts) + sum(len(h) for _, h, _ in val) + len(test_samples)
         trainer = Trainer(model_cfg, run, log, n_images)
+        bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
         log(f"sources: {', '.join(f'{n} ({len(p)})' for n, p in zip(sources, parts, strict=True))}")
         starts = np.cumsum([0] + [len(p) for p in parts])
         groups = [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
@@ -492,6 +529,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         )
     log = RunLog(run.log_path)
     try:
+        bad = BadInputs(run.on_bad_input, model_cfg.img_size)
         if run.normal_dir or run.abnormal_dir:
             if not (run.normal_dir and run.abnormal_dir):
                 raise UserError("few-shot on your own data needs both --normal and --abnormal")
@@ -499,15 +537,24 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             pixel = run.masks_dir is not None
             run = dataclasses.replace(run, shot=len(abnormal))
             has_test = (Path(run.data_path) / f"{run.obj}_AD" / "test").is_dir()
-            test_samples = list_split(run.data_path, run.obj, "test") if has_test else []
+            test_samples = (
+                list_split(run.data_path, run.obj, "test", bad.missing_masks) if has_test else []
+            )
         else:
             pixel = has_masks(run.data_path, run.obj)
-            test_samples = list_split(run.data_path, run.obj, "test")
+            test_samples = list_split(run.data_path, run.obj, "test", bad.missing_masks)
             abnormal, normal = support_set(
                 run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
             )
+        abnormal, normal = bad.check(abnormal, pixel), bad.check(normal, False)
+        test_samples = bad.check(
+            test_samples, has_masks(run.data_path, run.obj) if test_samples else False
+        )
+        if not abnormal or not normal:
+            raise UserError("no usable support images are left after --on_bad_input skip")
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
         trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples))
+        bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
         log(
             f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"
         )
@@ -560,8 +607,11 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     log = RunLog(run.log_path)
     try:
         device = resolve_device(run.device)
-        samples = list_split(run.data_path, run.obj, "test")
         pixel = has_masks(run.data_path, run.obj)
+        bad = BadInputs(run.on_bad_input, config.img_size)
+        samples = bad.check(list_split(run.data_path, run.obj, "test", bad.missing_masks), pixel)
+        folder = report_dir or Path(run.metrics_json or run.log_path or ".").parent
+        bad.report(folder, f"test_{run.obj}", log)
         model = IQEClip.build(config, device)
         load_checkpoint(model, run.ckpt_path)
         for key, value in {**model.config.to_dict(), **dataclasses.asdict(run)}.items():

@@ -96,3 +96,93 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(bench, tmp_path):
 def test_resume_errors(bench, tmp_path, capsys):
     assert main([*_args(bench, tmp_path), "--resume"]) == 2
     assert "--resume: no training state" in capsys.readouterr().err
+
+
+def test_bad_input_error_stops_before_training_and_skip_lists_it(bench, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(bench / "Brain_AD", data / "Brain_AD")
+    shutil.copytree(bench / "fewshot_seed", data / "fewshot_seed")
+    broken = data / "Brain_AD" / "test" / "good" / "img" / "00001.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated PNG
+    (data / "Brain_AD" / "test" / "Ungood" / "anomaly_mask" / "00000.png").unlink()  # a lost mask
+    args = [
+        "train-few",
+        "--data_path",
+        str(data),
+        *MODEL,
+        "--shot",
+        "2",
+        "--epoch",
+        "1",
+        "--save_dir",
+        str(tmp_path / "ck"),
+        "--log_path",
+        str(tmp_path / "log"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "00000.png" in err
+    assert not (tmp_path / "ck").exists()  # stopped before any training
+    assert main([*args, "--on_bad_input", "skip"]) == 0
+    listed = (tmp_path / "ck" / "Brain_2_skipped.csv").read_text()
+    assert "00001.png" in listed and "00000.png" in listed and listed.count("\n") == 3
+    assert "skipped 2 unusable input files" in (tmp_path / "log").read_text()
+
+
+def test_predict_skips_unreadable_files(checkpoint_tiny, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "notes.png").write_text("not an image")
+    from PIL import Image
+
+    Image.new("L", (40, 30), 128).save(inputs / "good scan ä.png")
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--ckpt_path", str(checkpoint_tiny), str(inputs), "--out", str(out)]) == 2
+    )
+    assert "notes.png" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                "--ckpt_path",
+                str(checkpoint_tiny),
+                str(inputs),
+                "--out",
+                str(out),
+                "--on_bad_input",
+                "skip",
+            ]
+        )
+        == 0
+    )
+    assert "notes.png" in (out / "skipped_inputs.csv").read_text()
+    assert (out / "good scan ä_overlay.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_tiny(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck")
+    assert (
+        main(
+            [
+                "train-few",
+                "--data_path",
+                str(bench),
+                *MODEL,
+                "--shot",
+                "2",
+                "--epoch",
+                "1",
+                "--save_dir",
+                str(out),
+                "--log_path",
+                str(out / "log"),
+                "--no_cache",
+            ]
+        )
+        == 0
+    )
+    return out / "Brain_2.pth"

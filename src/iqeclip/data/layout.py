@@ -170,13 +170,17 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def list_split(data_path: str | Path, name: str, split: str) -> list[Sample]:
+def list_split(
+    data_path: str | Path, name: str, split: str, missing_masks: str = "error"
+) -> list[Sample]:
     """All images of one split of a dataset.
 
     Args:
         data_path: The data folder.
         name: The dataset name.
         split: ``"valid"`` or ``"test"``.
+        missing_masks: ``"error"`` raises for an abnormal image without its mask; ``"keep"``
+            lists it with ``mask=None`` for the caller's validation (``--on_bad_input skip``).
 
     Returns:
         The normal images sorted by file name, then the abnormal images sorted by file name. For
@@ -206,7 +210,9 @@ def list_split(data_path: str | Path, name: str, split: str) -> list[Sample]:
         if masks:
             mask = mask_dir / p.name
             if not mask.is_file():
-                raise UserError(f"abnormal image {p} has no mask: expected {mask}")
+                if missing_masks == "error":
+                    raise UserError(f"abnormal image {p} has no mask: expected {mask}")
+                mask = None  # "keep": the caller's validation reports it (--on_bad_input skip)
         samples.append(Sample(image=p, label=1, mask=mask))
     return samples
 

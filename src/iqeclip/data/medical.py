@@ -450,7 +450,29 @@ def _file_default(ds: Any, processing: ModuleType, frame: int) -> tuple[_Default
 
 
 def _dataset_slices(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
-    """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame)."""
+    """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame).
+
+    pydicom converts element values only when they are accessed, so a corrupt attribute can
+    raise anywhere in the conversion: any failure is a ``cannot read DICOM`` :class:`UserError`.
+    """
+    try:
+        return _convert_dataset(ds, path, intensity)
+    except UserError:
+        raise
+    except Exception as exc:  # a corrupt element of the user's file
+        raise UserError(f"cannot read DICOM {path}: {_reason(exc)}") from None
+
+
+def _position(value: Any) -> tuple[float, ...] | None:
+    """ImagePositionPatient as floats, or None if missing or unreadable (it is metadata only)."""
+    try:
+        return tuple(float(v) for v in value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
+    """The work of :func:`_dataset_slices`."""
     pydicom, processing = _pydicom(path)
     if not _has_pixels(ds):
         raise UserError(f"cannot read DICOM {path}: no pixel data (not an image)")
@@ -482,7 +504,7 @@ def _dataset_slices(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
         "photometric": photometric or None,
         "frames": int(frames.shape[0]),
         "instance": _first_number(ds.get("InstanceNumber")),
-        "position": tuple(float(v) for v in position) if position else None,
+        "position": _position(position),
         "series_uid": str(ds.get("SeriesInstanceUID", "")) or None,
     }
     out: list[Slice] = []
