@@ -7,6 +7,7 @@ fix are reported as one line ``error: ...`` with exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -138,22 +139,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-MODEL_FIELDS = (
-    "model_name",
-    "pretrain",
-    "img_size",
-    "features_list",
-    "prompt_len",
-    "deep_prompt_len",
-    "total_d_layer_len",
-    "use_global",
-    "quick_gelu",
-    "normalize",
-    "iqm_layers",
-    "iqm_heads",
-    "dropout",
-    "precision",
-)
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:

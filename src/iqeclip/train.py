@@ -16,7 +16,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -387,6 +387,40 @@ class Trainer:
             write_metrics_json(self.run.metrics_json, metrics, **_record_fields(self.run))
         return metrics
 
+    def fit(
+        self,
+        loader: DataLoader,
+        sampler: EpochBatchSampler | ShardedBatchSampler,
+        before_step: Callable[[int, int], None] | None = None,
+        after_epoch: Callable[[int], None] | None = None,
+    ) -> None:
+        """The epoch loop of both workflows, resumable at any batch.
+
+        Args:
+            loader: DataLoader over the training set, batches drawn by ``sampler``.
+            sampler: epoch batch sampler (``set_epoch(epoch, skip)``).
+            before_step: called with ``(epoch, step)`` before each step (zero-shot selection).
+            after_epoch: called with ``epoch`` after each epoch (few-shot selection).
+        """
+        n_batches = len(sampler.batches())
+        start_epoch, start_step = self.start()
+        for epoch in range(start_epoch, self.run.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip)
+            self.log(f"epoch: {epoch}")
+            losses, start = [], time.perf_counter()
+            bar = self.epoch_bar(loader, epoch)
+            for step, batch in enumerate(bar, start=skip):
+                if before_step is not None:
+                    before_step(epoch, step)
+                losses.append(train_step(self.model, self.optimizer, batch, self.cache, self.head))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                self.after_step(epoch, step + 1, n_batches)
+            self.log_epoch(losses, len(loader.dataset), time.perf_counter() - start)
+            if after_epoch is not None:
+                after_epoch(epoch)
+            self.save_state(epoch + 1, 0)
+
     def log_epoch(self, losses: list[float], n_images: int, seconds: float) -> None:
         """The published ``Loss: <mean>`` line, with the speed and the cache hit rate."""
         cache = f"; {self.cache.hit_rate()}" if self.cache is not None else ""
@@ -493,23 +527,12 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
 
         n_batches = len(sampler.batches())
         eval_steps = {round(k * n_batches / EVALS_PER_EPOCH) for k in range(EVALS_PER_EPOCH)}
-        start_epoch, start_step = trainer.start()
-        for epoch in range(start_epoch, run.epochs):
-            skip = start_step if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, skip)
-            log(f"epoch: {epoch}")
-            losses, start = [], time.perf_counter()
-            bar = trainer.epoch_bar(loader, epoch)
-            for step, batch in enumerate(bar, start=skip):
-                if select != "last" and step in eval_steps:
-                    checkpoint_eval(epoch, step)
-                losses.append(
-                    train_step(trainer.model, trainer.optimizer, batch, trainer.cache, trainer.head)
-                )
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                trainer.after_step(epoch, step + 1, n_batches)
-            trainer.log_epoch(losses, len(loader.dataset), time.perf_counter() - start)
-            trainer.save_state(epoch + 1, 0)
+
+        def before_step(epoch: int, step: int) -> None:
+            if select != "last" and step in eval_steps:
+                checkpoint_eval(epoch, step)
+
+        trainer.fit(loader, sampler, before_step=before_step)
         if select != "last":
             checkpoint_eval(run.epochs, 0)
         else:
@@ -562,27 +585,15 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         loader = DataLoader(support, batch_sampler=sampler, generator=_private_generator(run.seed))
         if select == "target-test":
             _warn_target_test(log)
-        n_batches = len(sampler.batches())
-        start_epoch, start_step = trainer.start()
-        for epoch in range(start_epoch, run.epochs):
-            skip = start_step if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, skip)
-            log(f"epoch: {epoch}")
-            losses, start = [], time.perf_counter()
-            bar = trainer.epoch_bar(loader, epoch)
-            for step, batch in enumerate(bar, start=skip):
-                losses.append(
-                    train_step(trainer.model, trainer.optimizer, batch, trainer.cache, trainer.head)
-                )
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                trainer.after_step(epoch, step + 1, n_batches)
-            trainer.log_epoch(losses, len(support), time.perf_counter() - start)
+
+        def after_epoch(epoch: int) -> None:
             if select == "target-test":
                 metrics = trainer.evaluate(test_samples, pixel, "target test")
                 for line in metric_lines(run.obj, metrics):
                     log(line)
                 trainer.consider(selection_score(metrics), {"epoch": epoch}, f"epoch {epoch}")
-            trainer.save_state(epoch + 1, 0)
+
+        trainer.fit(loader, sampler, after_epoch=after_epoch)
         if select == "last":
             trainer.save_checkpoint({"epoch": run.epochs})
         return trainer.finish(test_samples, pixel, select)

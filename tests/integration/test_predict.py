@@ -15,31 +15,6 @@ from iqeclip.cli import main
 from tests.integration.conftest import MODEL
 
 
-@pytest.fixture(scope="module")
-def checkpoint(bench, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    assert (
-        main(
-            [
-                "train-few",
-                "--data_path",
-                str(bench),
-                *MODEL,
-                "--shot",
-                "2",
-                "--epoch",
-                "1",
-                "--save_dir",
-                str(out),
-                "--log_path",
-                str(out / "log"),
-            ]
-        )
-        == 0
-    )
-    return out / "Brain_2.pth"
-
-
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

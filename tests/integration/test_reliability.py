@@ -131,7 +131,7 @@ def test_bad_input_error_stops_before_training_and_skip_lists_it(bench, tmp_path
     assert "skipped 2 unusable input files" in (tmp_path / "log").read_text()
 
 
-def test_predict_skips_unreadable_files(checkpoint_tiny, tmp_path, capsys):
+def test_predict_skips_unreadable_files(checkpoint, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "notes.png").write_text("not an image")
@@ -139,16 +139,14 @@ def test_predict_skips_unreadable_files(checkpoint_tiny, tmp_path, capsys):
 
     Image.new("L", (40, 30), 128).save(inputs / "good scan ä.png")
     out = tmp_path / "out"
-    assert (
-        main(["predict", "--ckpt_path", str(checkpoint_tiny), str(inputs), "--out", str(out)]) == 2
-    )
+    assert main(["predict", "--ckpt_path", str(checkpoint), str(inputs), "--out", str(out)]) == 2
     assert "notes.png" in capsys.readouterr().err
     assert (
         main(
             [
                 "predict",
                 "--ckpt_path",
-                str(checkpoint_tiny),
+                str(checkpoint),
                 str(inputs),
                 "--out",
                 str(out),
@@ -160,29 +158,3 @@ def test_predict_skips_unreadable_files(checkpoint_tiny, tmp_path, capsys):
     )
     assert "notes.png" in (out / "skipped_inputs.csv").read_text()
     assert (out / "good scan ä_overlay.png").is_file()
-
-
-@pytest.fixture(scope="module")
-def checkpoint_tiny(bench, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    assert (
-        main(
-            [
-                "train-few",
-                "--data_path",
-                str(bench),
-                *MODEL,
-                "--shot",
-                "2",
-                "--epoch",
-                "1",
-                "--save_dir",
-                str(out),
-                "--log_path",
-                str(out / "log"),
-                "--no_cache",
-            ]
-        )
-        == 0
-    )
-    return out / "Brain_2.pth"
