@@ -152,6 +152,11 @@ class RunLog:
             self.file.write(line + "\n")
             self.file.flush()
 
+    def metrics(self, name: str, metrics: dict[str, Any]) -> None:
+        """The published ``<name> AUC : 0.xxxx`` (and ``pAUC``) lines."""
+        for line in metric_lines(name, metrics):
+            self(line)
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
@@ -378,8 +383,7 @@ class Trainer:
             self.log(f"checkpoint: {self.ckpt} (no {self.run.obj}_AD/test split to evaluate on)")
             return {}
         metrics = self.evaluate(test_samples, pixel, f"{self.run.obj} test")
-        for line in metric_lines(self.run.obj, metrics):
-            self.log(line)
+        self.log.metrics(self.run.obj, metrics)
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
         if self.cache is not None:
             self.log(self.cache.hit_rate())
@@ -506,8 +510,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         def checkpoint_eval(epoch: int, step: int) -> None:
             if select == "target-test":
                 metrics = trainer.evaluate(test_samples, target_pixel, "target test")
-                for line in metric_lines(run.obj, metrics):
-                    log(line)
+                log.metrics(run.obj, metrics)
                 score = selection_score(metrics)
             else:
                 results = evaluate_groups(
@@ -520,8 +523,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                     trainer.cache,
                 )
                 for name, metrics in results.items():
-                    for line in metric_lines(f"source-val {name}", metrics):
-                        log(line)
+                    log.metrics(f"source-val {name}", metrics)
                 score = float(np.mean([selection_score(m) for m in results.values()]))
             trainer.consider(score, {"epoch": epoch, "step": step}, f"epoch {epoch} batch {step}")
 
@@ -570,9 +572,9 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                 run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
             )
         abnormal, normal = bad.check(abnormal, pixel), bad.check(normal, False)
-        test_samples = bad.check(
-            test_samples, has_masks(run.data_path, run.obj) if test_samples else False
-        )
+        # the test split's masks belong to <obj>_AD, whatever the support folders hold
+        test_pixel = bool(test_samples) and has_masks(run.data_path, run.obj)
+        test_samples = bad.check(test_samples, test_pixel)
         if not abnormal or not normal:
             raise UserError("no usable support images are left after --on_bad_input skip")
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
@@ -588,15 +590,14 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
 
         def after_epoch(epoch: int) -> None:
             if select == "target-test":
-                metrics = trainer.evaluate(test_samples, pixel, "target test")
-                for line in metric_lines(run.obj, metrics):
-                    log(line)
+                metrics = trainer.evaluate(test_samples, test_pixel, "target test")
+                log.metrics(run.obj, metrics)
                 trainer.consider(selection_score(metrics), {"epoch": epoch}, f"epoch {epoch}")
 
         trainer.fit(loader, sampler, after_epoch=after_epoch)
         if select == "last":
             trainer.save_checkpoint({"epoch": run.epochs})
-        return trainer.finish(test_samples, pixel, select)
+        return trainer.finish(test_samples, test_pixel, select)
     finally:
         log.close()
 
@@ -643,8 +644,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
             cache,
             scores_out=scored,
         )
-        for line in metric_lines(run.obj, metrics):
-            log(line)
+        log.metrics(run.obj, metrics)
         if cache is not None:
             log(cache.hit_rate())
         if metrics_json is not None and distributed.is_main():

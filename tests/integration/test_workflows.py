@@ -209,41 +209,10 @@ def test_clear_one_line_errors(bench, tmp_path, capsys):
     )
     assert "x.pth" in err
     ck = tmp_path / "ck"
-    assert (
-        main(
-            [
-                "train-few",
-                "--data_path",
-                str(bench),
-                *MODEL,
-                "--shot",
-                "2",
-                "--epoch",
-                "1",
-                "--save_dir",
-                str(ck),
-                *log,
-            ]
-        )
-        == 0
-    )
+    few = ["train-few", "--data_path", str(bench), *MODEL, "--shot", "2", "--epoch", "1"]
+    assert main([*few, "--save_dir", str(ck), *log]) == 0
     capsys.readouterr()
-    err = _error(
-        [
-            "train-few",
-            "--data_path",
-            str(bench),
-            *MODEL,
-            "--shot",
-            "2",
-            "--epoch",
-            "1",
-            "--save_dir",
-            str(ck),
-            *log,
-        ],
-        capsys,
-    )
+    err = _error([*few, "--save_dir", str(ck), *log], capsys)
     assert "Brain_2.pth exists; pass --overwrite" in err
     err = _error(
         [
