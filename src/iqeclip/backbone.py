@@ -4,10 +4,13 @@ One image in, the paper's visual inputs out: the raw residual stream after each 
 (patch tokens only, CLS dropped) and the global embedding ``ln_post(CLS) @ proj``. The text tower
 is exposed as :class:`TextTower` for the prompted text encoder in :mod:`iqeclip.prompts`.
 
-Two traps of loading OpenAI weights are handled on purpose:
+Three traps of loading OpenAI weights are handled on purpose:
 
 * torch >= 2.6 refuses TorchScript archives (OpenAI's ``ViT-L-14-336px.pt``) under
   ``weights_only=True``, so archives are recognised and read with ``torch.jit.load``;
+* the archive holds fp16 tensors, and the position embedding is resized bicubic with antialias,
+  which PyTorch does not implement for fp16 on the CPU: files are converted to fp32 first
+  (:mod:`iqeclip.weights`);
 * open_clip builds whatever activation the config says for a file path, silently; here the
   activation is always the explicit ``quick_gelu`` choice (default GELU, as the published runs).
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,12 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from iqeclip import weights
 from iqeclip.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_INIT_SEED = 0
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 def register_configs() -> None:
@@ -91,49 +93,23 @@ class Architecture:
         return arch
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(
-            n.endswith("/constants.pkl") or n.startswith("code/") or "/code/" in n
-            for n in zf.namelist()
-        )
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read CLIP weights from a local file.
-
-    Accepts an OpenAI TorchScript archive (``ViT-L-14-336px.pt``), a safetensors file, or a
-    ``torch.save``-d state dict (optionally under ``state_dict``, optionally with ``module.``
-    prefixes). Plain state dicts are read with ``weights_only=True``.
+def pretrain_source(model_name: str, pretrain: str) -> str:
+    """What ``--pretrain`` names: ``none``, an existing ``file``, or an open_clip ``tag``.
 
     Raises:
-        UserError: naming the file if it is missing or not a weights file.
+        UserError: if it is none of these.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--pretrain {path}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        elif _is_torchscript_archive(path):
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure is the file's fault, reported in one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--pretrain {path}: cannot read weights ({reason})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state:
-        raise UserError(f"--pretrain {path}: the file holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    for key in _OPENAI_EXTRA_KEYS:
-        state.pop(key, None)
-    return state
+    if pretrain.lower() == "none":
+        return "none"
+    if Path(pretrain).expanduser().exists():
+        return "file"
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrain not in tags:
+        raise UserError(
+            f"--pretrain {pretrain!r} is neither 'none', an existing file, nor an open_clip "
+            f"tag of {model_name} ({', '.join(tags) or 'none known'})"
+        )
+    return "tag"
 
 
 def create_clip(
@@ -147,50 +123,31 @@ def create_clip(
 
     Args:
         model_name: open_clip architecture name.
-        pretrain: ``none``, an open_clip pretrained tag, or a local weights file.
+        pretrain: ``none``, an open_clip pretrained tag, or a local weights file in any format and
+            dtype that :func:`iqeclip.weights.read_state_dict` reads; the file is checked against
+            the architecture before the model is built.
         img_size: input side; the visual position embeddings are resized to its grid (bicubic,
-            antialias, class-token row kept) by open_clip's ``resize_pos_embed``.
+            antialias, class-token row kept) by open_clip's ``resize_pos_embed``, in fp32.
         quick_gelu: activation of both towers (False = exact GELU).
-        device: where to build the model (``meta`` for shape-only work such as ``iqeclip info``).
+        device: where to build the model (``meta`` for shape-only work such as ``iqeclip info``:
+            no weights are read; :func:`inspect_weights` checks a file without reading its data).
 
     Returns:
         The open_clip model, fp32, frozen and in eval mode.
     """
     Architecture.from_name(model_name)
     kwargs = dict(force_image_size=img_size, force_quick_gelu=quick_gelu)
-    is_file = pretrain.lower() != "none" and Path(pretrain).expanduser().exists()
+    source = pretrain_source(model_name, pretrain)
     meta = str(device) == "meta"
-    if pretrain.lower() == "none" or is_file or meta:
-        # A random backbone is always the same one (seed RANDOM_INIT_SEED, drawn on the CPU), so
-        # that a checkpoint trained on `--pretrain none` can be tested later; the caller's random
-        # state is left untouched. open_clip's "no pretrained weights" warning is expected here.
-        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
-            torch.manual_seed(RANDOM_INIT_SEED)
-            build_on = "meta" if meta else "cpu"
-            with torch.device(build_on):
-                model = open_clip.create_model(
-                    model_name, pretrained=None, device=build_on, **kwargs
-                )
-        if is_file and not meta:
-            state = read_state_dict(Path(pretrain).expanduser())
-            # Traced archives also store buffers that open_clip rebuilds itself (attn_mask).
-            derived = set(dict(model.named_buffers())) - set(model.state_dict())
-            state = {k: v for k, v in state.items() if k not in derived}
-            open_clip.model.resize_pos_embed(state, model)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [k for k in missing if k != "logit_bias"]
-            if missing or unexpected:
-                shown = (missing or unexpected)[:3]
-                raise UserError(
-                    f"--pretrain {pretrain}: weights do not fit {model_name} "
-                    f"({'missing' if missing else 'unexpected'} keys such as {', '.join(shown)})"
-                )
+    if meta or source == "none":
+        model = _random_clip(model_name, "meta" if meta else "cpu", kwargs)
+    elif source == "file":
+        state = weights.as_fp32(_checked_state(model_name, pretrain, kwargs, shapes_only=False))
+        model = _random_clip(model_name, "cpu", kwargs)
+        open_clip.model.resize_pos_embed(state, model)
+        keys = set(model.state_dict())  # without the derived buffers a traced archive also holds
+        model.load_state_dict({k: v for k, v in state.items() if k in keys}, strict=False)
     else:
-        if pretrain not in open_clip.list_pretrained_tags_by_model(model_name):
-            raise UserError(
-                f"--pretrain {pretrain!r} is neither 'none', an existing file, nor an open_clip "
-                f"tag of {model_name} ({', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none known'})"
-            )
         with warnings.catch_warnings():
             # The QuickGELU mismatch warning is expected: the activation is our explicit choice.
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")
@@ -201,10 +158,50 @@ def create_clip(
                     f"--pretrain {pretrain}: cannot obtain the weights ({str(exc).splitlines()[0]}); "
                     "pass a local file instead, e.g. --pretrain ViT-L-14-336px.pt"
                 ) from None
-    if str(device) != "meta":
+    if not meta:
         model = model.to(device)
     model.requires_grad_(False)
     return model.eval()
+
+
+def inspect_weights(model_name: str, pretrain: str, img_size: int) -> str:
+    """The ``weights:`` line of ``iqeclip info``; a file is checked against the architecture.
+
+    The check compares keys and shapes without reading the tensors' data where the format allows
+    (safetensors, ``torch.save``); a TorchScript archive is read whole.
+
+    Raises:
+        UserError: if the file cannot be read or does not fit ``model_name``.
+    """
+    source = pretrain_source(model_name, pretrain)
+    if source == "none":
+        return f"weights: none (random init, seed {RANDOM_INIT_SEED})"
+    if source == "tag":
+        return f"weights: open_clip tag {pretrain} (downloaded when a command builds the model)"
+    kwargs = dict(force_image_size=img_size, force_quick_gelu=False)
+    state = _checked_state(model_name, pretrain, kwargs, shapes_only=True)
+    return f"weights: {pretrain} matches {model_name} ({weights.dtype_label(state)})"
+
+
+def _checked_state(
+    model_name: str, pretrain: str, kwargs: dict, shapes_only: bool
+) -> weights.State:
+    """Read a weights file and check its keys and shapes against a ``meta`` build of the model."""
+    state = weights.read_state_dict(Path(pretrain).expanduser(), shapes_only=shapes_only)
+    weights.check_fits(state, _random_clip(model_name, "meta", kwargs), model_name, pretrain)
+    return state
+
+
+def _random_clip(model_name: str, device: str, kwargs: dict) -> nn.Module:
+    """A random-init CLIP, always the same one (seed RANDOM_INIT_SEED, drawn on the CPU).
+
+    A checkpoint trained on ``--pretrain none`` can then be tested later; the caller's random
+    state is left untouched. open_clip's "no pretrained weights" warning is expected here.
+    """
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+        torch.manual_seed(RANDOM_INIT_SEED)
+        with torch.device(device):
+            return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
 
 
 @contextlib.contextmanager

@@ -156,12 +156,16 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    """Print the resolved configuration and trainable parameters (no weights are loaded)."""
+    """Print the resolved configuration and trainable parameters; check a weights file's shapes."""
+    from iqeclip.backbone import inspect_weights
     from iqeclip.model import IQEClip
 
     model = IQEClip.build(model_config_from_args(args), device="meta")
-    for key, value in model.config.to_dict().items():
+    cfg = model.config
+    weights_line = inspect_weights(cfg.model_name, cfg.pretrain, cfg.img_size)
+    for key, value in cfg.to_dict().items():
         print(f"{key}: {value}")
+    print(weights_line)
     note = (
         "exact GELU, as the published runs"
         if model.activation == "GELU"
