@@ -5,7 +5,7 @@ Same as `iqeclip test-few ...`; see `iqeclip test-few --help`.
 
 import sys
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["test-few", *sys.argv[1:]]))

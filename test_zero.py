@@ -5,7 +5,7 @@ Same as `iqeclip test-zero ...`; see `iqeclip test-zero --help`.
 
 import sys
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["test-zero", *sys.argv[1:]]))

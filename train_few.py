@@ -5,7 +5,7 @@ Same as `iqeclip train-few ...`; see `iqeclip train-few --help`.
 
 import sys
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train-few", *sys.argv[1:]]))

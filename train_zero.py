@@ -5,7 +5,7 @@ Same as `iqeclip train-zero ...`; see `iqeclip train-zero --help`.
 
 import sys
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train-zero", *sys.argv[1:]]))

@@ -14,7 +14,7 @@ import torch
 
 from iqeclip.config import ModelConfig
 from iqeclip.data.synth import write_benchmark
-from iqeclip.model import IQEClip
+from iqeclip.model.detector import IQEClip
 
 TINY = dict(model_name="iqe-tiny", pretrain="none", img_size=64)
 

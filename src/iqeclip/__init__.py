@@ -3,7 +3,7 @@
 Importing the package registers its open_clip model configs (``iqe-tiny``).
 """
 
-from iqeclip.backbone import register_configs
+from iqeclip.model.backbone import register_configs
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 
 sys.exit(main())

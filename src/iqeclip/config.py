@@ -140,7 +140,7 @@ class ModelConfig:
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write ``data`` as YAML atomically (temporary file, then rename)."""
-    from iqeclip.io_utils import atomic_write_text
+    from iqeclip.runtime.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
 

@@ -13,7 +13,7 @@ MODEL = ["--model_name", "iqe-tiny", "--pretrain", "none", "--img_size", "64"]
 @pytest.fixture(scope="session")
 def checkpoint(bench, tmp_path_factory) -> Path:
     """``Brain_2.pth``: one epoch of 2-shot training on the synthetic benchmark."""
-    from iqeclip.cli import main
+    from iqeclip.cli.main import main
 
     out = tmp_path_factory.mktemp("ck")
     args = ["train-few", "--data_path", str(bench), *MODEL, "--shot", "2", "--epoch", "1"]

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 from tests.conftest import build_tiny
 from tests.integration.conftest import MODEL
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iqeclip.checkpoint import read_checkpoint
-from iqeclip.cli import main
+from iqeclip.cli.main import main
+from iqeclip.model.checkpoint import read_checkpoint
 from tests.integration.conftest import MODEL
 
 

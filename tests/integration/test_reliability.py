@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 from tests.integration.conftest import MODEL
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iqeclip.backbone import create_clip
-from iqeclip.cli import main
+from iqeclip.cli.main import main
+from iqeclip.model.backbone import create_clip
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iqeclip.cli import main
+from iqeclip.cli.main import main
 from tests.integration.conftest import MODEL
 
 ROOT = Path(__file__).resolve().parents[2]

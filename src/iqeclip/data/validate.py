@@ -46,7 +46,7 @@ from iqeclip.data import medical
 from iqeclip.data.io import _WIDE_MODES, _check_size
 from iqeclip.data.layout import IMAGE_SUFFIXES, Sample
 from iqeclip.errors import UserError
-from iqeclip.io_utils import atomic_write_text
+from iqeclip.runtime.files import atomic_write_text
 
 __all__ = [
     "JPEG_BINARY_FRACTION",

@@ -1,0 +1,134 @@
+"""``iqeclip benchmark``: speed of the test path and of training steps, as ratios to the bare
+backbone forward measured in the same run.
+
+The machine this runs on may be shared and noisy, so every quantity is measured in interleaved
+rounds (backbone, inference, uncached step, cached step, then again) and the median per image is
+reported; the ratios are the figures to compare, the absolute times only context. With
+``--precision bf16`` (or fp16) the largest absolute difference of the anomaly maps from an fp32
+backbone with the same head is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from iqeclip.config import ModelConfig
+from iqeclip.engine.cache import FeatureCache
+from iqeclip.engine.workflows import make_optimizer, resolve_device, seed_everything, train_step
+from iqeclip.model.detector import IQEClip
+
+BENCH_DEFAULTS = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
+
+
+def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    """Model flags (defaults: ViT-B-16, random init, 240 px) and measurement flags."""
+    from iqeclip.cli.main import add_model_args, flag
+
+    add_model_args(parser)
+    g = parser.add_argument_group("benchmark")
+    g.add_argument(
+        *flag("batch_size"),
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="batch size (default %(default)s)",
+    )
+    g.add_argument(
+        *flag("n_images"),
+        dest="n_images",
+        type=int,
+        default=32,
+        help="images per measured quantity; rounds = n_images / batch_size (default %(default)s)",
+    )
+    g.add_argument(*flag("device"), dest="device", default="auto", help="auto | cpu | cuda")
+    g.add_argument(
+        *flag("seed"), dest="seed", type=int, default=0, help="seed (default %(default)s)"
+    )
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def benchmark(
+    config: ModelConfig, batch_size: int, n_images: int, device: str = "auto", seed: int = 0
+) -> dict:
+    """Measure and return the figures (see the module docstring)."""
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model = IQEClip.build(config, dev)
+    size = model.config.img_size
+    images = torch.rand(batch_size, 3, size, size)
+    masks = torch.zeros(batch_size, size, size, dtype=torch.bool)
+    masks[batch_size // 2 :, size // 4 : size // 2, size // 4 : size // 2] = True
+    labels = (torch.arange(batch_size) >= batch_size // 2).long()
+    batch = (images, masks, labels, torch.ones(batch_size, dtype=torch.bool))
+    deviation = None
+    if model.config.precision != "fp32":
+        reference = IQEClip.build(dataclasses.replace(config, precision="fp32"), dev)
+        reference.head.load_state_dict(model.head.state_dict())
+        low, _ = model.predict(images.to(dev), "zero")
+        full, _ = reference.predict(images.to(dev), "zero")
+        deviation = float((low - full).abs().max())
+        del reference
+    optimizer = make_optimizer(model, 1e-4)
+    visual_input = images.to(dev, model.backbone.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(tmp, model)
+        cache.features(images, dev)  # warm: the cached step reads every entry from disk
+        work = {
+            "backbone": lambda: torch.no_grad()(model.backbone.visual)(visual_input),
+            "inference": lambda: model.predict(images.to(dev), "zero"),
+            "train_uncached": lambda: train_step(model, optimizer, batch),
+            "train_cached": lambda: train_step(model, optimizer, batch, cache),
+        }
+        for fn in work.values():  # warm-up round
+            _timed(fn, dev)
+        times: dict[str, list[float]] = {k: [] for k in work}
+        for _ in range(max(1, n_images // batch_size)):
+            for name, fn in work.items():
+                times[name].append(_timed(fn, dev))
+    ms = {k: 1000 * statistics.median(v) / batch_size for k, v in times.items()}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "model_name": model.config.model_name,
+        "img_size": size,
+        "batch_size": batch_size,
+        "precision": model.config.precision,
+        "device": str(dev),
+        "rounds": len(times["backbone"]),
+        "backbone_ms_per_image": round(ms["backbone"], 2),
+        "inference_ms_per_image": round(ms["inference"], 2),
+        "inference_over_backbone": round(ms["inference"] / ms["backbone"], 3),
+        "train_ms_per_image_uncached": round(ms["train_uncached"], 2),
+        "train_ms_per_image_cached": round(ms["train_cached"], 2),
+        "train_uncached_over_backbone": round(ms["train_uncached"] / ms["backbone"], 3),
+        "train_cached_over_backbone": round(ms["train_cached"] / ms["backbone"], 3),
+        "max_map_deviation_from_fp32": deviation,
+        "peak_rss_mb": round(peak, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    from iqeclip.cli.main import model_overrides
+
+    config = ModelConfig(**{**BENCH_DEFAULTS, **model_overrides(args)})
+    result = benchmark(config, args.batch_size, args.n_images, args.device, args.seed)
+    print(json.dumps(result))
+    return result

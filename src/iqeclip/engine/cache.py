@@ -1,0 +1,193 @@
+"""Frozen-feature cache: compute the backbone once per image, read it back ever after.
+
+The backbone is frozen and unmodified and the inputs are fixed (zero-shot has no augmentation,
+few-shot augmentation is deterministic), so the tapped patch tokens and the global embedding of
+an image never change. They are stored on disk, one memory-mappable ``.npy`` file per image,
+under a folder named by a hash of everything that changes them:
+
+* the backbone: architecture, weights (a file by path, size and modification time), activation,
+  input normalisation, vision-tower precision, image size and tapped blocks;
+* the image: a hash of the exact model input (the resized uint8 pixels, or the augmented floats).
+
+A foreign or stale entry therefore has another name and is never read; an entry of the wrong
+size (a file cut short by a crash cannot exist: entries are renamed into place) is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iqeclip.data.io import as_input
+from iqeclip.errors import UserError
+from iqeclip.model.detector import IQEClip
+from iqeclip.runtime.files import atomic_write, atomic_write_text
+
+FORMAT = 1
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/iqeclip/features`` (``~/.cache/iqeclip/features``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iqeclip" / "features"
+
+
+def backbone_key(model: IQEClip) -> dict[str, Any]:
+    """Everything about the frozen half of ``model`` that changes its features."""
+    cfg = model.config
+    weights: Any = cfg.pretrain
+    path = Path(cfg.pretrain).expanduser()
+    if cfg.pretrain.lower() != "none" and path.is_file():
+        st = path.stat()
+        weights = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {
+        "format": FORMAT,
+        "model_name": cfg.model_name,
+        "weights": weights,
+        "activation": model.activation,
+        "normalize": cfg.normalize,
+        "precision": cfg.precision,
+        "img_size": cfg.img_size,
+        "features_list": cfg.features_list,
+    }
+
+
+def image_keys(images: torch.Tensor) -> list[str]:
+    """Content hashes of a CPU batch of model inputs ``(B, 3, H, W)`` (uint8 or float)."""
+    array = images.contiguous().numpy()
+    tag = f"{array.dtype}{array.shape[1:]}".encode()
+    return [hashlib.blake2b(tag + item.tobytes(), digest_size=20).hexdigest() for item in array]
+
+
+class FeatureCache:
+    """On-disk cache of ``(patch tokens (T, L, Dv), global embedding (D,))`` per image.
+
+    Args:
+        root: cache folder (one sub-folder per backbone key).
+        model: the detector whose backbone is cached.
+        dtype: ``fp32`` (exact) or ``fp16`` (half the disk; maps deviate slightly).
+    """
+
+    def __init__(self, root: str | Path, model: IQEClip, dtype: str = "fp32") -> None:
+        if dtype not in DTYPES:
+            raise UserError(f"--cache_dtype must be fp32 or fp16, got {dtype!r}")
+        self.model = model
+        self.dtype = DTYPES[dtype]
+        key = backbone_key(model)
+        key["dtype"] = dtype
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        self.dir = Path(root).expanduser() / digest
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--cache_dir {root}: cannot create it ({exc.strerror})") from None
+        meta = self.dir / "backbone.json"
+        if not meta.exists():
+            atomic_write_text(meta, json.dumps(key, indent=2, sort_keys=True))
+        arch, cfg = model.arch, model.config
+        grid = cfg.img_size // arch.patch_size
+        self.shape = (len(cfg.features_list), grid * grid, arch.vision_width)
+        self.entry_len = int(np.prod(self.shape)) + arch.embed_dim
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def entry_bytes(self) -> int:
+        return self.entry_len * np.dtype(self.dtype).itemsize
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def _load(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        try:
+            entry = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if entry.shape != (self.entry_len,) or entry.dtype != self.dtype:
+            return None
+        return entry
+
+    def _store(self, key: str, entry: np.ndarray) -> None:
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.save(f, entry)
+
+        atomic_write(self._path(key), write)
+
+    def features(
+        self, images: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen features of a CPU batch, from disk where cached, else computed and stored.
+
+        Args:
+            images: ``(B, 3, H, W)`` model inputs on the CPU (uint8 pixels or floats in [0, 1]).
+            device: where the features are wanted.
+
+        Returns:
+            patch tokens ``(T, B, L, Dv)`` and global embedding ``(B, D)``, float32 on ``device``.
+        """
+        keys = image_keys(images)
+        entries = [self._load(k) for k in keys]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            patch, glob = self.model.features(as_input(images[missing], device))
+            flat = torch.cat([patch.transpose(0, 1).flatten(1), glob], dim=1)
+            flat = flat.cpu().numpy().astype(self.dtype)
+            for row, i in enumerate(missing):
+                self._store(keys[i], flat[row])
+                entries[i] = flat[row]
+        stacked = torch.from_numpy(np.stack(entries).astype(np.float32)).to(device)
+        t, n_patch, width = self.shape
+        patch = stacked[:, : t * n_patch * width].view(-1, t, n_patch, width).transpose(0, 1)
+        return patch, stacked[:, t * n_patch * width :]
+
+    def hit_rate(self) -> str:
+        total = self.hits + self.misses
+        rate = 100.0 * self.hits / total if total else 0.0
+        return f"feature cache: {self.hits} hits, {self.misses} misses ({rate:.1f}% hit rate)"
+
+
+def open_cache(
+    model: IQEClip,
+    n_images: int,
+    cache_dir: str | Path | None,
+    dtype: str,
+    budget_gb: float,
+    log=print,
+) -> FeatureCache | None:
+    """The feature cache if it is wanted and fits, else ``None`` (with a line saying why).
+
+    Args:
+        model: the detector.
+        n_images: how many distinct inputs the run will see (for the size estimate).
+        cache_dir: cache folder; ``None`` turns the cache off.
+        dtype: ``fp32`` or ``fp16``.
+        budget_gb: the largest estimate (GB) for which the cache is used.
+        log: where to print the decision.
+    """
+    if cache_dir is None:
+        log("feature cache: off")
+        return None
+    cache = FeatureCache(cache_dir, model, dtype)
+    estimate = n_images * cache.entry_bytes
+    free = shutil.disk_usage(cache.dir).free
+    if estimate > budget_gb * 1e9 or estimate > 0.9 * free:
+        log(
+            f"feature cache: off (needs {estimate / 1e9:.2f} GB for {n_images} images; budget "
+            f"{budget_gb:g} GB, {free / 1e9:.1f} GB free; raise --cache_budget_gb or use --cache_dtype fp16)"
+        )
+        return None
+    log(
+        f"feature cache: {cache.dir} ({estimate / 1e6:.1f} MB estimated for {n_images} images, {dtype})"
+    )
+    return cache

@@ -1,0 +1,296 @@
+"""The frozen CLIP backbone, built by open_clip (never vendored).
+
+One image in, the paper's visual inputs out: the raw residual stream after each tapped block
+(patch tokens only, CLS dropped) and the global embedding ``ln_post(CLS) @ proj``. The text tower
+is exposed as :class:`TextTower` for the prompted text encoder in :mod:`iqeclip.model.prompts`.
+
+Three traps of loading OpenAI weights are handled on purpose:
+
+* torch >= 2.6 refuses TorchScript archives (OpenAI's ``ViT-L-14-336px.pt``) under
+  ``weights_only=True``, so archives are recognised and read with ``torch.jit.load``;
+* the archive holds fp16 tensors, and the position embedding is resized bicubic with antialias,
+  which PyTorch does not implement for fp16 on the CPU: files are converted to fp32 first
+  (:mod:`iqeclip.model.weights`);
+* open_clip builds whatever activation the config says for a file path, silently; here the
+  activation is always the explicit ``quick_gelu`` choice (default GELU, as the published runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from iqeclip.errors import UserError
+from iqeclip.model import weights
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+RANDOM_INIT_SEED = 0
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def register_configs() -> None:
+    """Make the package's open_clip configs (``iqe-tiny``) known to open_clip."""
+    if "iqe-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The dimensions of an open_clip architecture that the trainable head depends on."""
+
+    name: str
+    embed_dim: int
+    vision_width: int
+    vision_layers: int
+    patch_size: int
+    text_width: int
+    text_layers: int
+
+    @classmethod
+    def from_name(cls, name: str) -> Architecture:
+        """Read the dimensions from open_clip's config registry.
+
+        Raises:
+            UserError: if open_clip does not know ``name`` or its towers do not fit IQE-CLIP.
+        """
+        register_configs()
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            raise UserError(
+                f"--model_name {name!r} is not an open_clip architecture (e.g. ViT-L-14-336, "
+                "ViT-B-16, iqe-tiny; all: python -c 'import open_clip; print(open_clip.list_models())')"
+            )
+        vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+        if "timm_model_name" in vision or "hf_model_name" in text or cfg.get("custom_text"):
+            raise UserError(
+                f"--model_name {name!r}: IQE-CLIP needs a plain CLIP ViT with the CLIP text tower"
+            )
+        if isinstance(vision["layers"], (list, tuple)):
+            raise UserError(f"--model_name {name!r} is not a ViT (IQE-CLIP taps ViT blocks)")
+        arch = cls(
+            name=name,
+            embed_dim=cfg["embed_dim"],
+            vision_width=vision["width"],
+            vision_layers=vision["layers"],
+            patch_size=vision["patch_size"],
+            text_width=text.get("width", 512),
+            text_layers=text.get("layers", 12),
+        )
+        if arch.text_width != arch.embed_dim:
+            raise UserError(
+                f"--model_name {name!r}: text width {arch.text_width} differs from embed_dim "
+                f"{arch.embed_dim}; IQE-CLIP feeds the image embedding back as text tokens"
+            )
+        return arch
+
+
+def pretrain_source(model_name: str, pretrain: str) -> str:
+    """What ``--pretrain`` names: ``none``, an existing ``file``, or an open_clip ``tag``.
+
+    Raises:
+        UserError: if it is none of these.
+    """
+    if pretrain.lower() == "none":
+        return "none"
+    if Path(pretrain).expanduser().exists():
+        return "file"
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrain not in tags:
+        raise UserError(
+            f"--pretrain {pretrain!r} is neither 'none', an existing file, nor an open_clip "
+            f"tag of {model_name} ({', '.join(tags) or 'none known'})"
+        )
+    return "tag"
+
+
+def create_clip(
+    model_name: str,
+    pretrain: str,
+    img_size: int,
+    quick_gelu: bool,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Build an open_clip CLIP at ``img_size`` with the requested weights and activation.
+
+    Args:
+        model_name: open_clip architecture name.
+        pretrain: ``none``, an open_clip pretrained tag, or a local weights file in any format and
+            dtype that :func:`iqeclip.model.weights.read_state_dict` reads; the file is checked against
+            the architecture before the model is built.
+        img_size: input side; the visual position embeddings are resized to its grid (bicubic,
+            antialias, class-token row kept) by open_clip's ``resize_pos_embed``, in fp32.
+        quick_gelu: activation of both towers (False = exact GELU).
+        device: where to build the model (``meta`` for shape-only work such as ``iqeclip info``:
+            no weights are read; :func:`inspect_weights` checks a file without reading its data).
+
+    Returns:
+        The open_clip model, fp32, frozen and in eval mode.
+    """
+    Architecture.from_name(model_name)
+    kwargs = dict(force_image_size=img_size, force_quick_gelu=quick_gelu)
+    source = pretrain_source(model_name, pretrain)
+    meta = str(device) == "meta"
+    if meta or source == "none":
+        model = _random_clip(model_name, "meta" if meta else "cpu", kwargs)
+    elif source == "file":
+        state = weights.as_fp32(_checked_state(model_name, pretrain, kwargs, shapes_only=False))
+        model = _random_clip(model_name, "cpu", kwargs)
+        open_clip.model.resize_pos_embed(state, model)
+        keys = set(model.state_dict())  # without the derived buffers a traced archive also holds
+        model.load_state_dict({k: v for k, v in state.items() if k in keys}, strict=False)
+    else:
+        with warnings.catch_warnings():
+            # The QuickGELU mismatch warning is expected: the activation is our explicit choice.
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            try:
+                model = open_clip.create_model(model_name, pretrained=pretrain, **kwargs)
+            except RuntimeError as exc:
+                raise UserError(
+                    f"--pretrain {pretrain}: cannot obtain the weights ({str(exc).splitlines()[0]}); "
+                    "pass a local file instead, e.g. --pretrain ViT-L-14-336px.pt"
+                ) from None
+    if not meta:
+        model = model.to(device)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def inspect_weights(model_name: str, pretrain: str, img_size: int) -> str:
+    """The ``weights:`` line of ``iqeclip info``; a file is checked against the architecture.
+
+    The check compares keys and shapes without reading the tensors' data where the format allows
+    (safetensors, ``torch.save``); a TorchScript archive is read whole.
+
+    Raises:
+        UserError: if the file cannot be read or does not fit ``model_name``.
+    """
+    source = pretrain_source(model_name, pretrain)
+    if source == "none":
+        return f"weights: none (random init, seed {RANDOM_INIT_SEED})"
+    if source == "tag":
+        return f"weights: open_clip tag {pretrain} (downloaded when a command builds the model)"
+    kwargs = dict(force_image_size=img_size, force_quick_gelu=False)
+    state = _checked_state(model_name, pretrain, kwargs, shapes_only=True)
+    return f"weights: {pretrain} matches {model_name} ({weights.dtype_label(state)})"
+
+
+def _checked_state(
+    model_name: str, pretrain: str, kwargs: dict, shapes_only: bool
+) -> weights.State:
+    """Read a weights file and check its keys and shapes against a ``meta`` build of the model."""
+    state = weights.read_state_dict(Path(pretrain).expanduser(), shapes_only=shapes_only)
+    weights.check_fits(state, _random_clip(model_name, "meta", kwargs), model_name, pretrain)
+    return state
+
+
+def _random_clip(model_name: str, device: str, kwargs: dict) -> nn.Module:
+    """A random-init CLIP, always the same one (seed RANDOM_INIT_SEED, drawn on the CPU).
+
+    A checkpoint trained on ``--pretrain none`` can then be tested later; the caller's random
+    state is left untouched. open_clip's "no pretrained weights" warning is expected here.
+    """
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+        torch.manual_seed(RANDOM_INIT_SEED)
+        with torch.device(device):
+            return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def activation_name(clip: nn.Module) -> str:
+    """The activation actually built into the vision tower's MLPs (``GELU`` or ``QuickGELU``)."""
+    return type(clip.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+class TextTower(nn.Module):
+    """The frozen pieces of the CLIP text transformer, for a custom prompted forward."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the text projection to pooled features ``(N, Dt) -> (N, D)``."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+
+class Backbone(nn.Module):
+    """Frozen CLIP: feature taps and global embedding of images, plus the text tower.
+
+    Args:
+        clip: an open_clip CLIP model (see :func:`create_clip`).
+        features_list: 1-based indices of the tapped vision blocks.
+        normalize: ``none`` (pixels in [0, 1], as the paper) or ``clip`` (CLIP mean/std).
+        precision: dtype of the frozen vision tower (``fp32``, ``bf16``, ``fp16``); its outputs
+            are returned in fp32. The text tower stays fp32: gradients of the text prompts flow
+            through it.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        features_list: list[int],
+        normalize: str = "none",
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        self.dtype = PRECISIONS[precision]
+        self.visual = clip.visual.to(self.dtype)
+        self.text = TextTower(clip)
+        self.taps = [f - 1 for f in features_list]
+        self.normalize = normalize
+        self.register_buffer(
+            "mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        """The backbone is frozen: it stays in eval mode whatever the caller asks."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tap the vision tower.
+
+        Args:
+            images: ``(B, 3, H, W)`` float pixels in [0, 1].
+
+        Returns:
+            patch tokens ``(T, B, L, Dv)`` (raw residual stream after each tapped block, CLS
+            dropped) and the global embedding ``(B, D)`` = ``ln_post(CLS) @ proj``.
+        """
+        if self.normalize == "clip":
+            images = (images - self.mean) / self.std
+        out = self.visual.forward_intermediates(
+            images.to(self.dtype), indices=self.taps, output_fmt="NLC"
+        )
+        return torch.stack(out["image_intermediates"]).float(), out["image_features"].float()

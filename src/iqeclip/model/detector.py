@@ -1,0 +1,171 @@
+"""The IQE-CLIP detector: frozen backbone + trainable head.
+
+:class:`IQEHead` holds every trainable piece (per-level projections, class tokens and text
+prompts, IQM queries, IQM) and turns frozen features into per-level logits of the two branches.
+:class:`IQEClip` puts it together with the :class:`~iqeclip.model.backbone.Backbone`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iqeclip.config import ModelConfig
+from iqeclip.errors import UserError
+from iqeclip.model.backbone import Architecture, Backbone, TextTower, activation_name, create_clip
+from iqeclip.model.iqm import IQM
+from iqeclip.model.prompts import (
+    ClassTokens,
+    InstanceTokens,
+    TextPrompts,
+    encode_prompts,
+    prompt_token_ids,
+)
+from iqeclip.model.scoring import Setting, score
+
+NUM_QUERIES = 2  # one per state: normal, abnormal
+
+
+@dataclass
+class LevelLogits:
+    """Patch logits (normal, abnormal) per tapped level.
+
+    Attributes:
+        query: ``(T, B, L, 2)`` cosine of patches with the IQM query features.
+        text: ``(T, B, L, 2)`` ``exp(prompt_temp)`` x cosine of patches with the text embeddings.
+    """
+
+    query: torch.Tensor
+    text: torch.Tensor
+
+
+class IQEHead(nn.Module):
+    """Everything trainable in IQE-CLIP.
+
+    Args:
+        arch: backbone dimensions.
+        cfg: resolved model configuration.
+        token_ids: ``(2, E + 1)`` prompt token ids (see :func:`~iqeclip.model.prompts.prompt_token_ids`).
+    """
+
+    def __init__(self, arch: Architecture, cfg: ModelConfig, token_ids: torch.Tensor) -> None:
+        super().__init__()
+        dim = arch.embed_dim
+        self.projections = nn.ModuleList(
+            nn.Linear(arch.vision_width, dim) for _ in cfg.features_list
+        )
+        self.class_tokens = ClassTokens(cfg.prompt_len, dim, cfg.use_global)
+        self.text_prompts = (
+            TextPrompts(dim, cfg.deep_prompt_len, cfg.total_d_layer_len)
+            if cfg.total_d_layer_len
+            else None
+        )
+        self.queries = InstanceTokens(NUM_QUERIES, dim, cfg.use_global)
+        self.iqm = IQM(dim, cfg.iqm_layers, cfg.iqm_heads, cfg.dropout)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+
+    def text_embeddings(self, global_emb: torch.Tensor, tower: TextTower) -> torch.Tensor:
+        """Prompted text embeddings ``(B, 2, D)`` (computed once and broadcast without use_global)."""
+        text = encode_prompts(
+            tower, self.token_ids, self.class_tokens(global_emb), self.text_prompts
+        )
+        return text.expand(global_emb.shape[0], -1, -1)
+
+    def forward(
+        self, patch_tokens: torch.Tensor, global_emb: torch.Tensor, tower: TextTower
+    ) -> LevelLogits:
+        """Logits of both branches at every level.
+
+        Args:
+            patch_tokens: ``(T, B, L, Dv)`` frozen taps.
+            global_emb: ``(B, D)`` global image embedding.
+            tower: frozen text tower.
+
+        Returns:
+            :class:`LevelLogits` with two ``(T, B, L, 2)`` tensors.
+        """
+        dtype = self.class_tokens.tokens.dtype
+        patch_tokens, global_emb = patch_tokens.to(dtype), global_emb.to(dtype)
+        levels, batch = patch_tokens.shape[:2]
+        dense = torch.stack(
+            [proj(p) for proj, p in zip(self.projections, patch_tokens, strict=True)]
+        )
+        text = self.text_embeddings(global_emb, tower)  # (B, 2, D)
+        queries = self.queries(global_emb).expand(batch, -1, -1)
+
+        def per_level(t: torch.Tensor) -> torch.Tensor:
+            return t.unsqueeze(0).expand(levels, -1, -1, -1).flatten(0, 1)
+
+        refined = self.iqm(per_level(queries), dense.flatten(0, 1), per_level(text))
+        refined = refined.view(levels, batch, NUM_QUERIES, -1)
+        unit = F.normalize(dense, dim=-1)
+        query_logits = unit @ F.normalize(refined, dim=-1).transpose(-1, -2)
+        text_logits = self.class_tokens.prompt_temp.exp() * (unit @ text.transpose(-1, -2))
+        return LevelLogits(query=query_logits, text=text_logits)
+
+
+class IQEClip(nn.Module):
+    """IQE-CLIP: frozen CLIP backbone and trainable head.
+
+    Build with :meth:`build`; use :meth:`features` + :meth:`logits` to separate the frozen and
+    the trainable halves (the feature cache and training do), or :meth:`predict` for maps.
+    """
+
+    def __init__(
+        self, backbone: Backbone, head: IQEHead, config: ModelConfig, arch: Architecture
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+        self.arch = arch
+        self.activation = activation_name(backbone)  # what open_clip actually built
+
+    @classmethod
+    def build(cls, config: ModelConfig, device: torch.device | str = "cpu") -> IQEClip:
+        """Resolve ``config`` against its architecture and build the detector on ``device``."""
+        arch = Architecture.from_name(config.model_name)
+        cfg = config.resolved(arch.vision_layers, arch.text_layers)
+        clip = create_clip(cfg.model_name, cfg.pretrain, cfg.img_size, cfg.quick_gelu, device)
+        if cfg.precision == "fp16" and torch.device(device).type == "cpu":
+            raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        backbone = Backbone(clip, cfg.features_list, cfg.normalize, cfg.precision)
+        token_ids = prompt_token_ids(cfg.model_name)
+        with torch.device(device):
+            head = IQEHead(arch, cfg, token_ids.to(device))
+        return cls(backbone, head, cfg, arch)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen taps ``(T, B, L, Dv)`` and global embedding ``(B, D)`` of ``(B, 3, H, W)`` images."""
+        return self.backbone(images)
+
+    def logits(self, patch_tokens: torch.Tensor, global_emb: torch.Tensor) -> LevelLogits:
+        """Trainable half: frozen features to per-level logits."""
+        return self.head(patch_tokens, global_emb, self.backbone.text)
+
+    def forward(self, images: torch.Tensor) -> LevelLogits:
+        return self.logits(*self.features(images))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, setting: Setting) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps ``(B, H, W)`` (blurred, not min-max normalised) and image scores ``(B,)``."""
+        return self.predict_features(*self.features(images), setting)
+
+    @torch.no_grad()
+    def predict_features(
+        self, patch_tokens: torch.Tensor, global_emb: torch.Tensor, setting: Setting
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict` from frozen features (e.g. read from the feature cache)."""
+        logits = self.logits(patch_tokens, global_emb)
+        return score(logits.query, logits.text, self.config.img_size, setting)
+
+    def trainable_parameters(self) -> dict[str, int]:
+        """Trainable parameter count of each head module, in construction order."""
+        return {
+            name: sum(p.numel() for p in module.parameters() if p.requires_grad)
+            for name, module in self.head.named_children()
+            if module is not None
+        }

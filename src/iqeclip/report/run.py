@@ -1,0 +1,87 @@
+"""The run folder of a test (``--report DIR``): metrics, per-image scores, example maps, report.
+
+Layout (read by :func:`iqeclip.report.render.write_report`)::
+
+    DIR/metrics.json        the test metrics with dataset, setting, shot and a note
+    DIR/scores.csv          path,slice,label,score for every test image
+    DIR/examples/*.npz      the highest- and lowest-scoring images with their maps and masks
+    DIR/report.html, DIR/report.md, DIR/report_examples.png
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iqeclip.data.datasets import ImageDataset
+from iqeclip.data.layout import Sample
+from iqeclip.engine.evaluate import KeptMaps, predict_samples
+from iqeclip.model.detector import IQEClip
+from iqeclip.report.render import save_example, write_report
+from iqeclip.runtime import distributed
+from iqeclip.runtime.files import atomic_write_text
+
+RANDOM_NOTE = (
+    "The backbone is randomly initialised (--pretrain none): these numbers show that "
+    "the pipeline runs, not the accuracy of pretrained CLIP."
+)
+
+
+def write_test_report(
+    run_dir: str | Path,
+    model: IQEClip,
+    samples: Sequence[Sample],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    metrics: dict[str, Any],
+    run: Any,
+    top_k: int = 8,
+) -> Path:
+    """Write the run folder of a test and its report; returns the HTML path."""
+    run_dir = Path(run_dir)
+    order = np.argsort(scores)
+    picks = sorted(set(order[-top_k:].tolist()) | set(order[:top_k].tolist()))
+    chosen = [samples[i] for i in picks]
+    size = model.config.img_size
+    kept = KeptMaps(len(chosen), size)
+    # every rank takes part in scoring the examples (it is collective under torchrun); rank 0 writes
+    predict_samples(model, chosen, run.setting, run.batch_size, desc="report examples", sink=kept)
+    if not distributed.is_main():
+        return run_dir / "report.html"
+    record = {
+        "dataset": run.obj,
+        "setting": run.setting,
+        "shot": run.shot if run.setting == "few" else 0,
+        **{k: v for k, v in metrics.items() if not (isinstance(v, float) and v != v)},
+    }
+    if model.config.pretrain.lower() == "none":
+        record["note"] = RANDOM_NOTE
+    record["checkpoint"] = str(run.ckpt_path)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(record, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "slice", "label", "score"])
+    for sample, label, score in zip(samples, labels, scores, strict=True):
+        writer.writerow([str(sample.image), "", int(label), f"{score:.6f}"])
+    atomic_write_text(run_dir / "scores.csv", buffer.getvalue())
+    data = ImageDataset(chosen, size)
+    for row, (i, sample) in enumerate(zip(picks, chosen, strict=True)):
+        image, mask = data[row][0].permute(1, 2, 0).numpy(), data[row][1].numpy()
+        save_example(
+            run_dir,
+            f"{row:03d}_{sample.image.stem}",
+            image,
+            kept.maps[row],
+            float(scores[i]),
+            int(labels[i]),
+            str(sample.image),
+            mask if sample.mask is not None else None,
+        )
+    html, _ = write_report(run_dir, top_k=top_k)
+    return html

@@ -1,0 +1,94 @@
+"""Command line basics: info, flag spellings, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from iqeclip.cli.main import main, parse_features_list
+from iqeclip.errors import UserError
+
+PAPER_INFO = [
+    "info",
+    "--model_name",
+    "ViT-L-14-336",
+    "--pretrain",
+    "none",
+    "--img_size",
+    "240",
+    "--features_list",
+    "6",
+    "12",
+    "18",
+    "24",
+    "--prompt_len",
+    "2",
+    "--deep_prompt_len",
+    "1",
+    "--total_d_layer_len",
+    "11",
+    "--use_global",
+]
+
+
+def test_info_prints_the_paper_parameter_count(capsys):
+    assert main(PAPER_INFO) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "trainable parameters: 51017489" in out
+    assert "activation: GELU (exact GELU, as the published runs)" in out
+    assert "  iqm: 47264256" in out and "  projections: 3148800" in out
+    assert "features_list: [6, 12, 18, 24]" in out
+
+
+def test_dash_spellings_and_bracket_list_are_equivalent(capsys):
+    main(PAPER_INFO)
+    underscored = capsys.readouterr().out
+    dashed = [a.replace("_", "-") if a.startswith("--") else a for a in PAPER_INFO]
+    dashed[dashed.index("--features-list") + 1 : dashed.index("--features-list") + 5] = [
+        "[6,12,18,24]"
+    ]
+    main(dashed)
+    assert capsys.readouterr().out == underscored
+
+
+def test_quick_gelu_and_no_use_global(capsys):
+    main(
+        [
+            "info",
+            "--model_name",
+            "iqe-tiny",
+            "--pretrain",
+            "none",
+            "--quick_gelu",
+            "--no_use_global",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "activation: QuickGELU" in out and "use_global: False" in out
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [["6", "12", "18", "24"], ["[6,12,18,24]"], ["6,12,18,24"], ["[6,", "12,", "18,", "24]"]],
+)
+def test_features_list_forms(tokens):
+    assert parse_features_list(tokens) == [6, 12, 18, 24]
+
+
+def test_features_list_garbage():
+    with pytest.raises(UserError, match="--features_list"):
+        parse_features_list(["six"])
+
+
+def test_errors_are_one_line_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "iqeclip", "info", "--model_name", "nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --model_name 'nope'")
+    assert "Traceback" not in proc.stderr
