@@ -1,2 +1,2 @@
-"""Data: the MVFA/BMAD folder layout, image and mask reading, few-shot support, augmentation and
-the synthetic benchmark."""
+"""Data: the MVFA/BMAD folder layout and support lists, the readers of every file format, input
+validation, augmentation, datasets and the synthetic benchmark."""

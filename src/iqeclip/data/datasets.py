@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset, Sampler, TensorDataset
 
 from iqeclip.data.augment import augment
-from iqeclip.data.io import load_image, load_mask, to_float
 from iqeclip.data.layout import Sample
+from iqeclip.data.readers import load_image, load_mask, to_float
 
 
 class ImageDataset(Dataset):

@@ -1,7 +1,7 @@
 """Checking input files before a run: the ``--on_bad_input {error,skip}`` policy.
 
 :func:`check_sample` opens each file of a :class:`~iqeclip.data.layout.Sample` once (PIL header,
-then one full decode; DICOM / NIfTI through :func:`iqeclip.data.medical.read_any`) and rejects,
+then one full decode; DICOM / NIfTI through :func:`iqeclip.data.readers.read`) and rejects,
 with a one-line reason:
 
 - a missing or empty (0-byte) file, a truncated or corrupt PNG/JPEG, or a file with an image suffix
@@ -11,10 +11,10 @@ with a one-line reason:
   decompression-bomb warning/error is caught and reported the same way);
 - an abnormal image without a mask when the dataset has pixel masks (``masks_expected``);
 - a mask whose size differs from its image's (the original sizes, before any resize);
-- a mask that :func:`iqeclip.data.io.load_mask` would not read as intended: more than two grey
-  values, two values other than ``{0, x}``, or a largest value between 2 and 127 (``load_mask``
-  only marks values >= 128, or any value > 0 of a 0/1 mask, as anomalous, so such a mask would
-  come out empty). 0/1 and 0/255 masks (and ``{0, x}`` for any ``x >= 128``) are binary.
+- a mask that :func:`iqeclip.data.readers.load_mask` would not read as intended: more than two
+  grey values, two values other than ``{0, x}``, or a largest value between 2 and 127
+  (``load_mask`` only marks values >= 128, or any value > 0 of a 0/1 mask, as anomalous, so such
+  a mask would come out empty). 0/1 and 0/255 masks (and ``{0, x}`` for any ``x >= 128``) are binary.
   JPEG masks are lossy, so their compression noise is tolerated: a JPEG mask is accepted when at
   least 99 % (:data:`JPEG_BINARY_FRACTION`) of its pixels lie within 32 grey levels
   (:data:`JPEG_TOLERANCE`) of 0 or of the mask's maximum. (Exactly 0 or the maximum is too strict:
@@ -42,10 +42,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from iqeclip.data import medical
-from iqeclip.data.io import _WIDE_MODES, _check_size
-from iqeclip.data.layout import IMAGE_SUFFIXES, Sample
-from iqeclip.errors import UserError
+from iqeclip.data.layout import Sample
+from iqeclip.data.readers import INSTALL_HINT, WIDE_MODES, check_size, kind, read
+from iqeclip.errors import UserError, first_line
 from iqeclip.runtime.files import atomic_write_text
 
 __all__ = [
@@ -115,12 +114,6 @@ class _Bad(Exception):
         return self.reason if self.what == "image" else self.message()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _magic_format(path: Path) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -168,7 +161,7 @@ def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
     except FileNotFoundError:
         raise _Bad(what, path, "no such file") from None
     except OSError as exc:
-        raise _Bad(what, path, f"cannot read the file: {_one_line(exc)}") from None
+        raise _Bad(what, path, f"cannot read the file: {first_line(exc)}") from None
     if n_bytes == 0:
         raise _Bad(what, path, "empty file (0 bytes)")
     try:
@@ -187,37 +180,37 @@ def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
         raise _Bad(what, path, reason) from None
     except Exception as exc:  # any header parser failure is a problem with the file
         fmt = _magic_format(path) or "image"
-        raise _Bad(what, path, f"corrupt {fmt} header: {_one_line(exc)}") from None
+        raise _Bad(what, path, f"corrupt {fmt} header: {first_line(exc)}") from None
     with im:
         fmt = im.format or "image"
         try:
             width, height = (int(v) for v in im.size)
         except Exception as exc:
-            raise _Bad(what, path, f"corrupt {fmt} header: {_one_line(exc)}") from None
+            raise _Bad(what, path, f"corrupt {fmt} header: {first_line(exc)}") from None
         _check_dims(what, path, width, height)
         try:
             im.load()
         except Exception as exc:  # truncated data, broken chunks, decoder errors
-            raise _Bad(what, path, f"truncated or corrupt {fmt} data: {_one_line(exc)}") from None
+            raise _Bad(what, path, f"truncated or corrupt {fmt} data: {first_line(exc)}") from None
         yield im
 
 
 def _check_image_pixels(im: Image.Image, path: Path) -> None:
-    """Make sure :func:`iqeclip.data.io.load_image`'s conversion to RGB works."""
-    if im.mode in _SAFE_MODES or im.mode in _WIDE_MODES:
+    """Make sure :func:`iqeclip.data.readers.load_image`'s conversion to RGB works."""
+    if im.mode in _SAFE_MODES or im.mode in WIDE_MODES:
         return
     try:
         im.convert("RGB")
     except Exception as exc:
         raise _Bad(
-            "image", path, f"cannot convert {im.mode} pixels to RGB: {_one_line(exc)}"
+            "image", path, f"cannot convert {im.mode} pixels to RGB: {first_line(exc)}"
         ) from None
 
 
 def _mask_grey(im: Image.Image, path: Path) -> np.ndarray:
-    """The mask as :func:`iqeclip.data.io.load_mask` sees it: mode ``L`` values, (H, W) uint8."""
+    """The mask as :func:`iqeclip.data.readers.load_mask` sees it: mode ``L``, (H, W) uint8."""
     try:
-        if im.mode in _WIDE_MODES:
+        if im.mode in WIDE_MODES:
             values = np.asarray(im, dtype=np.float64)
             if values.max(initial=0.0) > 255:
                 values = np.rint(np.clip(values, 0.0, 65535.0) / 257.0)
@@ -225,7 +218,7 @@ def _mask_grey(im: Image.Image, path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8)
     except Exception as exc:
         raise _Bad(
-            "mask", path, f"cannot convert {im.mode} pixels to grey: {_one_line(exc)}"
+            "mask", path, f"cannot convert {im.mode} pixels to grey: {first_line(exc)}"
         ) from None
 
 
@@ -276,17 +269,12 @@ def _strip_path(message: str, path: Path) -> str:
     return message[index + len(marker) :] if index >= 0 else message
 
 
-def _is_medical_image(path: Path) -> bool:
-    """DICOM / NIfTI files, read with :func:`iqeclip.data.medical.read_any` (as ``predict`` does)."""
-    return path.suffix.lower() not in IMAGE_SUFFIXES and path.is_file() and medical.is_medical(path)
-
-
 def _check_medical(path: Path) -> tuple[int, int]:
     """Read a DICOM / NIfTI file and check its slices; returns the first slice's (W, H)."""
     try:
-        slices = medical.read_any(path)
+        slices = read(path)
     except UserError as exc:
-        if medical._INSTALL_HINT in str(exc):  # a missing package is not the file's fault
+        if INSTALL_HINT in str(exc):  # a missing package is not the file's fault
             raise
         raise _Bad("image", path, _strip_path(str(exc), path)) from None
     if not slices:
@@ -301,7 +289,7 @@ def _check_medical(path: Path) -> tuple[int, int]:
 def _check(sample: Sample, masks_expected: bool) -> None:
     """Raise :class:`_Bad` for the first problem of a sample."""
     image = Path(sample.image)
-    if _is_medical_image(image):
+    if kind(image) in ("dicom", "nifti"):  # read as predict reads them; the rest with PIL
         width, height = _check_medical(image)
     else:
         with _decoded(image, "image") as im:
@@ -344,7 +332,7 @@ def check_sample(sample: Sample, size: int, masks_expected: bool = False) -> Non
         UserError: ``<image|mask> <path>: <reason>`` for the first problem found (see the
             module docstring), or a non-positive size.
     """
-    _check_size(size)
+    check_size(size)
     try:
         _check(sample, masks_expected)
     except _Bad as bad:
@@ -373,7 +361,7 @@ def validate_samples(
             per-file problem.
     """
     _check_policy(policy)
-    _check_size(size)
+    check_size(size)
     good: list[Sample] = []
     skipped: list[Skipped] = []
     for sample in samples:

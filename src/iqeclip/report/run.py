@@ -1,6 +1,6 @@
 """The run folder of a test (``--report DIR``): metrics, per-image scores, example maps, report.
 
-Layout (read by :func:`iqeclip.report.render.write_report`)::
+Layout (read by :func:`iqeclip.report.write.write_report`)::
 
     DIR/metrics.json        the test metrics with dataset, setting, shot and a note
     DIR/scores.csv          path,slice,label,score for every test image
@@ -23,7 +23,8 @@ from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.layout import Sample
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.model.detector import IQEClip
-from iqeclip.report.render import save_example, write_report
+from iqeclip.report.folder import save_example
+from iqeclip.report.write import write_report
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_write_text
 

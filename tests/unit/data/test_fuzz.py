@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from iqeclip.data.io import load_image, load_mask
 from iqeclip.data.layout import Sample, read_support_list
+from iqeclip.data.readers import load_image, load_mask
 from iqeclip.data.validate import check_sample
 from iqeclip.errors import UserError
 
@@ -410,14 +410,14 @@ def test_fuzz_check_sample_medical(file: tuple[bytes, str]) -> None:
 def test_dicom_with_a_corrupt_position_reads(tmp_path: Path) -> None:
     """Regression (found by fuzzing): a NUL inside ImagePositionPatient raised ValueError."""
     pydicom = pytest.importorskip("pydicom")
-    from iqeclip.data.medical import read_any
+    from iqeclip.data.readers import read
 
     data = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
     good = b"-158.135803\\-179.035797"
     assert good in data
     path = tmp_path / "ct.dcm"
     path.write_bytes(data.replace(good, good.replace(b"\\", b"\x00")))
-    (s,) = read_any(path)
+    (s,) = read(path)
     assert s.meta["position"] is None and s.image.shape == (128, 128)
     check_sample(Sample(path, 0, None), 8)
 

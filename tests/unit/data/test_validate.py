@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from iqeclip.data.io import load_image, load_mask
 from iqeclip.data.layout import Sample
+from iqeclip.data.readers import load_image, load_mask
 from iqeclip.data.validate import (
     MAX_PIXELS,
     Skipped,
@@ -390,12 +390,12 @@ def test_write_skipped_from_validation(tmp_path: Path) -> None:
 
 def test_nifti_full_of_nan_reads_as_zeros(tmp_path: Path) -> None:
     nib = pytest.importorskip("nibabel")
-    from iqeclip.data.medical import read_any
+    from iqeclip.data.readers import read
 
     path = tmp_path / "nan scan ä.nii.gz"
     volume = np.full((6, 5, 3), np.nan, dtype=np.float32)
     nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
-    slices = read_any(path)
+    slices = read(path)
     assert len(slices) == 3
     for s in slices:
         assert s.image.shape == (6, 5) and not s.image.any()

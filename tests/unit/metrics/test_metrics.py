@@ -1,4 +1,4 @@
-"""Tests for iqeclip.metrics.core.
+"""Tests for the exact metrics: iqeclip.metrics.image, .pixel, .aupro and .compute.
 
 The scikit-learn based metrics are compared with direct scikit-learn calls; F1-max with a brute
 force loop; AUPRO with small hand-made cases whose values are derived in the comments, and with
@@ -16,16 +16,11 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from iqeclip.errors import UserError
-from iqeclip.metrics import core as metrics
-from iqeclip.metrics.core import (
-    compute_metrics,
-    f1_max,
-    image_ap,
-    image_auroc,
-    pixel_ap,
-    pixel_aupro,
-    pixel_auroc,
-)
+from iqeclip.metrics import aupro
+from iqeclip.metrics.aupro import pixel_aupro
+from iqeclip.metrics.compute import compute_metrics
+from iqeclip.metrics.image import f1_max, image_ap, image_auroc
+from iqeclip.metrics.pixel import pixel_ap, pixel_auroc
 
 SEEDS = [0, 1, 2, 3, 4]
 
@@ -41,16 +36,23 @@ def _image_data(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     return scores, labels
 
 
+def _noisy_maps(
+    rng: np.random.Generator, masks: np.ndarray, signal: float, seed: int
+) -> np.ndarray:
+    """Uniform noise plus ``signal`` inside the masks, rounded to 0.1 (many ties) on even seeds."""
+    maps = rng.random(masks.shape) + signal * masks
+    if seed % 2 == 0:
+        maps = np.round(maps, 1)
+    return maps
+
+
 def _pixel_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Random maps (with ties on even seeds) and masks: random blobs plus one normal image."""
     rng = np.random.default_rng(seed)
     masks = rng.random((5, 12, 10)) < 0.15
     masks[0] = False  # a normal image
     masks[1, 2:5, 3:6] = True  # make sure there is an anomaly
-    maps = rng.random(masks.shape) + 0.5 * masks
-    if seed % 2 == 0:
-        maps = np.round(maps, 1)
-    return maps, masks
+    return _noisy_maps(rng, masks, 0.5, seed), masks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,30 +187,36 @@ def test_aupro_constant_map_interpolates_at_the_limit() -> None:
     assert pixel_aupro(maps, masks, fpr_limit=1.0) == pytest.approx(0.5)
 
 
+def _aupro_of_detected_and_missed(
+    shape: tuple[int, int, int], detected: list[tuple], missed: list[tuple]
+) -> float:
+    """AUPRO of masks made of the ``detected`` and ``missed`` pixels (numpy indices): normal
+    pixels score 0.5, detected ones 1.0 (above all normal pixels), missed ones 0.0 (below)."""
+    masks = np.zeros(shape, dtype=bool)
+    maps = np.full(shape, 0.5)
+    for index in detected:
+        masks[index] = True
+        maps[index] = 1.0
+    for index in missed:
+        masks[index] = True
+        maps[index] = 0.0
+    return pixel_aupro(maps, masks)
+
+
 def test_aupro_weights_regions_equally_not_pixels() -> None:
     # Region A: 1 pixel, scored above all normal pixels (overlap 1).
     # Region B: 3 pixels (far from A), all scored below all normal pixels (overlap 0).
     # PRO = mean(1, 0) = 1/2 on (0, 0.3] -> 0.5. A pixel-weighted rate would give 1/4.
-    masks = np.zeros((1, 6, 6), dtype=bool)
-    masks[0, 0, 0] = True
-    masks[0, 4, 2:5] = True
-    maps = np.full(masks.shape, 0.5)
-    maps[0, 0, 0] = 1.0
-    maps[0, 4, 2:5] = 0.0
-    assert pixel_aupro(maps, masks) == pytest.approx(0.5)
+    aupro_value = _aupro_of_detected_and_missed((1, 6, 6), [np.s_[0, 0, 0]], [np.s_[0, 4, 2:5]])
+    assert aupro_value == pytest.approx(0.5)
 
 
 def test_aupro_regions_do_not_span_images() -> None:
     # Image 0: 1-pixel region at (0, 0), detected. Image 1: 3-pixel region at (0, 0..2), missed.
     # Per image they are two regions: PRO = mean(1, 0) = 1/2 -> 0.5. Had the labelling connected
     # them through the image axis, it would be one 4-pixel region with overlap 1/4 -> 0.25.
-    masks = np.zeros((2, 4, 4), dtype=bool)
-    masks[0, 0, 0] = True
-    masks[1, 0, 0:3] = True
-    maps = np.full(masks.shape, 0.5)
-    maps[0, 0, 0] = 1.0
-    maps[1, 0, 0:3] = 0.0
-    assert pixel_aupro(maps, masks) == pytest.approx(0.5)
+    aupro_value = _aupro_of_detected_and_missed((2, 4, 4), [np.s_[0, 0, 0]], [np.s_[1, 0, 0:3]])
+    assert aupro_value == pytest.approx(0.5)
 
 
 def test_aupro_uses_8_connectivity() -> None:
@@ -216,12 +224,10 @@ def test_aupro_uses_8_connectivity() -> None:
     # is a second region. (0, 0) and (3, 3) are detected (above all normal pixels), (1, 1) is
     # missed. 8-connectivity: PRO = mean(1/2, 1) = 3/4 -> 0.75.
     # (4-connectivity would give three regions and mean(1, 0, 1) = 2/3.)
-    masks = np.zeros((1, 5, 5), dtype=bool)
-    masks[0, 0, 0] = masks[0, 1, 1] = masks[0, 3, 3] = True
-    maps = np.full(masks.shape, 0.5)
-    maps[0, 0, 0] = maps[0, 3, 3] = 1.0
-    maps[0, 1, 1] = 0.0
-    assert pixel_aupro(maps, masks) == pytest.approx(0.75)
+    aupro_value = _aupro_of_detected_and_missed(
+        (1, 5, 5), [np.s_[0, 0, 0], np.s_[0, 3, 3]], [np.s_[0, 1, 1]]
+    )
+    assert aupro_value == pytest.approx(0.75)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,10 +245,7 @@ def _equal_size_regions(seed: int) -> tuple[np.ndarray, np.ndarray]:
                 if rng.random() < 0.4:
                     masks[image, r : r + 2, c : c + 2] = True
     masks[1, 0:2, 0:2] = True
-    maps = rng.random(masks.shape) + 0.4 * masks
-    if seed % 2 == 0:
-        maps = np.round(maps, 1)
-    return maps, masks
+    return _noisy_maps(rng, masks, 0.4, seed), masks
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -285,7 +288,7 @@ def test_aupro_binned_thresholds_on_a_grid_are_exact(monkeypatch: pytest.MonkeyP
     maps = np.clip(maps, 0.0, 1.0)
     maps[0, 0, 0], maps[0, 0, 1] = 0.0, 1.0
     exact = pixel_aupro(maps, masks, num_thresholds=5)
-    monkeypatch.setattr(metrics, "AUPRO_EXACT_MAX_PIXELS", 0)
+    monkeypatch.setattr(aupro, "AUPRO_EXACT_MAX_PIXELS", 0)
     assert pixel_aupro(maps, masks, num_thresholds=5) == pytest.approx(exact, abs=1e-12)
 
 
@@ -295,7 +298,7 @@ def test_aupro_binned_thresholds_approximate_the_exact_curve(
 ) -> None:
     maps, masks = _pixel_data(2 * seed + 1)  # odd seeds: continuous maps
     exact = pixel_aupro(maps, masks)
-    monkeypatch.setattr(metrics, "AUPRO_EXACT_MAX_PIXELS", 0)
+    monkeypatch.setattr(aupro, "AUPRO_EXACT_MAX_PIXELS", 0)
     assert pixel_aupro(maps, masks) == pytest.approx(exact, abs=2e-3)  # 1000 thresholds
     # Perfect maps remain perfect with binned thresholds.
     perfect = masks.astype(np.float32) + 0.1 * np.random.default_rng(seed).random(masks.shape)
@@ -314,7 +317,7 @@ def test_even_threshold_bins_match_binary_search(seed: int) -> None:
         thresholds = np.linspace(float(scores.min()), float(scores.max()), n).astype(np.float32)
         scores[2 : 2 + n] = thresholds  # exact hits
         expected = np.searchsorted(thresholds, scores, side="right") - 1
-        np.testing.assert_array_equal(metrics._even_threshold_bins(scores, thresholds), expected)
+        np.testing.assert_array_equal(aupro._even_threshold_bins(scores, thresholds), expected)
 
 
 def _pro_curve_brute_force(maps: np.ndarray, masks: np.ndarray) -> list[tuple[float, float]]:
@@ -362,9 +365,9 @@ def test_aupro_does_not_depend_on_the_chunk_size(
 ) -> None:
     maps, masks = _pixel_data(1)
     if not exact:
-        monkeypatch.setattr(metrics, "AUPRO_EXACT_MAX_PIXELS", 0)
+        monkeypatch.setattr(aupro, "AUPRO_EXACT_MAX_PIXELS", 0)
     expected = pixel_aupro(maps, masks)
-    monkeypatch.setattr(metrics, "_CHUNK", 37)  # many chunks, regions cut across chunks
+    monkeypatch.setattr(aupro, "_CHUNK", 37)  # many chunks, regions cut across chunks
     assert pixel_aupro(maps, masks) == pytest.approx(expected, abs=1e-12)
 
 

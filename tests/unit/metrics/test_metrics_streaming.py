@@ -1,4 +1,4 @@
-"""Tests for the streaming, binned pixel metrics of iqeclip.metrics.core.
+"""Tests for the streaming, binned pixel metrics (iqeclip.metrics.streaming and .pixel).
 
 The binned metrics are compared with the exact ones on structured data (smooth noise maps,
 blob-shaped masks), with the exact metrics of maps rounded down to the bins (which they must
@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 from iqeclip.errors import UserError
-from iqeclip.metrics.core import (
+from iqeclip.metrics import (
     AUPRO_EXACT_MAX_PIXELS,
     MapValueError,
     PixelMetricAccumulator,

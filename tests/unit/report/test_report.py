@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 
 from iqeclip.errors import UserError
-from iqeclip.report.render import CURVE_BOX, read_examples, read_scores, save_example, write_report
+from iqeclip.report import CURVE_BOX, read_examples, read_scores, save_example, write_report
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -1,4 +1,4 @@
-"""Tests for image and mask reading."""
+"""Tests for the PIL reader: images and masks as model input, and images as slices."""
 
 from __future__ import annotations
 
@@ -9,8 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from iqeclip.data.io import load_image, load_mask, to_float
+from iqeclip.data.readers.base import Slice
+from iqeclip.data.readers.intensity import Intensity
+from iqeclip.data.readers.pil import (
+    load_image,
+    load_mask,
+    read_wide_image,
+    slice_to_uint8_rgb,
+    to_float,
+)
+from iqeclip.data.readers.registry import read
 from iqeclip.errors import UserError
+from tests.unit.data.readers.conftest import minmax
 
 RNG = np.random.default_rng(0)
 
@@ -197,3 +207,57 @@ def test_float_matches_totensor_reference(tmp_path: Path) -> None:
     out = to_float(load_image(path, 16))
     ref = torch.from_numpy(_reference(path, 16).astype(np.float32) / 255.0)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_wide_image_minmax_and_percentile(tmp_path: Path, suffix: str) -> None:
+    values = RNG.integers(1000, 3000, size=(20, 30), dtype=np.uint16)
+    values[0, 0], values[0, 1] = 1000, 2999
+    path = tmp_path / f"scan{suffix}"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16")
+    (s,) = read_wide_image(path)
+    assert s.index is None and s.meta["intensity"] == "minmax"
+    np.testing.assert_allclose(s.image, minmax(values), atol=1e-6)
+    # load_image's full-range rule keeps this 12-bit-ish scan dark; the per-image rule does not.
+    assert load_image(path, 30).max() < 20 and slice_to_uint8_rgb(s, 30).max() == 255
+    (p,) = read(path, intensity=Intensity(percentile=(5, 95)))
+    lo, hi = np.percentile(values.astype(np.float64), [5, 95])
+    np.testing.assert_allclose(p.image, (np.clip(values, lo, hi) - lo) / (hi - lo), atol=1e-6)
+    (w,) = read_wide_image(path, Intensity(window=(2000, 1000)))
+    np.testing.assert_allclose(w.image, np.clip((values - 1500.0) / 1000, 0, 1), atol=1e-6)
+
+
+def test_multipage_tiff(tmp_path: Path) -> None:
+    pages = [Image.fromarray((np.arange(12, dtype=np.uint16) * k).reshape(3, 4)) for k in (1, 3)]
+    path = tmp_path / "stack.tiff"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    slices = read_wide_image(path)
+    assert [s.index for s in slices] == [0, 1]
+    np.testing.assert_allclose(slices[1].image, np.arange(12).reshape(3, 4) / 11, atol=1e-6)
+
+
+def test_eight_bit_images_match_load_image(tmp_path: Path) -> None:
+    grey = tmp_path / "grey.png"
+    Image.fromarray(RNG.integers(40, 200, size=(21, 17), dtype=np.uint8)).save(grey)
+    colour = tmp_path / "colour.png"
+    Image.fromarray(RNG.integers(0, 256, size=(13, 19, 3), dtype=np.uint8)).save(colour)
+    for path, shape in [(grey, (21, 17)), (colour, (13, 19, 3))]:
+        (s,) = read(path)
+        assert s.image.shape == shape and s.meta["intensity"] == "8bit"
+        out = slice_to_uint8_rgb(s, 24)
+        assert out.dtype == torch.uint8 and out.shape == (3, 24, 24)
+        assert torch.equal(out, load_image(path, 24))
+
+
+def test_slice_to_uint8_rgb() -> None:
+    image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    out = slice_to_uint8_rgb(Slice(image=image, source=Path("x"), index=None, meta={}), 8)
+    assert out.shape == (3, 8, 8) and out.dtype == torch.uint8
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    assert int(out[0, 0, 0]) == 0 and int(out[0, 7, 7]) == 255
+    zeros = Slice(image=np.zeros((5, 5), np.float32), source=Path("x"), index=0, meta={})
+    assert not slice_to_uint8_rgb(zeros, 16).any()
+    with pytest.raises(UserError):
+        slice_to_uint8_rgb(zeros, 0)

@@ -1,0 +1,306 @@
+"""DICOM files (one slice per frame) and the reading of a DICOM series.
+
+Pixel values are first passed through the modality transform (Modality LUT Sequence or Rescale
+Slope/Intercept, per frame for enhanced files), so windows are in output units (HU for CT). The
+default intensity rule is the file's own VOI transform (Window Center/Width, else VOI LUT
+Sequence, else min-max; see :mod:`iqeclip.data.readers.intensity`). MONOCHROME1 images are
+inverted after windowing (``1 - x``). Colour images (RGB, YBR, PALETTE COLOR) are min-max
+normalised jointly over their three channels (or percentile-clipped); windows do not apply.
+
+pydicom (the optional extra) is imported only when a DICOM file is read. Which files are DICOM
+is decided by :mod:`iqeclip.data.readers.registry`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from iqeclip.data.readers.base import INSTALL_HINT, Slice, need
+from iqeclip.data.readers.intensity import (
+    DEFAULT_INTENSITY,
+    Default,
+    Intensity,
+    linear_window,
+    normalise,
+    sigmoid_window,
+)
+from iqeclip.errors import UserError, first_line
+
+__all__ = ["read_dicom", "read_dicom_files"]
+
+
+def _pydicom(path: Path) -> tuple[ModuleType, ModuleType]:
+    """pydicom and its pixel-processing module (``pydicom.pixels``; 2.x: the handlers' util)."""
+    pydicom = need("pydicom", path)
+    for name in ("pydicom.pixels", "pydicom.pixel_data_handlers.util"):
+        try:
+            processing = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(processing, "apply_modality_lut"):
+            return pydicom, processing
+    raise UserError(f"reading {path} needs pydicom >= 2.4: {INSTALL_HINT}")
+
+
+def _dcmread(pydicom: ModuleType, path: Path) -> Any:
+    """Read a DICOM dataset; a file without preamble is read with ``force=True``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot read DICOM {path}: is a folder (read it as a series)")
+    if not path.is_file():
+        raise UserError(f"cannot read DICOM {path}: no such file")
+    errors = importlib.import_module("pydicom.errors")
+    try:
+        try:
+            return pydicom.dcmread(path)
+        except errors.InvalidDicomError:
+            return pydicom.dcmread(path, force=True)
+    except Exception as exc:  # any parser failure is a problem with the user's file
+        raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from None
+
+
+def _has_pixels(ds: Any) -> bool:
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _first_number(value: Any) -> float | None:
+    """The first value of a possibly multi-valued DICOM number, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, bytes, int, float)):
+        try:
+            value = next(iter(value))
+        except (TypeError, StopIteration):
+            return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _functional_item(ds: Any, frame: int, sequence: str) -> Any:
+    """The first item of a functional-group macro for one frame (per-frame, then shared)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame):
+        group = per_frame[frame]
+        if group.get(sequence):
+            return group[sequence][0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        group = shared[0]
+        if group.get(sequence):
+            return group[sequence][0]
+    return None
+
+
+def _rescale(
+    ds: Any, processing: ModuleType, raw: np.ndarray, frame: int, path: Path
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Modality transform of one frame; returns (values, (slope, intercept) or None)."""
+    item = _functional_item(ds, frame, "PixelValueTransformationSequence")
+    if item is not None:
+        slope = _first_number(item.get("RescaleSlope"))
+        intercept = _first_number(item.get("RescaleIntercept"))
+        if slope is not None and intercept is not None:
+            return raw.astype(np.float64) * slope + intercept, (slope, intercept)
+    try:
+        values = processing.apply_modality_lut(raw, ds)
+    except Exception as exc:
+        raise UserError(f"cannot read DICOM {path}: modality LUT: {first_line(exc)}") from None
+    slope = _first_number(ds.get("RescaleSlope"))
+    intercept = _first_number(ds.get("RescaleIntercept"))
+    has_rescale = slope is not None and intercept is not None and not ds.get("ModalityLUTSequence")
+    return values, ((slope, intercept) if has_rescale else None)
+
+
+def _file_default(ds: Any, processing: ModuleType, frame: int) -> tuple[Default | None, Any]:
+    """The file's own VOI transform for one frame: (default rule, window) or (None, None)."""
+    item = _functional_item(ds, frame, "FrameVOILUTSequence")
+    for source in (item, ds):
+        if source is None:
+            continue
+        centre = _first_number(source.get("WindowCenter"))
+        width = _first_number(source.get("WindowWidth"))
+        if centre is not None and width is not None and width > 0:
+            sigmoid = str(source.get("VOILUTFunction", "")).strip().upper() == "SIGMOID"
+            mapping = sigmoid_window if sigmoid else linear_window
+            return ("file-window", partial(mapping, centre=centre, width=width)), (centre, width)
+    if ds.get("VOILUTSequence"):
+        try:
+            descriptor = [int(v) for v in ds.VOILUTSequence[0].LUTDescriptor]
+            entries, first = descriptor[0] or 2**16, descriptor[1]
+            table = np.asarray(
+                processing.apply_voi(np.arange(first, first + entries, dtype=np.int64), ds, 0),
+                dtype=np.float64,
+            )
+        except Exception:  # an unusable LUT falls back to min-max
+            return None, None
+        t_lo, t_hi = float(table.min()), float(table.max())
+        if not t_hi > t_lo:
+            return None, None
+
+        def voi_lut(x: np.ndarray) -> np.ndarray:
+            index = np.clip(np.rint(x), first, first + entries - 1).astype(np.int64) - first
+            return (table[index] - t_lo) / (t_hi - t_lo)
+
+        return ("voi-lut", voi_lut), None
+    return None, None
+
+
+def _dataset_slices(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
+    """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame).
+
+    pydicom converts element values only when they are accessed, so a corrupt attribute can
+    raise anywhere in the conversion: any failure is a ``cannot read DICOM`` :class:`UserError`.
+    """
+    try:
+        return _convert_dataset(ds, path, intensity)
+    except UserError:
+        raise
+    except Exception as exc:  # a corrupt element of the user's file
+        raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from None
+
+
+def _position(value: Any) -> tuple[float, ...] | None:
+    """ImagePositionPatient as floats, or None if missing or unreadable (it is metadata only)."""
+    try:
+        return tuple(float(v) for v in value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
+    """The work of :func:`_dataset_slices`."""
+    pydicom, processing = _pydicom(path)
+    if not _has_pixels(ds):
+        raise UserError(f"cannot read DICOM {path}: no pixel data (not an image)")
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as exc:
+        raise UserError(
+            f"cannot read DICOM {path}: cannot decode pixel data: {first_line(exc)}"
+        ) from None
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    samples = int(_first_number(ds.get("SamplesPerPixel")) or 1)
+    try:
+        if photometric == "PALETTE COLOR":
+            arr = np.asarray(processing.apply_color_lut(arr, ds))
+            samples = 3
+        elif photometric.startswith("YBR") and int(pydicom.__version__.split(".")[0]) < 3:
+            arr = np.asarray(processing.convert_color_space(arr, photometric, "RGB"))
+    except Exception as exc:
+        raise UserError(f"cannot read DICOM {path}: colour conversion: {first_line(exc)}") from None
+    colour = samples > 1
+    multi = arr.ndim == (4 if colour else 3)
+    frames = arr if multi else arr[np.newaxis]
+    if frames.ndim != (4 if colour else 3):
+        raise UserError(f"cannot read DICOM {path}: unexpected pixel array shape {arr.shape}")
+
+    position = ds.get("ImagePositionPatient")
+    common = {
+        "modality": str(ds.get("Modality", "")) or None,
+        "photometric": photometric or None,
+        "frames": int(frames.shape[0]),
+        "instance": _first_number(ds.get("InstanceNumber")),
+        "position": _position(position),
+        "series_uid": str(ds.get("SeriesInstanceUID", "")) or None,
+    }
+    out: list[Slice] = []
+    for f, raw in enumerate(frames):
+        if colour:
+            image, info = normalise(raw, Intensity(percentile=intensity.percentile))
+            rescale = None
+        else:
+            values, rescale = _rescale(ds, processing, raw, f, path)
+            default, window = _file_default(ds, processing, f)
+            image, info = normalise(values, intensity, default, window)
+            if photometric == "MONOCHROME1" and not (
+                info["constant"] and info["intensity"] in ("minmax", "none")
+            ):
+                image = np.ascontiguousarray(1.0 - image, dtype=np.float32)
+        meta = {**common, "rescale": rescale, "frame": f if multi else None, **info}
+        out.append(Slice(image=image, source=Path(path), index=f if multi else None, meta=meta))
+    return out
+
+
+def read_dicom(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+    """Read a DICOM file: one slice per frame.
+
+    Args:
+        path: The DICOM file (with or without the 128-byte preamble).
+        intensity: Window / percentile options (default: the file's window or VOI LUT, else
+            min-max).
+
+    Returns:
+        One :class:`Slice` per frame: (H, W) grey or (H, W, 3) colour, float32 in [0, 1];
+        ``index`` is the frame number for multi-frame files, None otherwise.
+
+    Raises:
+        UserError: pydicom missing, or ``cannot read DICOM <path>: <reason>`` for a missing,
+            garbage, truncated or non-image file or undecodable (compressed) pixel data.
+    """
+    pydicom, _ = _pydicom(path)
+    return _dataset_slices(_dcmread(pydicom, path), Path(path), intensity)
+
+
+def _series_key(item: tuple[Path, Any]) -> tuple[Any, ...]:
+    path, ds = item
+    instance = _first_number(ds.get("InstanceNumber"))
+    position = ds.get("ImagePositionPatient")
+    z = None
+    if position is not None:
+        try:
+            z = _first_number(position[2])
+        except (IndexError, TypeError):
+            z = None
+    return (instance is None, instance or 0.0, z is None, z or 0.0, path.name)
+
+
+def read_dicom_files(
+    folder: Path, files: Sequence[Path], intensity: Intensity = DEFAULT_INTENSITY
+) -> list[Slice]:
+    """Read the DICOM files of a series folder as one series.
+
+    This is the reading half of :func:`iqeclip.data.readers.registry.read_dicom_series`, which
+    finds the folder's DICOM files. Files without pixel data (DICOMDIR, reports) are skipped. Files
+    are ordered by InstanceNumber, then ImagePositionPatient[2], then name (missing values last);
+    several series in one folder are not separated.
+
+    Args:
+        folder: The series folder.
+        files: Its DICOM files.
+        intensity: As for :func:`read_dicom`.
+
+    Returns:
+        The slices in series order; ``index`` runs 0..N-1 over the whole series, ``source`` is
+        each slice's file, ``meta["series"]`` the folder and ``meta["frame"]`` the frame within
+        a multi-frame file (None otherwise).
+
+    Raises:
+        UserError: pydicom missing, no files or no DICOM image among them, or any DICOM file
+            unreadable (named).
+    """
+    pydicom, _ = _pydicom(folder)
+    if not files:
+        raise UserError(f"cannot read DICOM series {folder}: no DICOM files in it")
+    datasets = [(p, _dcmread(pydicom, p)) for p in files]
+    datasets = [(p, ds) for p, ds in datasets if _has_pixels(ds)]
+    if not datasets:
+        raise UserError(f"cannot read DICOM series {folder}: none of its DICOM files is an image")
+    datasets.sort(key=_series_key)
+    out: list[Slice] = []
+    for path, ds in datasets:
+        for s in _dataset_slices(ds, path, intensity):
+            s.index = len(out)
+            s.meta["series"] = folder
+            out.append(s)
+    return out

@@ -1,0 +1,251 @@
+"""PIL images (PNG, JPEG, BMP, TIFF, incl. 16-bit): the model's reference input and masks.
+
+The reference pre-processing is PIL's bicubic resize of the 8-bit RGB image followed by a division
+by 255 (bit-exact with ``transforms.Resize((size, size), BICUBIC)`` + ``ToTensor()``); no
+mean/std normalisation is applied here.
+
+16-bit images (PIL modes ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` and the 32-bit ``I``) are
+mapped to 8 bit by scaling the *full* 16-bit range: ``v8 = round(clip(v, 0, 65535) / 257)``, so
+0 -> 0 and 65535 -> 255. There is no per-image contrast stretching: a 12-bit scan stored in a
+16-bit file keeps its (dark) appearance, and the same pixel value always maps to the same grey.
+
+:func:`read_wide_image` is the other way in, used for 16-bit scans where intensity options
+matter: it returns :class:`~iqeclip.data.readers.base.Slice` objects normalised by the rules of
+:mod:`iqeclip.data.readers.intensity` (min-max per image by default), and
+:func:`slice_to_uint8_rgb` turns any reader's slice into the model's ``(3, size, size)`` uint8
+input with the same bicubic PIL resize as :func:`load_image`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from iqeclip.data.readers.base import Slice
+from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
+from iqeclip.errors import UserError, first_line
+
+__all__ = [
+    "WIDE_MODES",
+    "as_input",
+    "check_size",
+    "load_image",
+    "load_mask",
+    "open_image",
+    "read_wide_image",
+    "slice_to_uint8_rgb",
+    "to_float",
+]
+
+WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+"""PIL modes of 16/32-bit integer grey images (scaled to 8 bit as the module docstring says)."""
+
+
+def check_size(size: int) -> None:
+    """Raise a :class:`UserError` unless ``size`` (an output side in pixels) is a positive int."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise UserError(f"image size must be a positive integer, got {size!r}")
+
+
+def open_image(path: Path, what: str) -> Image.Image:
+    """Open and fully decode an image; any failure becomes a :class:`UserError`."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # force decoding so that truncated files fail here
+            return im.copy()
+    except FileNotFoundError:
+        raise UserError(f"cannot read {what} {path}: no such file") from None
+    except UnidentifiedImageError:
+        why = "not an image file (unrecognised format)"
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            why = "empty file"
+        raise UserError(f"cannot read {what} {path}: {why}") from None
+    except Exception as exc:  # any decoder failure is a problem with the user's file
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise UserError(f"cannot read {what} {path}: {why or type(exc).__name__}") from None
+
+
+def _wide_to_8bit(im: Image.Image) -> Image.Image:
+    """Map a 16/32-bit integer grey image to mode ``L`` by scaling the full 16-bit range."""
+    values = np.asarray(im, dtype=np.float64)
+    values = np.clip(values, 0.0, 65535.0) / 257.0
+    return Image.fromarray(np.rint(values).astype(np.uint8))
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """Read an image as an 8-bit RGB square.
+
+    Grey, palette, RGB, RGBA (alpha dropped) and 16-bit images are accepted; 16-bit images are
+    scaled as described in the module docstring.
+
+    Args:
+        path: The image file.
+        size: Side of the output in pixels.
+
+    Returns:
+        uint8 tensor of shape (3, size, size).
+
+    Raises:
+        UserError: ``cannot read image <path>: <reason>`` for a missing, empty, truncated or
+            non-image file, or a non-positive size.
+    """
+    check_size(size)
+    im = open_image(path, "image")
+    if im.mode in WIDE_MODES:
+        im = _wide_to_8bit(im)
+    try:
+        rgb = im.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    rgb = rgb.resize((size, size), Image.BICUBIC)
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_mask(path: Path, size: int) -> torch.Tensor:
+    """Read an anomaly mask as a boolean square.
+
+    The mask is converted to grey (``L``; 16-bit masks with values above 255 are scaled like
+    images, values up to 255 are kept), resized with nearest neighbour and binarised: if the
+    mask's maximum is <= 1 it is a 0/1 mask and every value > 0 is anomalous, otherwise values
+    >= 128 are anomalous (i.e. ``ToTensor()(mask) > 0.5``).
+
+    Args:
+        path: The mask file.
+        size: Side of the output in pixels.
+
+    Returns:
+        bool tensor of shape (size, size), True where anomalous.
+
+    Raises:
+        UserError: ``cannot read mask <path>: <reason>`` for an unreadable file.
+    """
+    check_size(size)
+    im = open_image(path, "mask")
+    if im.mode in WIDE_MODES:
+        values = np.asarray(im, dtype=np.float64)
+        if values.max(initial=0.0) > 255:
+            im = _wide_to_8bit(im)
+        else:
+            im = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+    try:
+        grey = im.convert("L")
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot read mask {path}: {exc}") from None
+    zero_one = int(np.asarray(grey).max(initial=0)) <= 1
+    array = np.asarray(grey.resize((size, size), Image.NEAREST))
+    binary = array > 0 if zero_one else array >= 128
+    return torch.from_numpy(binary.copy())
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Scale 8-bit images to [0, 1].
+
+    Args:
+        images_uint8: uint8 tensor of any shape, e.g. (3, H, W) or (N, 3, H, W).
+
+    Returns:
+        float32 tensor of the same shape, ``images_uint8 / 255``; no mean/std normalisation.
+
+    Raises:
+        TypeError: If the input is not uint8 (guards against dividing twice).
+    """
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"to_float expects a uint8 tensor, got {images_uint8.dtype}")
+    return images_uint8.to(torch.float32) / 255.0
+
+
+def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Model input in [0, 1] on ``device`` from uint8 (read from disk) or float (augmented) images."""
+    images = images.to(device, non_blocking=True)
+    return to_float(images) if images.dtype == torch.uint8 else images
+
+
+def _pages(path: Path) -> list[Image.Image]:
+    """All pages of an image file (one for most files; several for a multi-page TIFF)."""
+    first = open_image(path, "image")  # validates the file with load_image's error messages
+    pages = [first]
+    page = 0
+    try:
+        with Image.open(path) as im:
+            for page in range(1, int(getattr(im, "n_frames", 1))):
+                im.seek(page)
+                im.load()
+                pages.append(im.copy())
+    except Exception as exc:  # a broken later page is a problem with the user's file
+        raise UserError(f"cannot read image {path}: page {page}: {first_line(exc)}") from None
+    return pages
+
+
+def _page_slice(im: Image.Image, path: Path, index: int | None, intensity: Intensity) -> Slice:
+    mode = im.mode
+    if mode in WIDE_MODES or mode == "F":
+        image, info = normalise(np.asarray(im), intensity)
+    elif mode in ("L", "LA", "1"):
+        grey = np.asarray(im.convert("L"))
+        image, info = normalise(grey, intensity, ("8bit", lambda x: x / 255.0))
+    else:
+        try:
+            rgb = np.asarray(im.convert("RGB"))
+        except (ValueError, OSError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        colour_intensity = Intensity(percentile=intensity.percentile)
+        image, info = normalise(rgb, colour_intensity, ("8bit", lambda x: x / 255.0))
+    return Slice(image=image, source=path, index=index, meta={"mode": mode, **info})
+
+
+def read_wide_image(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+    """Read a PNG/TIFF (or any PIL image), with intensity options for 16-bit and float data.
+
+    Unlike :func:`load_image`, whose fixed rule maps the full 16-bit range to 8 bit, 16/32-bit
+    integer and float images are min-max normalised per image by default (or windowed /
+    percentile-clipped). 8-bit grey images are kept (``v / 255``) unless an option is
+    given; colour images are kept (``v / 255``, (H, W, 3)) unless a percentile is given (windows
+    do not apply to colour). Each page of a multi-page TIFF is a slice.
+
+    Args:
+        path: The image file.
+        intensity: Window / percentile options.
+
+    Returns:
+        One :class:`Slice` per page; ``index`` is the page for multi-page files, else None.
+
+    Raises:
+        UserError: ``cannot read image <path>: <reason>`` for a missing or undecodable file.
+    """
+    path = Path(path)
+    pages = _pages(path)
+    if len(pages) == 1:
+        return [_page_slice(pages[0], path, None, intensity)]
+    return [_page_slice(im, path, i, intensity) for i, im in enumerate(pages)]
+
+
+def slice_to_uint8_rgb(s: Slice, size: int) -> torch.Tensor:
+    """Model input from a slice: the same pre-processing as :func:`load_image`.
+
+    The [0, 1] image becomes 8 bit (``round(255 x)``), grey is replicated to RGB, and PIL's
+    bicubic resize gives a square; an 8-bit image read by :func:`read_wide_image` gives exactly
+    ``load_image``'s tensor.
+
+    Args:
+        s: A slice with image (H, W) or (H, W, 3) in [0, 1].
+        size: Side of the output in pixels.
+
+    Returns:
+        uint8 tensor of shape (3, size, size).
+
+    Raises:
+        UserError: A non-positive size.
+        ValueError: An image that is neither (H, W) nor (H, W, 3).
+    """
+    check_size(size)
+    image = np.nan_to_num(np.asarray(s.image, dtype=np.float64), nan=0.0)
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"slice image must be (H, W) or (H, W, 3), got shape {image.shape}")
+    u8 = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    rgb = Image.fromarray(u8).convert("RGB").resize((size, size), Image.BICUBIC)
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -1,0 +1,160 @@
+"""Which reader a path needs: the one place that decides a file's type.
+
+- a folder is a DICOM series: the DICOM files directly inside it (by the rules below; hidden
+  files and sub-folders are ignored), read by :func:`read_dicom_series`;
+- a name ending in ``.nii`` / ``.nii.gz`` is NIfTI (:mod:`iqeclip.data.readers.nifti`);
+- ``.dcm`` / ``.dicom`` is DICOM (:mod:`iqeclip.data.readers.dicom`);
+- ``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.jpeg`` and ``.bmp`` are PIL images
+  (:mod:`iqeclip.data.readers.pil`);
+- any other file is DICOM when it has the ``DICM`` magic at byte 128 (scanners often write DICOM
+  files without a suffix), else it is not supported.
+
+Suffixes are compared case-insensitively and are checked before the magic. :func:`kind` gives a
+path's type, :func:`read` reads a path by it, and :func:`is_wide_image` tells 16-bit PIL images
+(which ``predict`` reads with :func:`read`, so that the intensity options apply) from 8-bit ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from iqeclip.data.readers.base import Slice
+from iqeclip.data.readers.dicom import read_dicom, read_dicom_files
+from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
+from iqeclip.data.readers.nifti import read_nifti
+from iqeclip.data.readers.pil import WIDE_MODES, read_wide_image
+from iqeclip.errors import UserError
+
+__all__ = [
+    "DICOM_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "Kind",
+    "is_wide_image",
+    "kind",
+    "read",
+    "read_dicom_series",
+]
+
+Kind = Literal["series", "nifti", "dicom", "image"]
+"""A path's type as :func:`kind` gives it."""
+
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+"""Files :func:`read` reads with PIL (:func:`~iqeclip.data.readers.pil.read_wide_image`)."""
+
+
+def _has_dicm_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def kind(path: Path) -> Kind | None:
+    """A path's type, by the rules of the module docstring.
+
+    Args:
+        path: A file or folder.
+
+    Returns:
+        ``"series"`` for a folder (whatever it holds), ``"nifti"``, ``"dicom"`` or ``"image"``
+        for a file; None for a missing path, something that is neither a file nor a folder, or
+        an unsupported file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "series"
+    if not path.is_file():
+        return None
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    return "dicom" if _has_dicm_magic(path) else None
+
+
+def _series_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in Path(folder).iterdir() if not p.name.startswith(".") and kind(p) == "dicom"
+    )
+
+
+def is_wide_image(path: Path) -> bool:
+    """Whether an image file has 16/32-bit integer grey pixels (PIL modes ``WIDE_MODES``).
+
+    Only the header is read; a file PIL cannot open is not wide.
+    """
+    try:
+        with Image.open(path) as im:
+            return im.mode in WIDE_MODES
+    except OSError:
+        return False
+
+
+def read_dicom_series(folder: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+    """Read the DICOM files directly inside a folder as one series.
+
+    Files are DICOM by suffix (``.dcm``, ``.dicom``) or by the ``DICM`` magic; other files,
+    hidden files and sub-folders are ignored, and DICOM files without pixel data (DICOMDIR,
+    reports) are skipped. Files are ordered by InstanceNumber, then ImagePositionPatient[2], then
+    name (missing values last); several series in one folder are not separated.
+
+    Args:
+        folder: The series folder.
+        intensity: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
+
+    Returns:
+        The slices in series order; ``index`` runs 0..N-1 over the whole series, ``source`` is
+        each slice's file, ``meta["series"]`` the folder and ``meta["frame"]`` the frame within
+        a multi-frame file (None otherwise).
+
+    Raises:
+        UserError: pydicom missing, the folder missing or holding no DICOM image, or any DICOM
+            file unreadable (named).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"cannot read DICOM series {folder}: no such folder")
+    return read_dicom_files(folder, _series_files(folder), intensity)
+
+
+def read(path: Path, axis: int = 2, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+    """Read any supported input by its :func:`kind`.
+
+    Args:
+        path: File or series folder.
+        axis: Slicing axis for NIfTI volumes.
+        intensity: Window / percentile options.
+
+    Returns:
+        The slices, as the specific reader returns them.
+
+    Raises:
+        UserError: A missing path, an unsupported file type, or the reader's errors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"cannot read {path}: no such file or folder")
+    found = kind(path)
+    if found == "series":
+        return read_dicom_series(path, intensity)
+    if found == "nifti":
+        return read_nifti(path, axis=axis, intensity=intensity)
+    if found == "dicom":
+        return read_dicom(path, intensity)
+    if found == "image":
+        return read_wide_image(path, intensity)
+    raise UserError(
+        f"cannot read {path}: unsupported file type (expected DICOM, NIfTI .nii/.nii.gz, "
+        f"{'/'.join(IMAGE_SUFFIXES)} or a folder of DICOM files)"
+    )
