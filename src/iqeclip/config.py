@@ -1,4 +1,10 @@
-"""Configuration dataclasses.
+"""Configuration: every option of every command, declared once.
+
+Each option is a dataclass field whose metadata holds an :class:`Option` (help, choices, other
+spellings). The command line (:mod:`iqeclip.cli.options`), YAML config files and the records
+beside checkpoints and results are all derived from these fields. Options that several commands
+take (``--device``, ``--seed``, ``--batch_size``, ...) are declared once below as module-level
+:class:`Option` objects; each dataclass only chooses its default.
 
 :class:`ModelConfig` holds everything that decides the shape and computation of a detector. It is
 *resolved* against the backbone architecture (defaults that depend on the depth are filled in),
@@ -9,6 +15,8 @@ never silently loaded into a different model.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +24,7 @@ from typing import Any
 import yaml
 
 from iqeclip.errors import UserError
+from iqeclip.runtime.files import atomic_write_text
 
 # Fields that change the trainable state or the computation; a checkpoint must agree on all of
 # them. ``pretrain`` is left out on purpose: the same weights can be named by a tag or a file.
@@ -31,6 +40,104 @@ ARCHITECTURE_FIELDS = (
     "normalize",
     "iqm_layers",
     "iqm_heads",
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a dataclass field appears on the command line.
+
+    Attributes:
+        help: the help text (``(default X)`` is appended from the field's default).
+        aliases: other flag names (``epoch`` for ``epochs``, ``lr`` for ``learning_rate``).
+        flag: the flag's name when it differs from the field's (``normal`` for ``normal_dir``).
+        choices: allowed values.
+        negation: a flag that sets the field to False (bool) or None (``no_cache``).
+        nargs: ``+`` for list values; ``*`` for positional inputs.
+        parse: converts the parsed strings (e.g. ``6 12 18 24`` or ``[6,12,18,24]``).
+        positional: a positional argument rather than a flag.
+    """
+
+    help: str
+    aliases: tuple[str, ...] = ()
+    flag: str | None = None
+    choices: tuple[str, ...] | None = None
+    negation: str | None = None
+    nargs: str | None = None
+    parse: Callable[[Any], Any] | None = None
+    positional: bool = False
+
+    def __call__(self, default: Any = None, **changes: Any) -> Any:
+        """A dataclass field with this option and ``default`` (``changes`` adapt the help)."""
+        option = dataclasses.replace(self, **changes) if changes else self
+        if isinstance(default, list):
+            return dataclasses.field(
+                default_factory=lambda: list(default), metadata={"option": option}
+            )
+        return dataclasses.field(default=default, metadata={"option": option})
+
+
+def option_of(field: dataclasses.Field) -> Option | None:
+    """The :class:`Option` of a dataclass field, or None for fields that are not options."""
+    return field.metadata.get("option")
+
+
+def parse_features_list(tokens: Any) -> list[int] | None:
+    """Accept ``6 12 18 24``, ``[6,12,18,24]``, ``6,12,18,24`` and a YAML list."""
+    import re
+
+    if tokens is None:
+        return None
+    if isinstance(tokens, (list, tuple)) and all(isinstance(t, int) for t in tokens):
+        return [int(t) for t in tokens]
+    text = " ".join(str(t) for t in tokens) if isinstance(tokens, (list, tuple)) else str(tokens)
+    text = text.strip()
+    body = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    parts = [p for p in re.split(r"[,\s]+", body) if p]
+    if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise UserError(
+            f"--features_list expects block numbers like 6 12 18 24 or [6,12,18,24], got {text!r}"
+        )
+    return [int(p) for p in parts]
+
+
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/iqeclip`` (``~/.cache/iqeclip``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iqeclip"
+
+
+def default_cache_dir() -> str:
+    """The frozen-feature cache folder, ``~/.cache/iqeclip/features``."""
+    return str(cache_home() / "features")
+
+
+# Options that several commands take: declared here once, defaults chosen by each dataclass.
+MODEL_NAME = Option("open_clip architecture (ViT-L-14-336 in the paper; iqe-tiny for tests)")
+PRETRAIN = Option(
+    "none | an open_clip tag such as openai | a weights file (OpenAI TorchScript .pt, state "
+    "dict, safetensors; fp32, fp16 or bf16)"
+)
+PRECISION = Option(
+    "dtype of the frozen vision tower (fp16 needs CUDA); the trainable head always runs in fp32",
+    choices=("fp32", "bf16", "fp16"),
+)
+OBJ = Option("target dataset")
+DATA_PATH = Option("folder with the <Name>_AD datasets")
+BATCH_SIZE = Option("batch size")
+SEED = Option("random seed")
+DEVICE = Option("auto | cpu | cuda | cuda:N")
+SHOT = Option("K: abnormal and normal support images each")
+LEARNING_RATE = Option("learning rate (0.01 for the temperature)", aliases=("lr",))
+OVERWRITE = Option("replace existing outputs")
+ON_BAD_INPUT = Option(
+    "error: stop before any work at the first unusable file; skip: leave such files out, count "
+    "them and list them in the run folder",
+    choices=("error", "skip"),
+)
+CKPT_PATH = Option("checkpoint")
+OUT = Option("output folder")
+SETTING = Option(
+    "image-score rule (default: the checkpoint's training setting)", choices=("zero", "few")
 )
 
 
@@ -56,20 +163,36 @@ class ModelConfig:
             Not an architecture field: a checkpoint trained in one precision tests in another.
     """
 
-    model_name: str = "ViT-L-14-336"
-    pretrain: str = "openai"
-    img_size: int = 240
-    features_list: list[int] | None = None
-    prompt_len: int = 2
-    deep_prompt_len: int = 1
-    total_d_layer_len: int | None = None
-    use_global: bool = True
-    quick_gelu: bool = False
-    normalize: str = "none"
-    iqm_layers: int = 4
-    iqm_heads: int = 8
-    dropout: float = 0.0
-    precision: str = "fp32"
+    model_name: str = MODEL_NAME("ViT-L-14-336")
+    pretrain: str = PRETRAIN("openai")
+    img_size: int = Option("input side in pixels")(240)
+    features_list: list[int] | None = Option(
+        "1-based tapped blocks, '6 12 18 24' or '[6,12,18,24]' (None: the quartile blocks)",
+        nargs="+",
+        parse=parse_features_list,
+    )(None)
+    prompt_len: int = Option("class-based prompting tokens")(2)
+    deep_prompt_len: int = Option("learnable text prompt slots")(1)
+    total_d_layer_len: int | None = Option(
+        "deep text prompt layers: 0 or text layers - 1 (None: text layers - 1)"
+    )(None)
+    use_global: bool = Option(
+        "condition class tokens and IQM queries on the global image embedding (the published "
+        "scripts inverted this flag); --no_use_global: image-independent tokens",
+        negation="no_use_global",
+    )(True)
+    quick_gelu: bool = Option(
+        "build the backbone with QuickGELU, the activation OpenAI trained with (default: exact "
+        "GELU, as the published runs)"
+    )(False)
+    normalize: str = Option(
+        "input normalisation: none (pixels in [0,1], the paper) or clip mean/std",
+        choices=("none", "clip"),
+    )("none")
+    iqm_layers: int = Option("IQM depth")(4)
+    iqm_heads: int = Option("IQM attention heads")(8)
+    dropout: float = Option("IQM dropout while training (0.0 is the published computation)")(0.0)
+    precision: str = PRECISION("fp32")
 
     def resolved(self, vision_layers: int, text_layers: int) -> ModelConfig:
         """Fill the architecture-dependent defaults and validate every field.
@@ -140,8 +263,6 @@ class ModelConfig:
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write ``data`` as YAML atomically (temporary file, then rename)."""
-    from iqeclip.runtime.files import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
 
 
@@ -157,3 +278,182 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a YAML mapping")
     return data
+
+
+@dataclass
+class RunConfig:
+    """Everything about a training or test run that is not the model.
+
+    Attributes:
+        obj: target dataset name (``Brain``, ``Liver``, ...; ``custom`` for your own folders).
+        data_path: folder holding the ``<Name>_AD`` datasets.
+        setting: ``zero`` or ``few`` (set by the command, not an option).
+        shot: K for few-shot.
+        iterate: few-shot support: ``0`` reads the ``<K>-shot.txt`` list, ``-1`` draws with the seed.
+        fewshot_seed_dir: where ``<Name>/<K>-shot.txt`` lists live (default: see the data docs).
+        batch_size: training batch size (evaluation uses twice this).
+        epochs: training epochs.
+        learning_rate: learning rate of everything but the temperature.
+        seed: seeds python, numpy and torch.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        workers: DataLoader worker processes (``None``: 4 on CUDA, 0 on CPU).
+        select: checkpoint selection (``last``, ``source-val``, ``target-test``).
+        save_dir: checkpoint folder (training).
+        ckpt_path: checkpoint to test.
+        log_path: log file (appended).
+        metrics_json: write the final metrics here as JSON.
+        overwrite: allow replacing an existing checkpoint or metrics file.
+        cache_dir: frozen-feature cache folder (``None``: no cache).
+        cache_dtype: ``fp32`` (exact) or ``fp16`` cache entries.
+        cache_budget_gb: use the cache only if its estimated size fits.
+        normal_dir: few-shot on your own data: folder of normal support images.
+        abnormal_dir: few-shot on your own data: folder of abnormal support images.
+        masks_dir: masks of the abnormal support images (same file names), optional.
+        report_dir: testing: write scores, examples and an HTML/markdown report here.
+        resume: continue an interrupted training run from its saved state.
+        save_every: save the training state every this many steps (and at each epoch end).
+        on_bad_input: ``error`` stops at the first unusable file before any work; ``skip`` leaves
+            such files out, counts them and lists them in the run folder.
+    """
+
+    obj: str = OBJ("Brain", help="target dataset ('custom' for --normal/--abnormal data)")
+    data_path: str = DATA_PATH("./data")
+    setting: str = "zero"
+    shot: int = SHOT(4)
+    iterate: int = Option("0: read <K>-shot.txt; -1: draw the support set with --seed")(0)
+    fewshot_seed_dir: str | None = Option(
+        "folder of <Name>/<K>-shot.txt (None: <data_path>/fewshot_seed, then ./dataset/fewshot_seed)"
+    )(None)
+    batch_size: int = BATCH_SIZE(16)
+    epochs: int = Option("epochs", aliases=("epoch",))(50)
+    learning_rate: float = LEARNING_RATE(1e-4)
+    seed: int = SEED(42)
+    device: str = DEVICE("auto")
+    workers: int | None = Option("DataLoader workers (None: 4 on CUDA, 0 on CPU)")(None)
+    select: str | None = Option(
+        "checkpoint selection (None: source-val zero-shot, last few-shot; target-test is the "
+        "published, optimistic protocol)",
+        choices=("last", "source-val", "target-test"),
+    )(None)
+    save_dir: str = Option("checkpoint folder")("./ckpt")
+    ckpt_path: str | None = CKPT_PATH(None, help="checkpoint to test")
+    log_path: str | None = Option("log file, appended (None: log/<command>_<obj>.log)")(None)
+    metrics_json: str | None = Option("write the target test metrics to this JSON file")(None)
+    overwrite: bool = OVERWRITE(False, help="replace an existing checkpoint or metrics file")
+    cache_dir: str | None = Option(
+        "frozen-feature cache folder; --no_cache: compute the backbone every time",
+        negation="no_cache",
+    )(default_cache_dir())
+    cache_dtype: str = Option(
+        "cache entries in fp32 (exact) or fp16 (half the disk)", choices=("fp32", "fp16")
+    )("fp32")
+    cache_budget_gb: float = Option("use the cache only if its size estimate fits (GB)")(50.0)
+    normal_dir: str | None = Option("folder of normal support images", flag="normal")(None)
+    abnormal_dir: str | None = Option("folder of abnormal support images", flag="abnormal")(None)
+    masks_dir: str | None = Option(
+        "masks of the abnormal images, same file names (optional)", flag="masks"
+    )(None)
+    report_dir: str | None = Option(
+        "write scores, example maps and an HTML/markdown report to this folder", flag="report"
+    )(None)
+    resume: bool = Option("continue an interrupted run from its saved training state")(False)
+    save_every: int = Option("save the training state every N steps, and at each epoch end")(50)
+    on_bad_input: str = ON_BAD_INPUT("error")
+
+
+@dataclass
+class PredictConfig:
+    """``iqeclip predict``: score your own images, DICOM series and NIfTI volumes."""
+
+    ckpt_path: str | None = CKPT_PATH(None)
+    inputs: list[str] = Option(
+        "image files, folders (recursive), DICOM files or series folders, NIfTI volumes",
+        positional=True,
+        nargs="*",
+    )([])
+    out: str | None = OUT(None)
+    masks: str | None = Option(
+        "folder of ground-truth masks named like the inputs (contour on the overlay)"
+    )(None)
+    axis: int = Option("NIfTI slicing axis 0, 1 or 2")(2)
+    window: str | None = Option(
+        "intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); None: the DICOM's own "
+        "window, else min-max"
+    )(None)
+    percentile: str | None = Option(
+        "clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI)"
+    )(None)
+    batch_size: int = BATCH_SIZE(8, help="images per forward pass")
+    device: str = DEVICE("auto")
+    setting: str | None = SETTING(None)
+    overwrite: bool = OVERWRITE(False, help="replace the outputs of an earlier run in --out")
+    on_bad_input: str = ON_BAD_INPUT("error")
+
+
+@dataclass
+class CalibrateConfig:
+    """``iqeclip calibrate``: choose decision thresholds and store them in the checkpoint."""
+
+    ckpt_path: str | None = CKPT_PATH(None)
+    normal: str | None = Option("folder of normal images (threshold by --target_fpr)")(None)
+    data_path: str | None = DATA_PATH(
+        None, help="folder with <Name>_AD datasets: calibrate on --obj's valid split"
+    )
+    obj: str | None = OBJ(None, help="dataset name for --data_path")
+    target_fpr: float = Option("false-positive rate allowed on normal calibration images")(0.05)
+    f1: bool = Option("maximise F1 on the labelled valid split instead of --target_fpr")(False)
+    batch_size: int = BATCH_SIZE(8, help="images per forward pass")
+    device: str = DEVICE("auto")
+    setting: str | None = SETTING(None)
+    on_bad_input: str = ON_BAD_INPUT("error")
+
+
+@dataclass
+class SynthConfig:
+    """``iqeclip synth``: write the synthetic benchmark."""
+
+    out: str | None = OUT(None)
+    size: int = Option("test images per class and dataset")(12)
+    seed: int = SEED(0)
+    image_size: int = Option("image side in pixels")(128)
+    overwrite: bool = OVERWRITE(False, help="rewrite the datasets in a non-empty folder")
+
+
+@dataclass
+class ReportConfig:
+    """``iqeclip report``: rebuild the report of a test run folder."""
+
+    run_dir: list[str] = Option("folder written by test-* --report", positional=True, nargs="*")([])
+    top_k: int = Option("highest- and lowest-scoring examples to show")(8)
+
+
+@dataclass
+class DemoConfig:
+    """``iqeclip demo``: the paper's main job on the synthetic benchmark."""
+
+    obj: str = OBJ("Brain")
+    out: str = OUT("runs/demo", help="results folder, replaced on rerun")
+    data_path: str | None = DATA_PATH(
+        None, help="benchmark folder (None: the synthetic benchmark in ~/.cache/iqeclip)"
+    )
+    zero_epochs: int = Option("zero-shot epochs")(5)
+    few_epochs: int = Option("few-shot epochs")(15)
+    learning_rate: float = LEARNING_RATE(
+        1e-3,
+        help="learning rate (a random-init backbone learns too slowly at the paper's 1e-4 for a "
+        "demo of minutes)",
+    )
+    shot: int = SHOT(4)
+    batch_size: int = BATCH_SIZE(16)
+    seed: int = SEED(42)
+    device: str = DEVICE("auto")
+
+
+@dataclass
+class BenchmarkConfig:
+    """``iqeclip benchmark``: speed as ratios to the bare backbone forward."""
+
+    batch_size: int = BATCH_SIZE(8)
+    n_images: int = Option("images per measured quantity; rounds = n_images / batch_size")(32)
+    device: str = DEVICE("auto")
+    seed: int = SEED(0)

@@ -9,6 +9,13 @@ without a traceback.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line: its first non-blank line, else its class name."""
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from iqeclip.cli.main import main
 from tests.conftest import build_tiny
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import few_shot_eval_argv, train_few_argv
 
 # Parameters whose exact gradient is zero: a constant shift of the class tokens or queries across
 # the embedding dimension is removed by the LayerNorm they go through first, and the IQM key bias
@@ -44,19 +44,7 @@ def _torchrun(args, cwd):
 def trained(bench, tmp_path_factory):
     """The same few-shot run, once in one process (batch 8) and once on 2 ranks (batch 4 each)."""
     root = tmp_path_factory.mktemp("ddp")
-    common = [
-        "train-few",
-        "--data_path",
-        str(bench),
-        *MODEL,
-        "--shot",
-        "2",
-        "--epoch",
-        "1",
-        "--lr",
-        "1e-3",
-        "--no_cache",
-    ]
+    common = [*train_few_argv(bench, 1), "--lr", "1e-3", "--no_cache"]
     assert (
         main(
             [
@@ -111,19 +99,8 @@ def test_ddp_training_matches_one_process_with_the_same_global_batch(trained):
 
 def test_sharded_evaluation_equals_one_process(bench, trained, tmp_path):
     ckpt = trained / "one" / "Brain_2.pth"
-    common = [
-        "test-few",
-        "--data_path",
-        str(bench),
-        "--shot",
-        "2",
-        "--ckpt_path",
-        str(ckpt),
-        "--batch_size",
-        "1",
-        "--log_path",
-        str(tmp_path / "log"),
-    ]
+    log = ["--log_path", str(tmp_path / "log")]
+    common = [*few_shot_eval_argv(bench, ckpt), "--batch_size", "1", *log]
     assert main([*common, "--metrics_json", str(tmp_path / "one.json")]) == 0
     _torchrun([*common, "--metrics_json", str(tmp_path / "two.json")], tmp_path)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))

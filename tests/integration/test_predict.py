@@ -12,7 +12,7 @@ from PIL import Image
 
 from iqeclip.cli.main import main
 from iqeclip.model.checkpoint import read_checkpoint
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, few_shot_eval_argv, output_argv, predict_argv
 
 
 def _rows(path):
@@ -27,23 +27,8 @@ def test_predict_images_folder_with_masks(bench, checkpoint, tmp_path, capsys):
     big.save(inputs / "wide image.png")
     out = tmp_path / "out"
     masks = bench / "Brain_AD" / "test" / "Ungood" / "anomaly_mask"
-    assert (
-        main(
-            [
-                "predict",
-                "--ckpt_path",
-                str(checkpoint),
-                str(inputs),
-                "--out",
-                str(out),
-                "--masks",
-                str(masks),
-                "--batch_size",
-                "3",
-            ]
-        )
-        == 0
-    )
+    argv = predict_argv(checkpoint, inputs, out=out)
+    assert main([*argv, "--masks", str(masks), "--batch_size", "3"]) == 0
     assert "no calibrated threshold" in capsys.readouterr().out
     rows = _rows(out / "predictions.csv")
     n_inputs = len(list((inputs / "nested").iterdir())) + 1
@@ -117,24 +102,8 @@ def test_calibrate_needs_a_source(checkpoint, capsys):
 
 def test_test_command_writes_a_report(bench, checkpoint, tmp_path):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "test-few",
-                "--data_path",
-                str(bench),
-                "--shot",
-                "2",
-                "--ckpt_path",
-                str(checkpoint),
-                "--report",
-                str(run),
-                "--log_path",
-                str(tmp_path / "log"),
-            ]
-        )
-        == 0
-    )
+    argv = few_shot_eval_argv(bench, checkpoint)
+    assert main([*argv, "--report", str(run), "--log_path", str(tmp_path / "log")]) == 0
     rows = _rows(run / "scores.csv")
     assert len(rows) == 4 and {r["label"] for r in rows} == {"0", "1"}
     assert len(list((run / "examples").glob("*.npz"))) == 4
@@ -152,19 +121,7 @@ def test_predict_nifti_volume_keeps_the_affine(checkpoint, tmp_path):
     data = np.random.default_rng(0).random((40, 32, 3)).astype(np.float32) * 1000
     nib.Nifti1Image(data, affine).to_filename(tmp_path / "vol.nii.gz")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--ckpt_path",
-                str(checkpoint),
-                str(tmp_path / "vol.nii.gz"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(checkpoint, tmp_path / "vol.nii.gz", out=out)) == 0
     rows = _rows(out / "predictions.csv")
     assert [r["slice"] for r in rows] == ["0", "1", "2"]
     maps = nib.load(out / "vol_anomaly.nii.gz")
@@ -186,22 +143,8 @@ def test_predict_dicom_file_and_series(checkpoint, tmp_path):
         ct.InstanceNumber = i
         ct.save_as(series / f"slice{i}.dcm")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--ckpt_path",
-                str(checkpoint),
-                str(series),
-                get_testdata_file("MR_small.dcm"),
-                "--out",
-                str(out),
-                "--window",
-                "40,400",
-            ]
-        )
-        == 0
-    )
+    argv = predict_argv(checkpoint, series, get_testdata_file("MR_small.dcm"), out=out)
+    assert main([*argv, "--window", "40,400"]) == 0
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 4
     assert Image.open(out / "MR_small_overlay.png").size == (64, 64)
@@ -222,10 +165,7 @@ def test_train_few_on_your_own_folders(bench, tmp_path, capsys):
         *MODEL,
         "--epoch",
         "1",
-        "--save_dir",
-        str(tmp_path),
-        "--log_path",
-        str(tmp_path / "log"),
+        *output_argv(tmp_path),
         "--data_path",
         str(tmp_path),
     ]

@@ -15,19 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from iqeclip.cli.main import main
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import predict_argv, train_few_argv
 
 
 def _args(bench, out):
     return [
-        "train-few",
-        "--data_path",
-        str(bench),
-        *MODEL,
-        "--shot",
-        "2",
-        "--epoch",
-        "6",
+        *train_few_argv(bench, 6),
         "--batch_size",
         "8",
         "--save_every",
@@ -108,14 +101,7 @@ def test_bad_input_error_stops_before_training_and_skip_lists_it(bench, tmp_path
     broken.write_bytes(broken.read_bytes()[:40])  # truncated PNG
     (data / "Brain_AD" / "test" / "Ungood" / "anomaly_mask" / "00000.png").unlink()  # a lost mask
     args = [
-        "train-few",
-        "--data_path",
-        str(data),
-        *MODEL,
-        "--shot",
-        "2",
-        "--epoch",
-        "1",
+        *train_few_argv(data, 1),
         "--save_dir",
         str(tmp_path / "ck"),
         "--log_path",
@@ -141,20 +127,6 @@ def test_predict_skips_unreadable_files(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["predict", "--ckpt_path", str(checkpoint), str(inputs), "--out", str(out)]) == 2
     assert "notes.png" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                "--ckpt_path",
-                str(checkpoint),
-                str(inputs),
-                "--out",
-                str(out),
-                "--on_bad_input",
-                "skip",
-            ]
-        )
-        == 0
-    )
+    assert main([*predict_argv(checkpoint, inputs, out=out), "--on_bad_input", "skip"]) == 0
     assert "notes.png" in (out / "skipped_inputs.csv").read_text()
     assert (out / "good scan ä_overlay.png").is_file()

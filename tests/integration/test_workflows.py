@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from iqeclip.cli.main import main
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, output_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = "--features_list [6,12,18,24] --prompt_len 2 --deep_prompt_len 1 --use_global --total_d_layer_len 11"
@@ -171,10 +171,7 @@ def test_iterate_minus_one_draws_the_support_set(bench, tmp_path):
         "-1",
         "--epoch",
         "1",
-        "--save_dir",
-        str(tmp_path),
-        "--log_path",
-        str(tmp_path / "log"),
+        *output_argv(tmp_path),
     ]
     assert _run(["train-few", *args]) == 0
     assert (

@@ -10,7 +10,6 @@ backbone with the same head is reported too.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import resource
@@ -18,41 +17,17 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from iqeclip.config import ModelConfig
+from iqeclip.config import BenchmarkConfig, ModelConfig
 from iqeclip.engine.cache import FeatureCache
-from iqeclip.engine.workflows import make_optimizer, resolve_device, seed_everything, train_step
+from iqeclip.engine.trainer import make_optimizer, train_step
 from iqeclip.model.detector import IQEClip
+from iqeclip.runtime.device import resolve_device, seed_everything
 
 BENCH_DEFAULTS = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
-
-
-def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
-    """Model flags (defaults: ViT-B-16, random init, 240 px) and measurement flags."""
-    from iqeclip.cli.main import add_model_args, flag
-
-    add_model_args(parser)
-    g = parser.add_argument_group("benchmark")
-    g.add_argument(
-        *flag("batch_size"),
-        dest="batch_size",
-        type=int,
-        default=8,
-        help="batch size (default %(default)s)",
-    )
-    g.add_argument(
-        *flag("n_images"),
-        dest="n_images",
-        type=int,
-        default=32,
-        help="images per measured quantity; rounds = n_images / batch_size (default %(default)s)",
-    )
-    g.add_argument(*flag("device"), dest="device", default="auto", help="auto | cpu | cuda")
-    g.add_argument(
-        *flag("seed"), dest="seed", type=int, default=0, help="seed (default %(default)s)"
-    )
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -125,10 +100,9 @@ def benchmark(
     }
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    from iqeclip.cli.main import model_overrides
-
-    config = ModelConfig(**{**BENCH_DEFAULTS, **model_overrides(args)})
-    result = benchmark(config, args.batch_size, args.n_images, args.device, args.seed)
+def run_benchmark(model_overrides: dict[str, Any], cfg: BenchmarkConfig) -> dict:
+    """``iqeclip benchmark``: measure, print the result as one JSON line and return it."""
+    config = ModelConfig(**{**BENCH_DEFAULTS, **model_overrides})
+    result = benchmark(config, cfg.batch_size, cfg.n_images, cfg.device, cfg.seed)
     print(json.dumps(result))
     return result

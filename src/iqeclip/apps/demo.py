@@ -9,20 +9,18 @@ backbone the numbers show that the pipeline runs, not what pretrained CLIP achie
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
-from iqeclip.config import ModelConfig
+from iqeclip.config import DemoConfig, ModelConfig, RunConfig, cache_home
 from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.layout import list_split
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
-from iqeclip.engine.workflows import RunConfig, resolve_device, train_few, train_zero
-from iqeclip.model.checkpoint import load_checkpoint
+from iqeclip.engine.workflows import train_few, train_zero
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.heatmaps import draw_contour, grid, overlay
+from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 TINY_DEFAULTS = {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
@@ -31,68 +29,6 @@ RANDOM_NOTE = (
     "The backbone is randomly initialised ({model}, --pretrain none): these numbers show that "
     "the pipeline runs end to end, not the accuracy of pretrained CLIP."
 )
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iqeclip"
-
-
-def add_demo_args(parser: argparse.ArgumentParser) -> None:
-    """Demo flags, plus every model flag (defaults: iqe-tiny, random init, 128 px)."""
-    from iqeclip.cli.main import add_model_args, flag
-
-    add_model_args(parser)
-    g = parser.add_argument_group("demo")
-    g.add_argument(
-        *flag("obj"), dest="obj", default="Brain", help="target dataset (default %(default)s)"
-    )
-    g.add_argument(
-        *flag("out"),
-        dest="out",
-        default="runs/demo",
-        help="results folder (default %(default)s), replaced on rerun",
-    )
-    g.add_argument(
-        *flag("data_path"),
-        dest="data_path",
-        default=None,
-        help="benchmark folder (default: the synthetic benchmark in ~/.cache/iqeclip)",
-    )
-    g.add_argument(
-        *flag("zero_epochs"),
-        dest="zero_epochs",
-        type=int,
-        default=5,
-        help="zero-shot epochs (default %(default)s)",
-    )
-    g.add_argument(
-        *flag("few_epochs"),
-        dest="few_epochs",
-        type=int,
-        default=15,
-        help="few-shot epochs (default %(default)s)",
-    )
-    g.add_argument(
-        *flag("learning_rate"),
-        *flag("lr"),
-        dest="learning_rate",
-        type=float,
-        default=1e-3,
-        help="learning rate (default %(default)s: a random-init backbone learns too slowly at "
-        "the paper's 1e-4 for a demo of minutes)",
-    )
-    g.add_argument(*flag("shot"), dest="shot", type=int, default=4, help="K (default %(default)s)")
-    g.add_argument(
-        *flag("batch_size"),
-        dest="batch_size",
-        type=int,
-        default=16,
-        help="batch size (default %(default)s)",
-    )
-    g.add_argument(
-        *flag("seed"), dest="seed", type=int, default=42, help="seed (default %(default)s)"
-    )
-    g.add_argument(*flag("device"), dest="device", default="auto", help="auto | cpu | cuda")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -135,17 +71,20 @@ def model_setting(name: str) -> str:
     return "zero" if name.startswith("zero") else "few"
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Run the demo; returns the metrics of both runs."""
-    from iqeclip.cli.main import model_overrides
+def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dict[str, Any]]:
+    """Run the demo; returns the metrics of both runs.
+
+    Args:
+        model_overrides: model fields asked for (the rest: iqe-tiny, random init, 128 px).
+        args: the demo's own options.
+    """
     from iqeclip.data.synth import write_benchmark
 
-    overrides = model_overrides(args)
-    tiny = overrides.get("model_name", "iqe-tiny") == "iqe-tiny"
-    model_cfg = ModelConfig(**{**(TINY_DEFAULTS if tiny else {}), **overrides})
+    tiny = model_overrides.get("model_name", "iqe-tiny") == "iqe-tiny"
+    model_cfg = ModelConfig(**{**(TINY_DEFAULTS if tiny else {}), **model_overrides})
     out = Path(args.out)
     data_path = (
-        Path(args.data_path) if args.data_path else default_cache() / "synth-seed0-size12-128px"
+        Path(args.data_path) if args.data_path else cache_home() / "synth-seed0-size12-128px"
     )
     if args.data_path is None and not (data_path / f"{args.obj}_AD").is_dir():
         print(f"writing the synthetic benchmark to {data_path}")
@@ -197,9 +136,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("zero-shot", out / "ckpt" / f"{args.obj}.pth"),
         (f"{args.shot}-shot", out / "ckpt" / f"{args.obj}_{args.shot}.pth"),
     ):
-        model = IQEClip.build(model_cfg, device)
-        load_checkpoint(model, ckpt)
-        models[name] = model
+        models[name] = IQEClip.from_checkpoint(ckpt, device, **model_overrides)
     _figure(models, data_path, args.obj, out / "maps.png")
     report = (
         f"# iqeclip demo: {args.obj}\n\n{note}\n\n```\n{table}\n```\n\n"

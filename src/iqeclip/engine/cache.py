@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from iqeclip.data.io import as_input
+from iqeclip.data.readers import as_input
 from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 FORMAT = 1
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/iqeclip/features`` (``~/.cache/iqeclip/features``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iqeclip" / "features"
 
 
 def backbone_key(model: IQEClip) -> dict[str, Any]:

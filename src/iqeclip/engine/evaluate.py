@@ -2,7 +2,7 @@
 
 Image AUROC for every dataset; pixel AUROC over all pixels of all test images (normal images
 included) for datasets with masks; plus image/pixel average precision, image F1-max and pixel
-AUPRO (:mod:`iqeclip.metrics.core`).
+AUPRO (:mod:`iqeclip.metrics`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from iqeclip.data.datasets import ImageDataset
-from iqeclip.data.io import as_input
 from iqeclip.data.layout import Sample
+from iqeclip.data.readers import as_input
 from iqeclip.engine.cache import FeatureCache
-from iqeclip.metrics.core import PixelMetricAccumulator, compute_metrics, pixel_metrics
+from iqeclip.metrics import PixelMetricAccumulator, compute_metrics, pixel_metrics
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import Setting
 from iqeclip.runtime import distributed
@@ -48,7 +48,7 @@ class StreamedMaps:
     """Feeds the maps of consecutive groups of samples to one binned accumulator per group.
 
     Memory stays O(bins) per group whatever the test-set size (see
-    :class:`~iqeclip.metrics.core.PixelMetricAccumulator` for the error bounds).
+    :class:`~iqeclip.metrics.streaming.PixelMetricAccumulator` for the error bounds).
     """
 
     def __init__(self, sizes: Sequence[int]) -> None:
@@ -147,23 +147,22 @@ def evaluate(
     samples: Sequence[Sample],
     setting: Setting,
     pixel_masks: bool,
-    batch_size: int,
-    workers: int = 0,
-    desc: str = "test",
-    cache: FeatureCache | None = None,
-    max_exact_pixels: int = MAX_EXACT_PIXELS,
-    scores_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    *args: Any,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Metrics of the detector on ``samples`` (``scores_out[""]`` receives scores and labels).
+
+    ``samples`` are scored as one group named ``""`` by :func:`evaluate_groups`, which owns the
+    remaining arguments and their defaults: ``batch_size``, ``workers=0``, ``desc="test"``,
+    ``cache=None``, ``max_exact_pixels=MAX_EXACT_PIXELS`` and ``scores_out=None``, positional
+    or keyword as there.
 
     Returns:
         ``image_auroc``, ``image_ap``, ``image_f1_max`` and (``None`` without masks)
         ``pixel_auroc``, ``pixel_ap``, ``pixel_aupro``, plus ``n_images``.
     """
     groups = [("", list(samples), pixel_masks)]
-    return evaluate_groups(
-        model, groups, setting, batch_size, workers, desc, cache, max_exact_pixels, scores_out
-    )[""]
+    return evaluate_groups(model, groups, setting, *args, **kwargs)[""]
 
 
 def evaluate_groups(

@@ -8,7 +8,7 @@ then fills its decision column with ``score >= threshold``.
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,11 @@ from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.errors import UserError
 from iqeclip.inference.predict import expand_inputs, scored_items
 from iqeclip.inference.thresholds import calibrate, describe
-from iqeclip.model.checkpoint import load_checkpoint, read_checkpoint, update_checkpoint_meta
+from iqeclip.model.checkpoint import update_checkpoint_meta
 from iqeclip.model.detector import IQEClip
+from iqeclip.runtime.device import resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 def calibrate_checkpoint(
@@ -39,8 +42,6 @@ def calibrate_checkpoint(
     on_bad_input: str = "error",
 ) -> dict[str, Any]:
     """Compute and store thresholds; returns the stored ``thresholds`` record."""
-    from iqeclip.engine.workflows import resolve_device
-
     if (normal is None) == (data_path is None or obj is None):
         raise UserError("calibrate needs either --normal DIR or both --data_path and --obj")
     rule = "f1" if f1 else "target_fpr"
@@ -48,11 +49,8 @@ def calibrate_checkpoint(
         raise UserError(
             "--f1 needs labelled data (--data_path and --obj), not only --normal images"
         )
-    stored, _, meta = read_checkpoint(ckpt_path)
-    dev = resolve_device(device)
-    model = IQEClip.build(dataclasses.replace(stored, **(model_overrides or {})), dev)
-    load_checkpoint(model, ckpt_path)
-    setting = setting or meta.get("run", {}).get("setting", "zero")
+    model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
+    setting = setting or model.meta.get("run", {}).get("setting", "zero")
     pixel_threshold = None
     if normal is not None:
         skipped: list = []
@@ -66,7 +64,7 @@ def calibrate_checkpoint(
         )
         scores = np.array([s for _, _, s in items])
         if skipped:
-            print(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
+            logger.info(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
 
         labels = np.zeros(len(scores), np.int64)
         source = f"normal images in {normal}"
@@ -77,7 +75,7 @@ def calibrate_checkpoint(
             list_split(data_path, obj, "valid", missing), model.config.img_size, on_bad_input, pixel
         )
         if skipped_samples:
-            print(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
+            logger.info(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
         kept = KeptMaps(len(samples), model.config.img_size) if pixel else None
         scores, labels = predict_samples(
             model, samples, setting, batch_size, desc="calibrate", sink=kept
@@ -98,7 +96,7 @@ def calibrate_checkpoint(
     }
     update_checkpoint_meta(ckpt_path, thresholds=record)
     pixel_text = f", pixel threshold {pixel_threshold:.6f}" if pixel_threshold is not None else ""
-    print(
+    logger.info(
         f"image threshold {record['image']:.6f}{pixel_text} ({describe(record)}) stored in {ckpt_path}"
     )
     return record

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,27 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from iqeclip.data.io import as_input, load_image, load_mask
-from iqeclip.data.layout import IMAGE_SUFFIXES
+from iqeclip.data.readers import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    Intensity,
+    as_input,
+    is_wide_image,
+    kind,
+    load_image,
+    load_mask,
+    parse_window,
+    read,
+    slice_to_uint8_rgb,
+)
 from iqeclip.data.validate import Skipped, write_skipped
 from iqeclip.errors import UserError
 from iqeclip.inference.thresholds import describe
-from iqeclip.model.checkpoint import load_checkpoint, read_checkpoint
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.heatmaps import draw_contour, overlay
 from iqeclip.runtime import distributed
+from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 CSV_COLUMNS = ("path", "slice", "score", "decision", "threshold", "rule")
@@ -58,14 +71,7 @@ class Item:
     volume: dict[str, Any] | None = field(default=None, repr=False)
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
-
-
-def _is_dicom(path: Path) -> bool:
-    from iqeclip.data.medical import is_medical
-
-    return not _is_nifti(path) and path.suffix.lower() not in IMAGE_SUFFIXES and is_medical(path)
+logger = logging.getLogger(__name__)
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
@@ -84,9 +90,10 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
             for f in sorted(
                 p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
             ):
-                if f.suffix.lower() in IMAGE_SUFFIXES or _is_nifti(f):
+                found_kind = kind(f)
+                if found_kind in ("image", "nifti"):
                     found.append(f)
-                elif _is_dicom(f) and f.parent not in series:
+                elif found_kind == "dicom" and f.parent not in series:
                     series.add(f.parent)
                     found.append(f.parent)
         else:
@@ -97,9 +104,9 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def say(line: str) -> None:
-    """Print on rank 0 only (every line once under torchrun)."""
+    """Log on rank 0 only (every line once under torchrun)."""
     if distributed.is_main():
-        print(line)
+        logger.info(line)
 
 
 def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:
@@ -117,7 +124,7 @@ def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", *IMAGE_SUFFIXES, ".nii", ".dcm", ".dicom"):
+    for suffix in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES, *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -133,30 +140,20 @@ def read_items(
 ) -> Iterator[Item]:
     """The 2-D items of one input (an image, a DICOM file or series, a NIfTI volume)."""
     stem = stem or _stem(path)
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _is_wide(path):
+    found = kind(path)
+    if found == "image" and not is_wide_image(path):
         tensor = load_image(path, size)
         with Image.open(path) as im:
             display = np.asarray(im.convert("RGB"))
         yield Item(stem, path, None, display, tensor)
         return
-    from iqeclip.data.medical import read_any, slice_to_uint8_rgb
-
-    slices = read_any(path, axis=axis, intensity=intensity)
+    slices = read(path, axis=axis, intensity=intensity)
     volume = None
-    if _is_nifti(path):
+    if found == "nifti":
         volume = {**slices[0].meta, "n_slices": len(slices), "stem": stem}
     for s in slices:
         name = stem if s.index is None else f"{stem}_s{s.index:03d}"
         yield Item(name, path, s.index, _grey_to_rgb(s.image), slice_to_uint8_rgb(s, size), volume)
-
-
-def _is_wide(path: Path) -> bool:
-    """16-bit PNG/TIFF go through the medical reader (its intensity options apply)."""
-    try:
-        with Image.open(path) as im:
-            return im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I")
-    except OSError:
-        return False
 
 
 def _resize_map(amap: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -277,19 +274,13 @@ def predict(
     Returns:
         The path of ``predictions.csv``.
     """
-    import dataclasses
-
-    from iqeclip.engine.workflows import resolve_device
-
     out = Path(out)
     if (out / "predictions.csv").exists() and not overwrite:
         raise UserError(f"{out / 'predictions.csv'} exists; pass --overwrite to replace it")
     if axis not in (0, 1, 2):
         raise UserError(f"--axis must be 0, 1 or 2, got {axis}")
-    stored, _, meta = read_checkpoint(ckpt_path)
-    dev = resolve_device(device)
-    model = IQEClip.build(dataclasses.replace(stored, **(model_overrides or {})), dev)
-    load_checkpoint(model, ckpt_path)
+    model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
+    meta = model.meta
     setting = setting or meta.get("run", {}).get("setting", "zero")
     thresholds = meta.get("thresholds")
     if thresholds:
@@ -339,8 +330,6 @@ def scored_items(
 
     With ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``.
     """
-    from iqeclip.data.medical import Intensity
-
     intensity = intensity or Intensity()
     device = next(model.head.parameters()).device
     pending: list[Item] = []
@@ -369,8 +358,6 @@ def scored_items(
 
 
 def _intensity(window: str | None, percentile: str | None) -> Any:
-    from iqeclip.data.medical import Intensity, parse_window
-
     pct = None
     if percentile:
         try:

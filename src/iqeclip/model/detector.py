@@ -7,7 +7,10 @@ prompts, IQM queries, IQM) and turns frozen features into per-level logits of th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +126,7 @@ class IQEClip(nn.Module):
         self.config = config
         self.arch = arch
         self.activation = activation_name(backbone)  # what open_clip actually built
+        self.meta: dict[str, Any] = {}  # a loaded checkpoint's metadata (run, thresholds)
 
     @classmethod
     def build(cls, config: ModelConfig, device: torch.device | str = "cpu") -> IQEClip:
@@ -137,6 +141,33 @@ class IQEClip(nn.Module):
         with torch.device(device):
             head = IQEHead(arch, cfg, token_ids.to(device))
         return cls(backbone, head, cfg, arch)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: torch.device | str = "cpu", **overrides: Any
+    ) -> IQEClip:
+        """The one way to get a trained detector: build the checkpoint's model and load it.
+
+        Args:
+            path: an iqeclip checkpoint (``save_checkpoint``).
+            device: where to build it.
+            **overrides: model fields that differ from the stored configuration, e.g. a moved
+                ``pretrain`` file or another ``precision``; architecture fields that do not fit
+                the stored weights are refused.
+
+        Returns:
+            The detector, its head loaded; the checkpoint's metadata is ``model.meta``.
+
+        Raises:
+            UserError: one line naming the file if it cannot be read or was built for another
+                model.
+        """
+        from iqeclip.model.checkpoint import load_checkpoint, read_checkpoint
+
+        stored, _, _ = read_checkpoint(path)
+        model = cls.build(dataclasses.replace(stored, **overrides), device)
+        model.meta = load_checkpoint(model, path)
+        return model
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen taps ``(T, B, L, Dv)`` and global embedding ``(B, D)`` of ``(B, 3, H, W)`` images."""

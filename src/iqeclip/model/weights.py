@@ -23,7 +23,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, first_line
 
 DTYPE_NAMES = {
     torch.float32: "fp32",
@@ -96,8 +96,7 @@ def read_state_dict(path: str | Path, shapes_only: bool = False) -> State:
             where = "meta" if shapes_only else "cpu"
             state = torch.load(str(path), map_location=where, weights_only=True)
     except Exception as exc:  # any reader failure is the file's fault, reported in one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--pretrain {path}: cannot read weights ({reason})") from None
+        raise UserError(f"--pretrain {path}: cannot read weights ({first_line(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:

@@ -1,0 +1,1 @@
+"""Where and how a run computes: device and seeds, torch.distributed helpers, atomic file writes."""

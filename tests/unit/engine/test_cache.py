@@ -10,7 +10,7 @@ from iqeclip.data.datasets import augmented_support
 from iqeclip.data.layout import list_split, support_set
 from iqeclip.engine.cache import FeatureCache, image_keys, open_cache
 from iqeclip.engine.evaluate import evaluate
-from iqeclip.engine.workflows import make_optimizer, train_step
+from iqeclip.engine.trainer import make_optimizer, train_step
 from tests.conftest import build_tiny
 
 

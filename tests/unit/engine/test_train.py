@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqeclip.engine.workflows import make_optimizer, train_step
+from iqeclip.engine.trainer import make_optimizer, train_step
 from tests.conftest import build_tiny
 
 

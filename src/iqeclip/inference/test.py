@@ -1,0 +1,76 @@
+"""``test-zero`` / ``test-few``: evaluate a trained checkpoint on the target's test split."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iqeclip.config import RunConfig
+from iqeclip.data.layout import has_masks, list_split
+from iqeclip.engine.cache import open_cache
+from iqeclip.engine.evaluate import evaluate, write_metrics_json
+from iqeclip.engine.trainer import BadInputs, RunLog, record_fields, refuse_overwrite, workers_for
+from iqeclip.errors import UserError
+from iqeclip.model.checkpoint import read_checkpoint
+from iqeclip.model.detector import IQEClip
+from iqeclip.runtime import distributed
+from iqeclip.runtime.device import resolve_device
+
+
+def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on the target's test split.
+
+    Args:
+        model_overrides: model flags given explicitly; the rest comes from the checkpoint.
+        run: run settings (``ckpt_path`` required).
+    """
+    if not run.ckpt_path:
+        raise UserError("--ckpt_path is required")
+    metrics_json = Path(run.metrics_json) if run.metrics_json else None
+    report_dir = Path(run.report_dir) if run.report_dir else None
+    refuse_overwrite(run, metrics_json, report_dir / "metrics.json" if report_dir else None)
+    stored, _, _ = read_checkpoint(run.ckpt_path)  # a bad checkpoint stops before any work
+    img_size = model_overrides.get("img_size", stored.img_size)
+    log = RunLog(run.log_path)
+    try:
+        device = resolve_device(run.device)
+        pixel = has_masks(run.data_path, run.obj)
+        bad = BadInputs(run.on_bad_input, img_size)
+        samples = bad.check(list_split(run.data_path, run.obj, "test", bad.missing_masks), pixel)
+        folder = report_dir or Path(run.metrics_json or run.log_path or ".").parent
+        bad.report(folder, f"test_{run.obj}", log)
+        model = IQEClip.from_checkpoint(run.ckpt_path, device, **model_overrides)
+        for key, value in {**model.config.to_dict(), **dataclasses.asdict(run)}.items():
+            log(f"{key}: {value}")
+        cache = open_cache(
+            model, len(samples), run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
+        )
+        workers = workers_for(run, device)
+        scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        metrics = evaluate(
+            model,
+            samples,
+            run.setting,
+            pixel,
+            run.batch_size,
+            workers,
+            f"{run.obj} test",
+            cache,
+            scores_out=scored,
+        )
+        log.metrics(run.obj, metrics)
+        if cache is not None:
+            log(cache.hit_rate())
+        if metrics_json is not None and distributed.is_main():
+            write_metrics_json(metrics_json, metrics, **record_fields(run))
+        if run.report_dir:
+            from iqeclip.report.run import write_test_report
+
+            html = write_test_report(run.report_dir, model, samples, *scored[""], metrics, run)
+            log(f"report: {html}")
+        return metrics
+    finally:
+        log.close()

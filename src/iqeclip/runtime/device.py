@@ -1,0 +1,36 @@
+"""Where and how reproducibly a run computes: the device and the seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from iqeclip.errors import UserError
+from iqeclip.runtime import distributed
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; anything else must be usable."""
+    if distributed.is_distributed() and (
+        (device == "auto" and torch.cuda.is_available()) or device == "cuda"
+    ):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return dev
