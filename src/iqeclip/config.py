@@ -375,13 +375,29 @@ class PredictConfig:
     masks: str | None = Option(
         "folder of ground-truth masks named like the inputs (contour on the overlay)"
     )(None)
-    axis: int = Option("NIfTI slicing axis 0, 1 or 2")(2)
+    axis: int = Option(
+        "NIfTI slicing axis 0, 1 or 2 of the --orientation array (canonical RAS+: 0 sagittal, "
+        "1 coronal, 2 axial slices)"
+    )(2)
+    orientation: str = Option(
+        "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
+        "native (the file's voxel order)",
+        choices=("canonical", "native"),
+    )("canonical")
     window: str | None = Option(
         "intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); None: the DICOM's own "
         "window, else min-max"
     )(None)
     percentile: str | None = Option(
         "clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI)"
+    )(None)
+    volume_score: str = Option(
+        "a volume's score from its slice scores (volumes.csv): max, or topk:K, the mean of the K "
+        "highest"
+    )("max")
+    outputs: str | None = Option(
+        "what to write per slice, comma-separated from overlay, map, npy, mask (None: overlay,map,"
+        "npy, and mask when the checkpoint has a calibrated pixel threshold)"
     )(None)
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
     device: str = DEVICE("auto")

@@ -11,8 +11,12 @@ import pytest
 from PIL import Image
 
 from iqeclip.cli.main import main
+from iqeclip.errors import UserError
+from iqeclip.inference.predict import predict
 from iqeclip.model.checkpoint import read_checkpoint
+from iqeclip.model.detector import IQEClip
 from tests.integration.conftest import MODEL, few_shot_eval_argv, output_argv, predict_argv
+from tests.unit.data.readers.test_nifti import RAS_SHAPE, stored_orientations
 
 
 def _rows(path):
@@ -130,6 +134,94 @@ def test_predict_nifti_volume_keeps_the_affine(checkpoint, tmp_path):
     volume = maps.get_fdata()
     np.testing.assert_allclose(volume[:, :, 1], np.load(out / "vol_s001_map.npy"), atol=1e-6)
     assert Image.open(out / "vol_s002_overlay.png").size == (32, 40)
+
+
+def _map_is_the_input(self, images, setting):
+    """A stand-in for IQEClip.predict whose anomaly map is the input's grey value."""
+    maps = images.mean(dim=1)
+    return maps, maps.amax(dim=(1, 2))
+
+
+def test_predict_nifti_orientation_maps_overlay_the_source(checkpoint, tmp_path, monkeypatch):
+    nib = pytest.importorskip("nibabel")
+    monkeypatch.setattr(IQEClip, "predict", _map_is_the_input)  # maximum = the lesion
+    files = stored_orientations(nib, tmp_path)
+    out = tmp_path / "out"
+    paths = [path for path, _ in files.values()]
+    assert main([*predict_argv(checkpoint, *paths, out=out), "--window", "500,1000"]) == 0
+    rows = _rows(out / "predictions.csv")
+    assert [r["slice"] for r in rows] == ["0", "1", "2", "3"] * 3  # axial slices of RAS+
+    canonical = {}
+    for name, (path, lesion) in files.items():
+        source = nib.load(path)
+        maps = nib.load(out / f"{name}_anomaly.nii.gz")
+        assert maps.shape == source.shape, name
+        np.testing.assert_allclose(maps.affine, source.affine, atol=1e-5)
+        assert int(maps.header["sform_code"]) == int(source.header["sform_code"])
+        assert int(maps.header["qform_code"]) == int(source.header["qform_code"])
+        volume = maps.get_fdata()
+        assert np.unravel_index(np.argmax(volume), volume.shape) == lesion, name
+        canonical[name] = nib.as_closest_canonical(maps).get_fdata()
+        assert canonical[name].shape == RAS_SHAPE
+        # The per-slice maps are the axial slices of the RAS+ array.
+        np.testing.assert_allclose(
+            canonical[name][:, :, 1], np.load(out / f"{name}_s001_map.npy"), atol=1e-6
+        )
+    for name in ("lps", "oblique"):
+        np.testing.assert_allclose(canonical[name], canonical["ras"], atol=1e-6)
+
+
+def test_predict_nifti_native_orientation_keeps_the_file_order(checkpoint, tmp_path, monkeypatch):
+    nib = pytest.importorskip("nibabel")
+    monkeypatch.setattr(IQEClip, "predict", _map_is_the_input)
+    path, lesion = stored_orientations(nib, tmp_path)["lps"]
+    out = tmp_path / "out"
+    argv = predict_argv(checkpoint, path, out=out)
+    assert main([*argv, "--window", "500,1000", "--orientation", "native"]) == 0
+    source = nib.load(path)
+    maps = nib.load(out / "lps_anomaly.nii.gz")
+    assert maps.shape == source.shape
+    np.testing.assert_allclose(maps.affine, source.affine, atol=1e-5)
+    volume = maps.get_fdata()
+    assert np.unravel_index(np.argmax(volume), volume.shape) == lesion
+    # Slices in the file's order: slice k of the map volume is lps_s<k>_map.npy.
+    np.testing.assert_allclose(
+        volume[:, :, lesion[2]], np.load(out / "lps_s001_map.npy"), atol=1e-6
+    )
+    with pytest.raises(SystemExit) as stop:  # not one of the choices
+        main([*argv, "--overwrite", "--orientation", "sideways"])
+    assert stop.value.code == 2
+    with pytest.raises(UserError, match="--orientation must be canonical or native"):
+        predict(checkpoint, [path], tmp_path / "api", orientation="LPS")
+
+
+def test_predict_nifti_2d_image_writes_a_2d_map(checkpoint, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    affine = np.diag([-0.8, -0.8, 1.0, 1.0])  # 2-D images are not reoriented
+    picture = np.random.default_rng(2).random((20, 24)).astype(np.float32)
+    nib.Nifti1Image(picture, affine).to_filename(tmp_path / "flat.nii.gz")
+    out = tmp_path / "out"
+    assert main(predict_argv(checkpoint, tmp_path / "flat.nii.gz", out=out)) == 0
+    maps = nib.load(out / "flat_anomaly.nii.gz")
+    assert maps.shape == (20, 24)
+    np.testing.assert_allclose(maps.affine, affine)
+    np.testing.assert_allclose(maps.get_fdata(), np.load(out / "flat_map.npy"), atol=1e-6)
+
+
+def test_predict_nifti_orientation_gives_the_same_maps_with_the_model(checkpoint, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    files = stored_orientations(nib, tmp_path)
+    out = tmp_path / "out"
+    assert main(predict_argv(checkpoint, files["ras"][0], files["lps"][0], out=out)) == 0
+    rows = {(r["path"], r["slice"]): float(r["score"]) for r in _rows(out / "predictions.csv")}
+    for k in range(4):  # the same canonical slices, so the same scores
+        ras_score = rows[(str(files["ras"][0]), str(k))]
+        assert rows[(str(files["lps"][0]), str(k))] == pytest.approx(ras_score, abs=1e-5)
+    ras = nib.load(out / "ras_anomaly.nii.gz").get_fdata()
+    lps = nib.load(out / "lps_anomaly.nii.gz")
+    assert lps.shape == ras.shape
+    np.testing.assert_allclose(lps.affine, nib.load(files["lps"][0]).affine, atol=1e-5)
+    np.testing.assert_allclose(lps.get_fdata(), ras[::-1, ::-1, :], atol=1e-5)
 
 
 def test_predict_dicom_file_and_series(checkpoint, tmp_path):

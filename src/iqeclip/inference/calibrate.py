@@ -18,7 +18,7 @@ from iqeclip.data.layout import has_masks, list_split
 from iqeclip.data.validate import validate_samples
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.errors import UserError
-from iqeclip.inference.predict import expand_inputs, scored_items
+from iqeclip.inference.inputs import expand_inputs, scored_items
 from iqeclip.inference.thresholds import calibrate, describe
 from iqeclip.model.checkpoint import update_checkpoint_meta
 from iqeclip.model.detector import IQEClip

@@ -35,11 +35,15 @@ class Slice:
             plain 2-D image.
         meta: Metadata. Always ``nonfinite`` (int), ``constant`` (bool), ``intensity`` (the rule
             used: ``"window"``, ``"percentile"``, ``"file-window"``, ``"voi-lut"``, ``"minmax"``,
-            ``"8bit"`` or ``"none"``) and ``window`` ((centre, width) used, or None). DICOM adds
+            ``"8bit"``, ``"fullrange16"`` or ``"none"``) and ``window`` ((centre, width) used,
+            or None). DICOM adds
             ``modality``, ``photometric``, ``rescale`` ((slope, intercept) or None), ``frame``,
             ``frames``, ``instance``, ``position``, ``series_uid`` (and ``series``, the folder,
-            for a series); NIfTI adds ``affine`` (4x4), ``header``, ``shape`` (the 3-D volume
-            the slices stack back into), ``file_shape`` and ``axis``; PIL images add ``mode``.
+            for a series); NIfTI adds the source's ``affine`` (4x4), ``header``, ``file_shape``
+            and ``source_shape``, the sliced array's ``shape``, ``array_affine``, ``axis`` and
+            ``orientation``, and the nibabel transforms ``ornt`` / ``to_source`` that
+            :func:`~iqeclip.data.readers.nifti.to_source_order` uses to put maps back; PIL images
+            add ``mode``.
     """
 
     image: np.ndarray

@@ -7,8 +7,13 @@ Sequence, else min-max; see :mod:`iqeclip.data.readers.intensity`). MONOCHROME1 
 inverted after windowing (``1 - x``). Colour images (RGB, YBR, PALETTE COLOR) are min-max
 normalised jointly over their three channels (or percentile-clipped); windows do not apply.
 
-pydicom (the optional extra) is imported only when a DICOM file is read. Which files are DICOM
-is decided by :mod:`iqeclip.data.readers.registry`.
+pydicom (the optional extra) is imported only when a DICOM file is read. Compressed transfer
+syntaxes (RLE, JPEG, JPEG-LS, JPEG 2000) are decoded by pydicom's pixel-data plugins, which the
+same extra installs (pylibjpeg with its openjpeg and rle plugins, pyjpegls, python-gdcm; Pillow
+is a core dependency); which syntax needs which is tabled in ``docs/workflows.md``. pydicom
+returns colour as RGB whatever the compressed colour space (YBR_FULL, YBR_FULL_422, YBR_RCT,
+YBR_ICT) or planar configuration. Which files are DICOM is decided by
+:mod:`iqeclip.data.readers.registry`.
 """
 
 from __future__ import annotations
@@ -156,6 +161,30 @@ def _file_default(ds: Any, processing: ModuleType, frame: int) -> tuple[Default 
     return None, None
 
 
+def _decode_failure(ds: Any, exc: BaseException) -> str:
+    """Why the pixel data did not decode, on one line.
+
+    pydicom lists each decoder plugin's failure (or missing packages) on the lines after a
+    first line ending in ``:``; they are kept, joined by ``;``. A compressed transfer syntax is
+    named (name and UID), with the install hint when pydicom says its decoders are missing.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = first_line(exc)
+    if len(lines) > 1 and lines[0].endswith(":"):
+        reason = f"{lines[0]} {'; '.join(lines[1:])}"
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        compressed = bool(syntax is not None and syntax.is_compressed)
+    except Exception:  # not a transfer syntax pydicom knows (a private or garbage UID)
+        compressed = False
+    if not compressed:
+        return reason
+    reason = f"{reason} (transfer syntax {syntax.name}, {syntax})"
+    if "missing dependencies" in reason:
+        reason += f"; the decoders come with {INSTALL_HINT}"
+    return reason
+
+
 def _dataset_slices(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
     """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame).
 
@@ -187,7 +216,7 @@ def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
         arr = np.asarray(ds.pixel_array)
     except Exception as exc:
         raise UserError(
-            f"cannot read DICOM {path}: cannot decode pixel data: {first_line(exc)}"
+            f"cannot read DICOM {path}: cannot decode pixel data: {_decode_failure(ds, exc)}"
         ) from None
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     samples = int(_first_number(ds.get("SamplesPerPixel")) or 1)
@@ -212,7 +241,10 @@ def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
         "frames": int(frames.shape[0]),
         "instance": _first_number(ds.get("InstanceNumber")),
         "position": _position(position),
+        "orientation": _position(ds.get("ImageOrientationPatient")),
         "series_uid": str(ds.get("SeriesInstanceUID", "")) or None,
+        "series_number": _first_number(ds.get("SeriesNumber")),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
     }
     out: list[Slice] = []
     for f, raw in enumerate(frames):
@@ -246,61 +278,110 @@ def read_dicom(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Sli
 
     Raises:
         UserError: pydicom missing, or ``cannot read DICOM <path>: <reason>`` for a missing,
-            garbage, truncated or non-image file or undecodable (compressed) pixel data.
+            garbage, truncated or non-image file or undecodable (compressed) pixel data; for a
+            compressed transfer syntax the reason names it and every decoder's failure.
     """
     pydicom, _ = _pydicom(path)
     return _dataset_slices(_dcmread(pydicom, path), Path(path), intensity)
 
 
-def _series_key(item: tuple[Path, Any]) -> tuple[Any, ...]:
-    path, ds = item
-    instance = _first_number(ds.get("InstanceNumber"))
-    position = ds.get("ImagePositionPatient")
-    z = None
-    if position is not None:
-        try:
-            z = _first_number(position[2])
-        except (IndexError, TypeError):
-            z = None
-    return (instance is None, instance or 0.0, z is None, z or 0.0, path.name)
+def _normal(ds: Any) -> np.ndarray | None:
+    """The slice normal (row x column direction of ImageOrientationPatient), or None."""
+    cosines = _position(ds.get("ImageOrientationPatient"))
+    if cosines is None or len(cosines) != 6:
+        return None
+    normal = np.cross(np.asarray(cosines[:3]), np.asarray(cosines[3:]))
+    length = float(np.linalg.norm(normal))
+    return normal / length if length > 0 and math.isfinite(length) else None
+
+
+def _sorted_series(items: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
+    """One series' files in slice order.
+
+    By ImagePositionPatient projected on the slice normal (from the first file with a usable
+    ImageOrientationPatient; the z axis when none has one) when every file has a position, then
+    InstanceNumber, then name; else by InstanceNumber, then name (missing values last).
+    """
+    normal = next((n for n in (_normal(ds) for _, ds in items) if n is not None), None)
+    normal = np.array([0.0, 0.0, 1.0]) if normal is None else normal
+    positions = [_position(ds.get("ImagePositionPatient")) for _, ds in items]
+    by_position = all(p is not None and len(p) == 3 for p in positions)
+
+    def key(pair: tuple[tuple[Path, Any], tuple[float, ...] | None]) -> tuple[Any, ...]:
+        (path, ds), position = pair
+        along = round(float(np.dot(position, normal)), 4) if by_position else 0.0
+        instance = _first_number(ds.get("InstanceNumber"))
+        return (along, instance is None, instance or 0.0, path.name)
+
+    return [item for item, _ in sorted(zip(items, positions, strict=True), key=key)]
+
+
+def _series_order(group: list[tuple[Path, Any]]) -> tuple[Any, ...]:
+    ds = group[0][1]
+    number = _first_number(ds.get("SeriesNumber"))
+    return (number is None, number or 0.0, str(ds.get("SeriesInstanceUID", "")))
 
 
 def read_dicom_files(
-    folder: Path, files: Sequence[Path], intensity: Intensity = DEFAULT_INTENSITY
+    folder: Path,
+    files: Sequence[Path],
+    intensity: Intensity = DEFAULT_INTENSITY,
+    bad: list[tuple[Path, str]] | None = None,
 ) -> list[Slice]:
-    """Read the DICOM files of a series folder as one series.
+    """Read the DICOM files of a folder, one series per SeriesInstanceUID.
 
     This is the reading half of :func:`iqeclip.data.readers.registry.read_dicom_series`, which
-    finds the folder's DICOM files. Files without pixel data (DICOMDIR, reports) are skipped. Files
-    are ordered by InstanceNumber, then ImagePositionPatient[2], then name (missing values last);
-    several series in one folder are not separated.
+    finds the folder's DICOM files. Files without pixel data (DICOMDIR, reports) are skipped.
+    Files are grouped by SeriesInstanceUID (files without one form one group); the series come
+    in SeriesNumber order (then UID), and within a series the files are ordered by
+    ImagePositionPatient along the slice normal (see :func:`_sorted_series`), else by
+    InstanceNumber, then name.
 
     Args:
         folder: The series folder.
         files: Its DICOM files.
         intensity: As for :func:`read_dicom`.
+        bad: If a list, an unreadable or undecodable file is left out and appended to it as
+            ``(file, one-line reason)``; if None (default) it raises.
 
     Returns:
-        The slices in series order; ``index`` runs 0..N-1 over the whole series, ``source`` is
-        each slice's file, ``meta["series"]`` the folder and ``meta["frame"]`` the frame within
-        a multi-frame file (None otherwise).
+        The slices, series by series; ``index`` runs 0..N-1 within each series, ``source`` is
+        each slice's file, ``meta["series"]`` the folder, ``meta["series_uid"]`` the series and
+        ``meta["frame"]`` the frame within a multi-frame file (None otherwise).
 
     Raises:
-        UserError: pydicom missing, no files or no DICOM image among them, or any DICOM file
-            unreadable (named).
+        UserError: pydicom missing, no files or no readable DICOM image among them, or (without
+            ``bad``) any DICOM file unreadable (named).
     """
     pydicom, _ = _pydicom(folder)
     if not files:
         raise UserError(f"cannot read DICOM series {folder}: no DICOM files in it")
-    datasets = [(p, _dcmread(pydicom, p)) for p in files]
-    datasets = [(p, ds) for p, ds in datasets if _has_pixels(ds)]
-    if not datasets:
-        raise UserError(f"cannot read DICOM series {folder}: none of its DICOM files is an image")
-    datasets.sort(key=_series_key)
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for path in files:
+        try:
+            ds = _dcmread(pydicom, path)
+        except UserError as exc:
+            if bad is None:
+                raise
+            bad.append((Path(path), str(exc)))
+            continue
+        if _has_pixels(ds):
+            groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((Path(path), ds))
     out: list[Slice] = []
-    for path, ds in datasets:
-        for s in _dataset_slices(ds, path, intensity):
-            s.index = len(out)
-            s.meta["series"] = folder
-            out.append(s)
+    for group in sorted(groups.values(), key=_series_order):
+        index = 0
+        for path, ds in _sorted_series(group):
+            try:
+                slices = _dataset_slices(ds, path, intensity)
+            except UserError as exc:
+                if bad is None:
+                    raise
+                bad.append((path, str(exc)))
+                continue
+            for s in slices:
+                s.index, index = index, index + 1
+                s.meta["series"] = folder
+                out.append(s)
+    if not out:
+        raise UserError(f"cannot read DICOM series {folder}: none of its DICOM files is an image")
     return out

@@ -4,8 +4,9 @@
 - else an explicit ``percentile=(lo, hi)`` clips to those percentiles of the slice, then min-max;
 - else the source's default: DICOM uses the file's Window Center/Width (first value when
   multi-valued; per-frame values of enhanced multi-frame files win; ``VOILUTFunction`` SIGMOID is
-  honoured), else its VOI LUT Sequence, else min-max; NIfTI and 16-bit/float images use min-max;
-  8-bit images are kept as they are (``v / 255``, so they match ``load_image`` exactly).
+  honoured), else its VOI LUT Sequence, else min-max; NIfTI and float images use min-max;
+  16/32-bit integer images the full 16-bit range (``v / 65535``) and 8-bit images ``v / 255``,
+  so both match ``load_image`` exactly.
 
 Colour sources (RGB, YBR, PALETTE COLOR DICOM; RGB images) are min-max normalised jointly over
 their three channels (or percentile-clipped); windows do not apply to them.

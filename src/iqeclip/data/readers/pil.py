@@ -182,7 +182,9 @@ def _pages(path: Path) -> list[Image.Image]:
 
 def _page_slice(im: Image.Image, path: Path, index: int | None, intensity: Intensity) -> Slice:
     mode = im.mode
-    if mode in WIDE_MODES or mode == "F":
+    if mode in WIDE_MODES:
+        image, info = normalise(np.asarray(im), intensity, FULL_RANGE_16)
+    elif mode == "F":
         image, info = normalise(np.asarray(im), intensity)
     elif mode in ("L", "LA", "1"):
         grey = np.asarray(im.convert("L"))
@@ -197,12 +199,18 @@ def _page_slice(im: Image.Image, path: Path, index: int | None, intensity: Inten
     return Slice(image=image, source=path, index=index, meta={"mode": mode, **info})
 
 
+# load_image's rule for 16/32-bit integer greys (the BMAD preprocessing): the full 16-bit range.
+# 255 * v / 65535 rounds to the same 8-bit value as v / 257 (257 is odd, so v / 257 is never
+# half-way between integers), so a slice read this way gives load_image's tensor exactly.
+FULL_RANGE_16 = ("fullrange16", lambda x: np.clip(x, 0.0, 65535.0) / 65535.0)
+
+
 def read_wide_image(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
     """Read a PNG/TIFF (or any PIL image), with intensity options for 16-bit and float data.
 
-    Unlike :func:`load_image`, whose fixed rule maps the full 16-bit range to 8 bit, 16/32-bit
-    integer and float images are min-max normalised per image by default (or windowed /
-    percentile-clipped). 8-bit grey images are kept (``v / 255``) unless an option is
+    16/32-bit integer images follow :func:`load_image`'s rule by default (the full 16-bit range,
+    so every command gives the same model input for the same file); float images are min-max
+    normalised per image; a window or percentile option wins over both. 8-bit grey images are kept (``v / 255``) unless an option is
     given; colour images are kept (``v / 255``, (H, W, 3)) unless a percentile is given (windows
     do not apply to colour). Each page of a multi-page TIFF is a slice.
 

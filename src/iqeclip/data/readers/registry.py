@@ -1,8 +1,10 @@
 """Which reader a path needs: the one place that decides a file's type.
 
-- a folder is a DICOM series: the DICOM files directly inside it (by the rules below; hidden
-  files and sub-folders are ignored), read by :func:`read_dicom_series`;
-- a name ending in ``.nii`` / ``.nii.gz`` is NIfTI (:mod:`iqeclip.data.readers.nifti`);
+- a folder is a DICOM series folder: the DICOM files directly inside it (by the rules below;
+  hidden files and sub-folders are ignored), read by :func:`read_dicom_series` as one series per
+  SeriesInstanceUID;
+- a name ending in ``.nii`` / ``.nii.gz`` is NIfTI (:mod:`iqeclip.data.readers.nifti`; volumes
+  are reoriented to RAS+ before slicing unless ``orientation="native"``);
 - ``.dcm`` / ``.dicom`` is DICOM (:mod:`iqeclip.data.readers.dicom`);
 - ``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.jpeg`` and ``.bmp`` are PIL images
   (:mod:`iqeclip.data.readers.pil`);
@@ -101,40 +103,60 @@ def is_wide_image(path: Path) -> bool:
         return False
 
 
-def read_dicom_series(folder: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
-    """Read the DICOM files directly inside a folder as one series.
+def read_dicom_series(
+    folder: Path,
+    intensity: Intensity = DEFAULT_INTENSITY,
+    bad: list[tuple[Path, str]] | None = None,
+) -> list[Slice]:
+    """Read the DICOM files directly inside a folder, one series per SeriesInstanceUID.
 
     Files are DICOM by suffix (``.dcm``, ``.dicom``) or by the ``DICM`` magic; other files,
     hidden files and sub-folders are ignored, and DICOM files without pixel data (DICOMDIR,
-    reports) are skipped. Files are ordered by InstanceNumber, then ImagePositionPatient[2], then
-    name (missing values last); several series in one folder are not separated.
+    reports) are skipped. Several series (or patients) in one folder are kept apart: the slices
+    come series by series (SeriesNumber order, then UID), each series ordered by
+    ImagePositionPatient along the slice normal of its ImageOrientationPatient (oblique series
+    too), falling back to InstanceNumber, then file name.
 
     Args:
         folder: The series folder.
         intensity: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
+        bad: If a list, an unreadable file is left out and appended to it as ``(file, reason)``
+            instead of failing the folder.
 
     Returns:
-        The slices in series order; ``index`` runs 0..N-1 over the whole series, ``source`` is
-        each slice's file, ``meta["series"]`` the folder and ``meta["frame"]`` the frame within
+        The slices, series by series; ``index`` runs 0..N-1 within each series, ``source`` is
+        each slice's file, ``meta["series"]`` the folder, ``meta["series_uid"]`` its series,
+        ``meta["sop_instance_uid"]`` its SOPInstanceUID and ``meta["frame"]`` the frame within
         a multi-frame file (None otherwise).
 
     Raises:
-        UserError: pydicom missing, the folder missing or holding no DICOM image, or any DICOM
-            file unreadable (named).
+        UserError: pydicom missing, the folder missing or holding no readable DICOM image, or
+            (without ``bad``) any DICOM file unreadable (named).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"cannot read DICOM series {folder}: no such folder")
-    return read_dicom_files(folder, _series_files(folder), intensity)
+    return read_dicom_files(folder, _series_files(folder), intensity, bad)
 
 
-def read(path: Path, axis: int = 2, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+def read(
+    path: Path,
+    axis: int = 2,
+    intensity: Intensity = DEFAULT_INTENSITY,
+    orientation: str = "canonical",
+    bad: list[tuple[Path, str]] | None = None,
+) -> list[Slice]:
     """Read any supported input by its :func:`kind`.
 
     Args:
         path: File or series folder.
-        axis: Slicing axis for NIfTI volumes.
+        axis: Slicing axis for NIfTI volumes (of the RAS+ array with ``"canonical"``).
         intensity: Window / percentile options.
+        orientation: NIfTI volumes: ``"canonical"`` (reoriented to the closest RAS+
+            orientation before slicing) or ``"native"`` (the file's voxel order); see
+            :func:`~iqeclip.data.readers.nifti.read_nifti`.
+        bad: Series folders only: as for :func:`read_dicom_series` (unreadable files are
+            listed there instead of failing the folder).
 
     Returns:
         The slices, as the specific reader returns them.
@@ -147,9 +169,9 @@ def read(path: Path, axis: int = 2, intensity: Intensity = DEFAULT_INTENSITY) ->
         raise UserError(f"cannot read {path}: no such file or folder")
     found = kind(path)
     if found == "series":
-        return read_dicom_series(path, intensity)
+        return read_dicom_series(path, intensity, bad)
     if found == "nifti":
-        return read_nifti(path, axis=axis, intensity=intensity)
+        return read_nifti(path, axis=axis, intensity=intensity, orientation=orientation)
     if found == "dicom":
         return read_dicom(path, intensity)
     if found == "image":

@@ -210,7 +210,9 @@ def test_float_matches_totensor_reference(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
-def test_wide_image_minmax_and_percentile(tmp_path: Path, suffix: str) -> None:
+def test_wide_image_default_is_load_images_rule_and_options_win(
+    tmp_path: Path, suffix: str
+) -> None:
     values = RNG.integers(1000, 3000, size=(20, 30), dtype=np.uint16)
     values[0, 0], values[0, 1] = 1000, 2999
     path = tmp_path / f"scan{suffix}"
@@ -218,15 +220,25 @@ def test_wide_image_minmax_and_percentile(tmp_path: Path, suffix: str) -> None:
     with Image.open(path) as im:
         assert im.mode.startswith("I;16")
     (s,) = read_wide_image(path)
-    assert s.index is None and s.meta["intensity"] == "minmax"
-    np.testing.assert_allclose(s.image, minmax(values), atol=1e-6)
-    # load_image's full-range rule keeps this 12-bit-ish scan dark; the per-image rule does not.
-    assert load_image(path, 30).max() < 20 and slice_to_uint8_rgb(s, 30).max() == 255
+    assert s.index is None and s.meta["intensity"] == "fullrange16"
+    np.testing.assert_allclose(s.image, values / 65535.0, atol=1e-7)
+    # every command gives the same model input for the same 16-bit file: load_image's rule
+    assert torch.equal(slice_to_uint8_rgb(s, 30), load_image(path, 30))
+    (m,) = read(path, intensity=Intensity(percentile=(0, 100)))  # min-max, asked for
+    np.testing.assert_allclose(m.image, minmax(values), atol=1e-6)
     (p,) = read(path, intensity=Intensity(percentile=(5, 95)))
     lo, hi = np.percentile(values.astype(np.float64), [5, 95])
     np.testing.assert_allclose(p.image, (np.clip(values, lo, hi) - lo) / (hi - lo), atol=1e-6)
     (w,) = read_wide_image(path, Intensity(window=(2000, 1000)))
     np.testing.assert_allclose(w.image, np.clip((values - 1500.0) / 1000, 0, 1), atol=1e-6)
+
+
+def test_every_16_bit_value_gives_load_images_8_bit_value(tmp_path: Path) -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    path = tmp_path / "ramp.png"
+    Image.fromarray(values).save(path)
+    (s,) = read_wide_image(path)
+    assert torch.equal(slice_to_uint8_rgb(s, 256), load_image(path, 256))
 
 
 def test_multipage_tiff(tmp_path: Path) -> None:
@@ -235,7 +247,7 @@ def test_multipage_tiff(tmp_path: Path) -> None:
     pages[0].save(path, save_all=True, append_images=pages[1:])
     slices = read_wide_image(path)
     assert [s.index for s in slices] == [0, 1]
-    np.testing.assert_allclose(slices[1].image, np.arange(12).reshape(3, 4) / 11, atol=1e-6)
+    np.testing.assert_allclose(slices[1].image, np.arange(12).reshape(3, 4) * 3 / 65535, atol=1e-7)
 
 
 def test_eight_bit_images_match_load_image(tmp_path: Path) -> None:

@@ -99,3 +99,84 @@ def test_read_dispatch_and_errors(tmp_path: Path, pydicom: Any) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(UserError, match=r"cannot read image .*empty\.png: empty file"):
         read(tmp_path / "empty.png")
+
+
+AXIAL_UID, OBLIQUE_UID = "1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.202"
+
+
+def write_two_series(pydicom: Any, folder: Path) -> dict[str, list[str]]:
+    """Two 3-slice series in one folder, files in shuffled order: an axial one (SeriesNumber 2)
+    and an oblique one (SeriesNumber 5, tilted 30 degrees about x, shifted in-plane so that
+    ImagePositionPatient[2] and InstanceNumber both give the wrong order). Returns each series'
+    file names in slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.deg2rad(30.0)
+    row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(t), np.sin(t)])
+    normal = np.cross(row, col)
+    oblique = [list(map(float, k * 2.0 * normal - k * 10.0 * col)) for k in range(3)]
+    series = {
+        AXIAL_UID: (2, [1.0, 0, 0, 0, 1.0, 0], [[0.0, 0.0, 2.0 * k] for k in range(3)], [1, 2, 3]),
+        OBLIQUE_UID: (5, [*row, *col], oblique, [3, 2, 1]),
+    }
+    names = {AXIAL_UID: ["m.dcm", "c.dcm", "x.dcm"], OBLIQUE_UID: ["q.dcm", "a.dcm", "k.dcm"]}
+    for uid, (number, orientation, positions, instances) in series.items():
+        for k, name in enumerate(names[uid]):
+            write_ct(
+                pydicom,
+                folder / name,
+                SeriesInstanceUID=uid,
+                SeriesNumber=number,
+                SOPInstanceUID=f"{uid}.{k + 1}",
+                ImageOrientationPatient=[float(v) for v in orientation],
+                ImagePositionPatient=positions[k],
+                InstanceNumber=instances[k],
+                pixels=np.full((128, 128), 100 * (k + 1)),
+            )
+    return names
+
+
+def truncated_ct(pydicom: Any, path: Path) -> Path:
+    """A CT file of the axial series cut short in its pixel data (it reads, but cannot decode)."""
+    write_ct(pydicom, path, SeriesInstanceUID=AXIAL_UID, SOPInstanceUID=f"{AXIAL_UID}.9")
+    path.write_bytes(path.read_bytes()[:-5000])
+    return path
+
+
+def test_series_folder_split_by_uid_and_ordered_along_the_normal(
+    tmp_path: Path, pydicom: Any
+) -> None:
+    folder = tmp_path / "export"
+    names = write_two_series(pydicom, folder)
+    slices = read_dicom_series(folder)
+    assert [s.meta["series_uid"] for s in slices] == [AXIAL_UID] * 3 + [OBLIQUE_UID] * 3
+    assert [s.source.name for s in slices] == names[AXIAL_UID] + names[OBLIQUE_UID]
+    assert [s.index for s in slices] == [0, 1, 2, 0, 1, 2]  # one volume per series
+    assert [s.meta["sop_instance_uid"] for s in slices[3:]] == [
+        f"{OBLIQUE_UID}.{k}" for k in (1, 2, 3)
+    ]
+    assert [s.meta["series_number"] for s in (slices[0], slices[3])] == [2.0, 5.0]
+    assert all(s.meta["series"] == folder for s in slices)
+    assert [s.source.name for s in read(folder)] == [s.source.name for s in slices]
+
+
+def test_series_without_positions_falls_back_to_instance(tmp_path: Path, pydicom: Any) -> None:
+    folder = tmp_path / "no_position"
+    folder.mkdir()
+    for name, instance, z in [("a.dcm", 2, 0.0), ("b.dcm", 3, -9.0), ("c.dcm", 1, 9.0)]:
+        write_ct(pydicom, folder / name, InstanceNumber=instance, ImagePositionPatient=[0, 0, z])
+    ds = pydicom.dcmread(folder / "b.dcm")
+    del ds.ImagePositionPatient  # not every file has a position: InstanceNumber decides
+    ds.save_as(folder / "b.dcm")
+    assert [s.source.name for s in read_dicom_series(folder)] == ["c.dcm", "a.dcm", "b.dcm"]
+
+
+def test_series_bad_file_listed_or_named(tmp_path: Path, pydicom: Any) -> None:
+    folder = tmp_path / "export"
+    names = write_two_series(pydicom, folder)
+    broken = truncated_ct(pydicom, folder / "broken.dcm")
+    with pytest.raises(UserError, match=r"cannot read DICOM .*broken\.dcm"):
+        read_dicom_series(folder)
+    bad: list[tuple[Path, str]] = []
+    slices = read(folder, bad=bad)
+    assert [s.source.name for s in slices] == names[AXIAL_UID] + names[OBLIQUE_UID]
+    assert [p for p, _ in bad] == [broken] and "broken.dcm" in bad[0][1]
