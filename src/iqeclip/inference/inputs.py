@@ -73,7 +73,7 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Files and DICOM series folders to read, in a stable order.
 
     A folder is searched recursively: images and NIfTI files are taken one by one, and every
-    folder holding DICOM files is one series.
+    folder holding DICOM files is one input (:func:`read_items` splits it by series).
     """
     found: list[Path] = []
     for raw in paths:

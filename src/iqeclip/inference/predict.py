@@ -9,6 +9,9 @@ probability in [0, 1]), and a row of ``predictions.csv``; a NIfTI input also get
 anomaly maps in the source file's voxel order, with its affine and header. ``--outputs`` chooses
 the per-slice files; a calibrated pixel threshold adds binary masks (``<name>_mask.png``, and
 ``<stem>_mask.nii.gz`` for volumes); every input with slices gets a row of ``volumes.csv``.
+Each series of a DICOM folder is its own input there (stem ``<folder>_series<N>``, see
+:func:`~iqeclip.inference.inputs.read_items`), and every row of ``predictions.csv`` names its
+own file, its DICOM UIDs and the files written for it (:data:`CSV_COLUMNS`).
 Reading inputs and scoring them in batches is :mod:`iqeclip.inference.inputs`.
 """
 
