@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,6 @@ def option_of(field: dataclasses.Field) -> Option | None:
 
 def parse_features_list(tokens: Any) -> list[int] | None:
     """Accept ``6 12 18 24``, ``[6,12,18,24]``, ``6,12,18,24`` and a YAML list."""
-    import re
-
     if tokens is None:
         return None
     if isinstance(tokens, (list, tuple)) and all(isinstance(t, int) for t in tokens):

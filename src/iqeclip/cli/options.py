@@ -136,10 +136,11 @@ def from_file(path: str | Path, sections: Iterable[Section]) -> Values:
         unknown = sorted(set(block) - set(known))
         if unknown:
             raise UserError(f"--config {path}: unknown {section.name} keys: {', '.join(unknown)}")
+        flags = {f.name for f in section.fields()}
         values = {}
         for key, value in block.items():
             opt = option_of(known[key])
-            if section.overrides and (opt is None or key not in {f.name for f in section.fields()}):
+            if section.overrides and key not in flags:
                 continue  # a full record fed to a command that only overrides some fields
             values[key] = opt.parse(value) if opt is not None and opt.parse else value
         out[section.name] = values

@@ -29,7 +29,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, first_line
 from iqeclip.model import weights
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -155,7 +155,7 @@ def create_clip(
                 model = open_clip.create_model(model_name, pretrained=pretrain, **kwargs)
             except RuntimeError as exc:
                 raise UserError(
-                    f"--pretrain {pretrain}: cannot obtain the weights ({str(exc).splitlines()[0]}); "
+                    f"--pretrain {pretrain}: cannot obtain the weights ({first_line(exc)}); "
                     "pass a local file instead, e.g. --pretrain ViT-L-14-336px.pt"
                 ) from None
     if not meta:

@@ -92,8 +92,15 @@ def read_checkpoint(
     return config, state, json.loads(metadata.get("meta", "{}"))
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+def load_checkpoint(
+    model: torch.nn.Module,
+    path: str | Path,
+    stored: tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Load a checkpoint into ``model`` after checking that it was built for the same model.
+
+    ``stored`` is what :func:`read_checkpoint` returned for ``path``, when the caller already
+    read it (the file is then not read again).
 
     Returns:
         The checkpoint's extra metadata.
@@ -102,7 +109,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
         UserError: one line naming the file and the first differences when the checkpoint was
             built for another backbone or configuration.
     """
-    config, state, meta = read_checkpoint(path)
+    config, state, meta = stored or read_checkpoint(path)
     diff = model.config.mismatches(config)
     if diff:
         raise UserError(

@@ -164,9 +164,9 @@ class IQEClip(nn.Module):
         """
         from iqeclip.model.checkpoint import load_checkpoint, read_checkpoint
 
-        stored, _, _ = read_checkpoint(path)
-        model = cls.build(dataclasses.replace(stored, **overrides), device)
-        model.meta = load_checkpoint(model, path)
+        stored = read_checkpoint(path)
+        model = cls.build(dataclasses.replace(stored[0], **overrides), device)
+        model.meta = load_checkpoint(model, path, stored)
         return model
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
