@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from iqeclip.config import load_yaml, option_of
+from iqeclip.config import option_of
 from iqeclip.errors import UserError
+from iqeclip.runtime.files import load_yaml
 
 Values = dict[str, dict[str, Any]]  # section name -> field values
 

@@ -1,7 +1,8 @@
 """Torch datasets and samplers for the paper's protocols.
 
-* :class:`ImageDataset` reads samples lazily (PIL decode + bicubic resize, the reference
-  pre-processing) and returns uint8 images, bool masks and labels.
+* :class:`ImageDataset` reads samples lazily (:func:`~iqeclip.data.readers.model_input`: for
+  BMAD PNGs the reference PIL decode + bicubic resize; slices of volumes and series too) and
+  returns uint8 images, bool masks and labels.
 * :class:`HomogeneousBatchSampler` gives the zero-shot protocol's dataset-homogeneous batches:
   each source is shuffled and chunked, then all chunks are shuffled, anew every epoch.
 * :func:`augmented_support` builds the few-shot training set: K abnormal + K normal support images,
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset, Sampler, TensorDataset
 
 from iqeclip.data.augment import augment
 from iqeclip.data.layout import Sample
-from iqeclip.data.readers import load_image, load_mask, to_float
+from iqeclip.data.readers import DEFAULT_READING, mask_input, model_input, to_float
 
 
 class ImageDataset(Dataset):
@@ -44,9 +45,10 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         s = self.samples[index]
-        image = load_image(s.image, self.size)
+        reading = s.reading or DEFAULT_READING
+        image = model_input(s.image, s.index, self.size, reading)
         if s.mask is not None:
-            mask = load_mask(s.mask, self.size)
+            mask = mask_input(s.mask, s.image, s.index, self.size, reading)
         else:
             mask = torch.zeros(self.size, self.size, dtype=torch.bool)
         return image, mask, torch.tensor(s.label), torch.tensor(self.segmentation)

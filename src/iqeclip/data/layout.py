@@ -26,7 +26,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from iqeclip.data.readers import Reading
 from iqeclip.errors import UserError
+from iqeclip.runtime.files import read_text
 
 __all__ = [
     "CLASS_INDEX",
@@ -35,6 +37,7 @@ __all__ = [
     "Sample",
     "available_datasets",
     "dataset_root",
+    "draw_support",
     "find_support_list",
     "has_masks",
     "list_images",
@@ -73,14 +76,21 @@ class Sample:
     """One image of a split.
 
     Attributes:
-        image: Path of the image file.
+        image: Path of the image file (from a manifest: any readable input, e.g. a NIfTI volume
+            or a DICOM series folder).
         label: 0 for a normal (``good``) image, 1 for an abnormal (``Ungood``) one.
-        mask: Path of the pixel mask; None for normal images and for image-only datasets.
+        mask: Path of the pixel mask (an image, or a label volume for a slice of a volume); None
+            for normal images and for image-only datasets.
+        index: The slice: its position in the list of slices that
+            :func:`~iqeclip.data.readers.read` gives for ``image``; None for a 2-D image.
+        reading: How the image is read (intensity rule, axis, orientation); None: the defaults.
     """
 
     image: Path
     label: int
     mask: Path | None
+    index: int | None = None
+    reading: Reading | None = None
 
 
 def _data_dir(data_path: str | Path) -> Path:
@@ -234,12 +244,7 @@ def read_support_list(path: Path) -> tuple[list[str], list[str]]:
         UserError: If the file cannot be read or is malformed (the message names file and line).
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"support list {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read support list {path}: {exc}") from None
+    text = read_text(path, "support list")
     found: dict[str, list[str]] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -342,14 +347,8 @@ def support_set(
     valid_dir = dataset_root(data_path, name) / "valid"
 
     if iterate < 0:
-        for kind, pool, folder in (("abnormal", abnormal, _ABNORMAL), ("normal", normal, _NORMAL)):
-            if len(pool) < shot:
-                raise UserError(
-                    f"--shot {shot} needs {shot} {kind} images but {valid_dir / folder / _IMG} "
-                    f"holds {len(pool)}"
-                )
-        rng = random.Random(seed)
-        return rng.sample(abnormal, shot), rng.sample(normal, shot)
+        folders = (valid_dir / _ABNORMAL / _IMG, valid_dir / _NORMAL / _IMG)
+        return draw_support(abnormal, normal, shot, seed, folders)
 
     list_file = find_support_list(name, shot, seed_dir, data_path)
     abnormal_names, normal_names = read_support_list(list_file)
@@ -373,6 +372,35 @@ def support_set(
             picked.append(by_name[n])
         chosen.append(picked)
     return chosen[0], chosen[1]
+
+
+def draw_support(
+    abnormal: list[Sample],
+    normal: list[Sample],
+    shot: int,
+    seed: int,
+    where: tuple[str | Path, str | Path],
+) -> tuple[list[Sample], list[Sample]]:
+    """Draw K abnormal and K normal samples with ``random.Random(seed).sample`` (abnormal first,
+    then normal, from the same generator).
+
+    Args:
+        abnormal: The abnormal pool, in a stable order.
+        normal: The normal pool.
+        shot: K.
+        seed: The generator's seed.
+        where: What holds each pool (abnormal, normal), named when it is too small.
+
+    Raises:
+        UserError: A pool with fewer than K samples.
+    """
+    for kind, pool, place in (("abnormal", abnormal, where[0]), ("normal", normal, where[1])):
+        if len(pool) < shot:
+            raise UserError(
+                f"--shot {shot} needs {shot} {kind} images but {place} holds {len(pool)}"
+            )
+    rng = random.Random(seed)
+    return rng.sample(abnormal, shot), rng.sample(normal, shot)
 
 
 def samples_from_folders(

@@ -20,6 +20,10 @@ with a one-line reason:
   (:data:`JPEG_TOLERANCE`) of 0 or of the mask's maximum. (Exactly 0 or the maximum is too strict:
   a 512 x 512 disc saved at JPEG quality 75 has only ~98.7 % such pixels.)
 
+A slice of a volume or DICOM series (a sample with an ``index``, from a manifest) is checked as
+the data loader reads it: the volume decoded once, the slice's size checked, its label volume
+aligned to the volume (:func:`~iqeclip.data.readers.label_slices`).
+
 DICOM and NIfTI images need their optional packages; non-finite voxels are the reader's business
 (replaced and counted in ``meta["nonfinite"]``; an all-NaN slice reads as zeros), so they pass.
 
@@ -43,7 +47,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from iqeclip.data.layout import Sample
-from iqeclip.data.readers import INSTALL_HINT, WIDE_MODES, check_size, kind, read
+from iqeclip.data.readers import (
+    DEFAULT_READING,
+    INSTALL_HINT,
+    WIDE_MODES,
+    check_size,
+    kind,
+    label_slices,
+    read,
+    read_slices,
+)
 from iqeclip.errors import UserError, first_line
 from iqeclip.runtime.files import atomic_write_text
 
@@ -55,6 +68,7 @@ __all__ = [
     "POLICIES",
     "Skipped",
     "check_sample",
+    "strip_path",
     "validate_samples",
     "write_skipped",
 ]
@@ -262,7 +276,7 @@ def _check_binary(grey: np.ndarray, path: Path, lossy: bool) -> None:
     )
 
 
-def _strip_path(message: str, path: Path) -> str:
+def strip_path(message: str, path: Path) -> str:
     """A reader's ``"... <path>: <reason>"`` message without its prefix."""
     marker = f"{path}: "
     index = message.find(marker)
@@ -276,7 +290,7 @@ def _check_medical(path: Path) -> tuple[int, int]:
     except UserError as exc:
         if INSTALL_HINT in str(exc):  # a missing package is not the file's fault
             raise
-        raise _Bad("image", path, _strip_path(str(exc), path)) from None
+        raise _Bad("image", path, strip_path(str(exc), path)) from None
     if not slices:
         raise _Bad("image", path, "holds no image")
     for s in slices:
@@ -286,8 +300,40 @@ def _check_medical(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def _check_slice(sample: Sample, masks_expected: bool) -> None:
+    """A slice of a volume or series: read as the data loader reads it (the decoded volume is
+    kept for the next slices), its size checked, its label volume aligned."""
+    image, reading = Path(sample.image), sample.reading or DEFAULT_READING
+    try:
+        slices = read_slices(image, reading)
+    except UserError as exc:
+        if INSTALL_HINT in str(exc):
+            raise
+        raise _Bad("image", image, strip_path(str(exc), image)) from None
+    if not 0 <= sample.index < len(slices):
+        raise _Bad("image", image, f"has no slice {sample.index} (it holds {len(slices)})")
+    height, width = slices[sample.index].image.shape[:2]
+    _check_dims("image", image, int(width), int(height))
+    if sample.mask is None:
+        if masks_expected and sample.label == 1:
+            raise _Bad("image", image, "abnormal slice has no mask (this dataset has pixel masks)")
+        return
+    mask = Path(sample.mask)
+    if kind(mask) != "nifti":
+        raise _Bad(
+            "mask", mask, f"the mask of slice {sample.index} of {image} must be a label volume"
+        )
+    try:
+        label_slices(mask, image, reading)
+    except UserError as exc:
+        raise _Bad("mask", mask, strip_path(str(exc), mask)) from None
+
+
 def _check(sample: Sample, masks_expected: bool) -> None:
     """Raise :class:`_Bad` for the first problem of a sample."""
+    if sample.index is not None:
+        _check_slice(sample, masks_expected)
+        return
     image = Path(sample.image)
     if kind(image) in ("dicom", "nifti"):  # read as predict reads them; the rest with PIL
         width, height = _check_medical(image)

@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from iqeclip.config import ModelConfig, save_yaml
+from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
-from iqeclip.runtime.files import atomic_write
+from iqeclip.runtime.files import atomic_write, save_yaml
 
 FORMAT = "iqeclip-checkpoint/1"
 

@@ -10,6 +10,8 @@ Modules:
   (:func:`read_wide_image`), and slices back to model input (:func:`slice_to_uint8_rgb`);
 - :mod:`~iqeclip.data.readers.dicom`: DICOM files (one slice per frame) and series;
 - :mod:`~iqeclip.data.readers.nifti`: NIfTI volumes sliced along one voxel axis;
+- :mod:`~iqeclip.data.readers.model_input`: a sample's model input and mask (:func:`model_input`,
+  :func:`mask_input`) under a run's :class:`Reading`, the one path every command takes;
 - :mod:`~iqeclip.data.readers.intensity`: the rules that map raw values to [0, 1]
   (:class:`Intensity`, ``--window`` / ``--percentile`` parsing);
 - :mod:`~iqeclip.data.readers.base`: the :class:`Slice` result and the lazy
@@ -22,6 +24,16 @@ when a DICOM or NIfTI file is read.
 from iqeclip.data.readers.base import INSTALL_HINT, Slice
 from iqeclip.data.readers.dicom import read_dicom
 from iqeclip.data.readers.intensity import Intensity, parse_percentile, parse_window
+from iqeclip.data.readers.model_input import (
+    DEFAULT_READING,
+    Reading,
+    describe_intensity,
+    label_slices,
+    mask_input,
+    model_input,
+    read_slices,
+    reading_from,
+)
 from iqeclip.data.readers.nifti import read_nifti
 from iqeclip.data.readers.pil import (
     WIDE_MODES,
@@ -45,6 +57,7 @@ from iqeclip.data.readers.registry import (
 )
 
 __all__ = [
+    "DEFAULT_READING",
     "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "INSTALL_HINT",
@@ -52,20 +65,27 @@ __all__ = [
     "WIDE_MODES",
     "Intensity",
     "Kind",
+    "Reading",
     "Slice",
     "as_input",
     "check_size",
+    "describe_intensity",
     "is_wide_image",
     "kind",
+    "label_slices",
     "load_image",
     "load_mask",
+    "mask_input",
+    "model_input",
     "parse_percentile",
     "parse_window",
     "read",
     "read_dicom",
     "read_dicom_series",
     "read_nifti",
+    "read_slices",
     "read_wide_image",
+    "reading_from",
     "slice_to_uint8_rgb",
     "to_float",
 ]

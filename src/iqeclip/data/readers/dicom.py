@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -39,7 +40,7 @@ from iqeclip.data.readers.intensity import (
 )
 from iqeclip.errors import UserError, first_line
 
-__all__ = ["read_dicom", "read_dicom_files"]
+__all__ = ["read_dicom", "read_dicom_files", "series_affine"]
 
 
 def _pydicom(path: Path) -> tuple[ModuleType, ModuleType]:
@@ -316,6 +317,45 @@ def _sorted_series(items: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
     return [item for item, _ in sorted(zip(items, positions, strict=True), key=key)]
 
 
+def series_affine(datasets: Sequence[Any]) -> np.ndarray | None:
+    """The RAS+ affine of a series stacked as an array ``(rows, columns, slices)`` in reading order.
+
+    nibabel's DICOM wrapper gives the in-plane part from the first slice (ImageOrientationPatient,
+    PixelSpacing, ImagePositionPatient; its array axes are the pixel array's rows and columns);
+    the slice axis is the step between the first and last ImagePositionPatient over the slices
+    between them (nibabel's slice normal times the slice spacing for a single slice). DICOM's
+    patient space is LPS, NIfTI's world RAS: the first two world axes are negated.
+
+    Args:
+        datasets: The series' single-frame datasets in slice order.
+
+    Returns:
+        The (4, 4) affine, or None when a dataset is multi-frame or the geometry is missing or
+        degenerate (then no world position is claimed for the series).
+    """
+    if not datasets or any(
+        int(_first_number(ds.get("NumberOfFrames")) or 1) > 1 for ds in datasets
+    ):
+        return None
+    try:
+        with warnings.catch_warnings():  # nibabel.nicom warns about its readers on import
+            warnings.simplefilter("ignore")
+            from nibabel.nicom.dicomwrappers import wrapper_from_data
+
+            lps = np.array(wrapper_from_data(datasets[0]).affine, dtype=np.float64)
+    except Exception:  # nibabel missing, or geometry tags missing or unreadable
+        return None
+    if len(datasets) > 1:
+        first = _position(datasets[0].get("ImagePositionPatient"))
+        last = _position(datasets[-1].get("ImagePositionPatient"))
+        if first is None or last is None or len(first) != 3 or len(last) != 3:
+            return None
+        lps[:3, 2] = (np.asarray(last) - np.asarray(first)) / (len(datasets) - 1)
+    if not np.isfinite(lps).all() or abs(float(np.linalg.det(lps[:3, :3]))) < 1e-12:
+        return None
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
 def _series_order(group: list[tuple[Path, Any]]) -> tuple[Any, ...]:
     ds = group[0][1]
     number = _first_number(ds.get("SeriesNumber"))
@@ -347,7 +387,9 @@ def read_dicom_files(
     Returns:
         The slices, series by series; ``index`` runs 0..N-1 within each series, ``source`` is
         each slice's file, ``meta["series"]`` the folder, ``meta["series_uid"]`` the series and
-        ``meta["frame"]`` the frame within a multi-frame file (None otherwise).
+        ``meta["frame"]`` the frame within a multi-frame file (None otherwise), and
+        ``meta["series_affine"]`` the series' RAS+ affine (:func:`series_affine`; None for a
+        series with a multi-frame file or without usable geometry).
 
     Raises:
         UserError: pydicom missing, no files or no readable DICOM image among them, or (without
@@ -369,7 +411,8 @@ def read_dicom_files(
             groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((Path(path), ds))
     out: list[Slice] = []
     for group in sorted(groups.values(), key=_series_order):
-        index = 0
+        series: list[Slice] = []
+        decoded: list[Any] = []
         for path, ds in _sorted_series(group):
             try:
                 slices = _dataset_slices(ds, path, intensity)
@@ -378,10 +421,13 @@ def read_dicom_files(
                     raise
                 bad.append((path, str(exc)))
                 continue
-            for s in slices:
-                s.index, index = index, index + 1
-                s.meta["series"] = folder
-                out.append(s)
+            decoded.append(ds)
+            series += slices
+        affine = series_affine(decoded) if len(series) == len(decoded) else None
+        for index, s in enumerate(series):
+            s.index = index
+            s.meta.update(series=folder, series_affine=affine)
+        out += series
     if not out:
         raise UserError(f"cannot read DICOM series {folder}: none of its DICOM files is an image")
     return out
