@@ -22,10 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from iqeclip.errors import UserError
-from iqeclip.runtime.files import atomic_write_text
 
 # Fields that change the trainable state or the computation; a checkpoint must agree on all of
 # them. ``pretrain`` is left out on purpose: the same weights can be named by a tag or a file.
@@ -135,6 +132,34 @@ ON_BAD_INPUT = Option(
 )
 CKPT_PATH = Option("checkpoint")
 OUT = Option("output folder")
+WINDOW = Option(
+    "intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); None: each input kind's "
+    "own rule (DICOM: its window; NIfTI: min-max; images: 8/16-bit full range). Recorded in "
+    "the checkpoint at training; test, calibrate and predict apply the recorded rule unless "
+    "given one"
+)
+PERCENTILE = Option(
+    "clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI); recorded "
+    "like --window"
+)
+AXIS = Option(
+    "slicing axis 0, 1 or 2 of NIfTI volumes (of the --orientation array; canonical RAS+: 0 "
+    "sagittal, 1 coronal, 2 axial slices)"
+)
+ORIENTATION = Option(
+    "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
+    "native (the file's voxel order)",
+    choices=("canonical", "native"),
+)
+MANIFEST = Option(
+    "CSV file with columns path,label,mask (+ split, slice): images, DICOM files or series "
+    "folders, NIfTI volumes with image masks or label volumes (docs/workflows.md)"
+)
+MIN_LESION_PX = Option("manifest volumes: labelled pixels that make a slice abnormal")
+MARGIN = Option("manifest volumes: leave out normal slices within this many slices of a lesion")
+VOLUME_SCORE = Option(
+    "a volume's score from its slice scores: max, or topk:K, the mean of the K highest"
+)
 SETTING = Option(
     "image-score rule (default: the checkpoint's training setting)", choices=("zero", "few")
 )
@@ -260,25 +285,6 @@ class ModelConfig:
         ]
 
 
-def save_yaml(data: dict[str, Any], path: str | Path) -> None:
-    """Write ``data`` as YAML atomically (temporary file, then rename)."""
-    atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing or malformed file is a :class:`UserError` naming it."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a YAML mapping")
-    return data
-
-
 @dataclass
 class RunConfig:
     """Everything about a training or test run that is not the model.
@@ -313,6 +319,13 @@ class RunConfig:
         save_every: save the training state every this many steps (and at each epoch end).
         on_bad_input: ``error`` stops at the first unusable file before any work; ``skip`` leaves
             such files out, counts them and lists them in the run folder.
+        manifest: a CSV manifest of labelled inputs (:mod:`iqeclip.data.manifest`).
+        min_lesion_px: manifest volumes: labelled pixels that make a slice abnormal.
+        margin: manifest volumes: normal slices this close to a lesion are left out.
+        window: intensity window ``CENTRE,WIDTH`` (recorded in the checkpoint).
+        percentile: intensity percentiles ``LOW,HIGH`` (recorded in the checkpoint).
+        axis: NIfTI slicing axis.
+        orientation: NIfTI voxel order before slicing (``canonical`` or ``native``).
     """
 
     obj: str = OBJ("Brain", help="target dataset ('custom' for --normal/--abnormal data)")
@@ -358,6 +371,13 @@ class RunConfig:
     resume: bool = Option("continue an interrupted run from its saved training state")(False)
     save_every: int = Option("save the training state every N steps, and at each epoch end")(50)
     on_bad_input: str = ON_BAD_INPUT("error")
+    manifest: str | None = MANIFEST(None)
+    min_lesion_px: int = MIN_LESION_PX(1)
+    margin: int = MARGIN(0)
+    window: str | None = WINDOW(None)
+    percentile: str | None = PERCENTILE(None)
+    axis: int = AXIS(2)
+    orientation: str = ORIENTATION("canonical")
 
 
 @dataclass
@@ -374,26 +394,15 @@ class PredictConfig:
     masks: str | None = Option(
         "folder of ground-truth masks named like the inputs (contour on the overlay)"
     )(None)
-    axis: int = Option(
-        "NIfTI slicing axis 0, 1 or 2 of the --orientation array (canonical RAS+: 0 sagittal, "
-        "1 coronal, 2 axial slices)"
-    )(2)
-    orientation: str = Option(
-        "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
-        "native (the file's voxel order)",
-        choices=("canonical", "native"),
-    )("canonical")
-    window: str | None = Option(
-        "intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); None: the DICOM's own "
-        "window, else min-max"
-    )(None)
-    percentile: str | None = Option(
-        "clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI)"
-    )(None)
-    volume_score: str = Option(
-        "a volume's score from its slice scores (volumes.csv): max, or topk:K, the mean of the K "
-        "highest"
-    )("max")
+    axis: int = AXIS(2)
+    orientation: str = ORIENTATION("canonical")
+    window: str | None = WINDOW(None)
+    percentile: str | None = PERCENTILE(None)
+    volume_score: str | None = VOLUME_SCORE(
+        None,
+        help="a volume's score from its slice scores (volumes.csv): max, or topk:K, the "
+        "mean of the K highest (None: the calibrated rule, else max)",
+    )
     outputs: str | None = Option(
         "what to write per slice, comma-separated from overlay, map, npy, mask (None: overlay,map,"
         "npy, and mask when the checkpoint has a calibrated pixel threshold)"
@@ -417,6 +426,18 @@ class CalibrateConfig:
     obj: str | None = OBJ(None, help="dataset name for --data_path")
     target_fpr: float = Option("false-positive rate allowed on normal calibration images")(0.05)
     f1: bool = Option("maximise F1 on the labelled valid split instead of --target_fpr")(False)
+    manifest: str | None = MANIFEST(
+        None,
+        help="calibrate on the valid rows of this CSV manifest (docs/workflows.md); its "
+        "volumes also calibrate the volume score",
+    )
+    min_lesion_px: int = MIN_LESION_PX(1)
+    margin: int = MARGIN(0)
+    volume_score: str = VOLUME_SCORE("max")
+    window: str | None = WINDOW(None)
+    percentile: str | None = PERCENTILE(None)
+    axis: int = AXIS(2)
+    orientation: str = ORIENTATION("canonical")
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
     device: str = DEVICE("auto")
     setting: str | None = SETTING(None)

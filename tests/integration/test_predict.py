@@ -101,7 +101,7 @@ def test_calibrate_then_predict_uses_the_threshold(bench, checkpoint, tmp_path):
 
 def test_calibrate_needs_a_source(checkpoint, capsys):
     assert main(["calibrate", "--ckpt_path", str(checkpoint)]) == 2
-    assert "--normal DIR or both --data_path and --obj" in capsys.readouterr().err
+    assert "--normal DIR, both --data_path and --obj, or --manifest" in capsys.readouterr().err
 
 
 def test_test_command_writes_a_report(bench, checkpoint, tmp_path):

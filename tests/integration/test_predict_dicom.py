@@ -80,3 +80,23 @@ def test_plain_rows_name_their_file_and_stems_stay_distinct(bench, checkpoint, t
         f"{image.stem}-2_overlay.png",
     ]
     assert all(r["sop_instance_uid"] == r["series_instance_uid"] == "" for r in rows)
+
+
+def test_series_maps_and_masks_as_nifti_in_the_series_geometry(checkpoint, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    nib = pytest.importorskip("nibabel")
+    import numpy as np
+
+    from iqeclip.data.readers import read_dicom_series
+    from tests.unit.data.readers.test_model_input import world_ras, write_series
+
+    folder = write_series(pydicom, tmp_path / "ct", n=3)
+    out = tmp_path / "out"
+    assert main([*predict_argv(checkpoint, folder, out=out), "--outputs", "npy"]) == 0
+    written = nib.load(str(out / "ct_anomaly.nii.gz"))
+    assert written.shape == (128, 128, 3)
+    np.testing.assert_allclose(written.affine, read_dicom_series(folder)[0].meta["series_affine"])
+    np.testing.assert_allclose(written.affine @ [4, 9, 2, 1], [*world_ras(4, 9, 2), 1], atol=1e-4)
+    data = np.asarray(written.dataobj)
+    for k in range(3):  # slice k of the volume is slice k's map
+        assert np.array_equal(data[:, :, k], np.load(out / f"ct_s{k:03d}_map.npy"))

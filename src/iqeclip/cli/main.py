@@ -31,9 +31,9 @@ from iqeclip.config import (
     RunConfig,
     SynthConfig,
     parse_features_list,
-    save_yaml,
 )
 from iqeclip.errors import UserError
+from iqeclip.runtime.files import save_yaml
 
 __all__ = ["COMMANDS", "main", "parse_features_list"]
 
@@ -56,6 +56,7 @@ FEW = ("shot", "iterate", "fewshot_seed_dir")
 TRAIN = ("epochs", "learning_rate", "save_dir", "select", "resume", "save_every")
 OWN_DATA = ("normal_dir", "abnormal_dir", "masks_dir")
 TEST = ("ckpt_path", "report_dir")
+MEDICAL = ("manifest", "min_lesion_px", "margin", "window", "percentile", "axis", "orientation")
 
 MODEL = Section("model", ModelConfig)
 MODEL_OVERRIDES = Section("model", ModelConfig, overrides=True)
@@ -203,23 +204,23 @@ def _run_section(setting: str, *names: str) -> Section:
 COMMANDS: dict[str, Command] = {
     "train-zero": Command(
         "zero-shot training: leave the target out, train on the other datasets",
-        (MODEL, _run_section("zero", *RUN_COMMON, *TRAIN)),
+        (MODEL, _run_section("zero", *RUN_COMMON, *TRAIN, *MEDICAL)),
         cmd_train,
     ),
     "train-few": Command(
         "few-shot training on K abnormal + K normal images of the target",
-        (MODEL, _run_section("few", *RUN_COMMON, *FEW, *TRAIN, *OWN_DATA)),
+        (MODEL, _run_section("few", *RUN_COMMON, *FEW, *TRAIN, *OWN_DATA, *MEDICAL)),
         cmd_train,
     ),
     "test-zero": Command(
         "evaluate a zero-shot checkpoint on the target's test split",
-        (MODEL_OVERRIDES, _run_section("zero", *RUN_COMMON, *TEST)),
+        (MODEL_OVERRIDES, _run_section("zero", *RUN_COMMON, *TEST, *MEDICAL)),
         cmd_test,
         required=("ckpt_path",),
     ),
     "test-few": Command(
         "evaluate a few-shot checkpoint on the target's test split",
-        (MODEL_OVERRIDES, _run_section("few", *RUN_COMMON, *FEW, *TEST)),
+        (MODEL_OVERRIDES, _run_section("few", *RUN_COMMON, *FEW, *TEST, *MEDICAL)),
         cmd_test,
         required=("ckpt_path",),
     ),

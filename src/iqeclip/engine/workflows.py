@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import random
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,15 @@ from iqeclip.data.layout import (
     samples_from_folders,
     support_set,
 )
+from iqeclip.data.manifest import has_pixel_masks
 from iqeclip.engine.evaluate import evaluate_groups, selection_score
+from iqeclip.engine.sources import (
+    manifest_support,
+    run_manifest,
+    run_reading,
+    test_set,
+    with_reading,
+)
 from iqeclip.engine.trainer import BadInputs, RunLog, Select, Trainer, private_generator
 from iqeclip.errors import UserError
 
@@ -72,19 +79,27 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
     log = RunLog(run.log_path)
     try:
         bad = BadInputs(run.on_bad_input, model_cfg.img_size)
-        sources = [n for n in available_datasets(run.data_path) if n != run.obj]
-        target_pixel = has_masks(run.data_path, run.obj)
-        test_samples = bad.check(
-            list_split(run.data_path, run.obj, "test", bad.missing_masks), target_pixel
-        )
+        reading = run_reading(run)
+        manifest = run_manifest(run, reading, bad, log)
+        test_samples, target_pixel = test_set(run, reading, bad, manifest)
+        listed = [] if manifest is None else manifest.split("train")
+        names = [n for n in available_datasets(run.data_path) if n != run.obj]
+        sources = [
+            (
+                n,
+                with_reading(list_split(run.data_path, n, "test", bad.missing_masks), reading),
+                has_masks(run.data_path, n),
+            )
+            for n in names
+        ] + ([("manifest", listed, has_pixel_masks(listed))] if listed else [])
         if not sources:
             raise UserError(
-                f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other <Name>_AD datasets"
+                f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other "
+                "<Name>_AD datasets (or the train rows of a --manifest)"
             )
         parts, val = [], []
-        for name in sources:
-            pixel = has_masks(run.data_path, name)
-            samples = bad.check(list_split(run.data_path, name, "test", bad.missing_masks), pixel)
+        for name, samples, pixel in sources:
+            samples = bad.check(samples, pixel)
             if select == "source-val":
                 samples, held = _held_out(samples, run.seed)
                 val.append((name, held, pixel))
@@ -92,7 +107,8 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         n_images = sum(len(p) for p in parts) + sum(len(h) for _, h, _ in val) + len(test_samples)
         trainer = Trainer(model_cfg, run, log, n_images)
         bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
-        log(f"sources: {', '.join(f'{n} ({len(p)})' for n, p in zip(sources, parts, strict=True))}")
+        counts = (f"{n} ({len(p)})" for (n, _, _), p in zip(sources, parts, strict=True))
+        log(f"sources: {', '.join(counts)}")
         starts = np.cumsum([0] + [len(p) for p in parts])
         groups = [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
         sampler = trainer.shard(HomogeneousBatchSampler(groups, run.batch_size, run.seed))
@@ -153,26 +169,30 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
     log = RunLog(run.log_path)
     try:
         bad = BadInputs(run.on_bad_input, model_cfg.img_size)
-        if run.normal_dir or run.abnormal_dir:
+        reading = run_reading(run)
+        manifest = run_manifest(run, reading, bad, log)
+        own = bool(run.normal_dir or run.abnormal_dir)
+        if own and manifest is not None:
+            raise UserError("--manifest and --normal/--abnormal are two sources: give one")
+        if manifest is not None:
+            abnormal, normal, pixel = manifest_support(run, manifest, bad)
+        elif own:
             if not (run.normal_dir and run.abnormal_dir):
                 raise UserError("few-shot on your own data needs both --normal and --abnormal")
             abnormal, normal = samples_from_folders(run.normal_dir, run.abnormal_dir, run.masks_dir)
             pixel = run.masks_dir is not None
             run = dataclasses.replace(run, shot=len(abnormal))
-            has_test = (Path(run.data_path) / f"{run.obj}_AD" / "test").is_dir()
-            test_samples = (
-                list_split(run.data_path, run.obj, "test", bad.missing_masks) if has_test else []
-            )
         else:
             pixel = has_masks(run.data_path, run.obj)
-            test_samples = list_split(run.data_path, run.obj, "test", bad.missing_masks)
             abnormal, normal = support_set(
                 run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
             )
-        abnormal, normal = bad.check(abnormal, pixel), bad.check(normal, False)
-        # the test split's masks belong to <obj>_AD, whatever the support folders hold
-        test_pixel = bool(test_samples) and has_masks(run.data_path, run.obj)
-        test_samples = bad.check(test_samples, test_pixel)
+        abnormal = bad.check(with_reading(abnormal, reading), pixel)
+        normal = bad.check(with_reading(normal, reading), False)
+        # the test set's masks belong to it (the manifest's test rows or <obj>_AD), whatever the
+        # support holds
+        optional = own or manifest is not None
+        test_samples, test_pixel = test_set(run, reading, bad, manifest, optional)
         if not abnormal or not normal:
             raise UserError("no usable support images are left after --on_bad_input skip")
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)

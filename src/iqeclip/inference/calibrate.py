@@ -1,24 +1,31 @@
 """``iqeclip calibrate``: choose decision thresholds and store them in the checkpoint.
 
-From a folder of normal images (``--normal DIR``; rule ``--target_fpr``) or from a dataset's
-labelled ``valid`` split (``--data_path``, ``--obj``; rule ``--target_fpr`` or ``--f1``). An image
-threshold is always stored; a pixel threshold too where the calibration data has masks. ``predict``
-then fills its decision column with ``score >= threshold``.
+From a folder of normal images (``--normal DIR``; rule ``--target_fpr``), from a dataset's
+labelled ``valid`` split (``--data_path``, ``--obj``) or from the ``valid`` rows of a manifest
+(``--manifest``; rule ``--target_fpr`` or ``--f1`` for both). An image threshold is always stored;
+a pixel threshold too where the calibration data has masks, and a volume threshold where a
+manifest lists volumes (for the ``--volume_score`` rule). ``predict`` then fills its decision
+columns with ``score >= threshold``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from iqeclip.data.layout import has_masks, list_split
+from iqeclip.data.manifest import Volume, has_pixel_masks, read_manifest
+from iqeclip.data.readers import Reading
 from iqeclip.data.validate import validate_samples
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.errors import UserError
-from iqeclip.inference.inputs import expand_inputs, scored_items
+from iqeclip.inference.inputs import checkpoint_reading, expand_inputs, scored_items
+from iqeclip.inference.predict import volume_aggregate
 from iqeclip.inference.thresholds import calibrate, describe
 from iqeclip.model.checkpoint import update_checkpoint_meta
 from iqeclip.model.detector import IQEClip
@@ -33,6 +40,7 @@ def calibrate_checkpoint(
     normal: str | Path | None = None,
     data_path: str | Path | None = None,
     obj: str | None = None,
+    manifest: str | Path | None = None,
     target_fpr: float = 0.05,
     f1: bool = False,
     batch_size: int = 8,
@@ -40,18 +48,35 @@ def calibrate_checkpoint(
     setting: str | None = None,
     model_overrides: dict[str, Any] | None = None,
     on_bad_input: str = "error",
+    min_lesion_px: int = 1,
+    margin: int = 0,
+    volume_score: str = "max",
+    window: str | None = None,
+    percentile: str | None = None,
+    axis: int = 2,
+    orientation: str = "canonical",
 ) -> dict[str, Any]:
-    """Compute and store thresholds; returns the stored ``thresholds`` record."""
-    if (normal is None) == (data_path is None or obj is None):
-        raise UserError("calibrate needs either --normal DIR or both --data_path and --obj")
+    """Compute and store thresholds; returns the stored ``thresholds`` record.
+
+    The calibration data is one of: ``normal`` (a folder of normal inputs, read as ``predict``
+    reads them), ``data_path`` + ``obj`` (the dataset's labelled ``valid`` split) or
+    ``manifest`` (its ``valid`` rows; its volumes also calibrate the volume score, scored as
+    ``predict`` scores them with ``volume_score``). The intensity rule is the checkpoint's
+    unless ``window`` / ``percentile`` is given.
+    """
+    given = [normal is not None, data_path is not None or obj is not None, manifest is not None]
+    if sum(given) != 1 or (given[1] and (data_path is None or obj is None)):
+        raise UserError(
+            "calibrate needs one source: --normal DIR, both --data_path and --obj, or --manifest"
+        )
     rule = "f1" if f1 else "target_fpr"
     if f1 and normal is not None:
-        raise UserError(
-            "--f1 needs labelled data (--data_path and --obj), not only --normal images"
-        )
+        raise UserError("--f1 needs labelled data (--data_path and --obj, or --manifest)")
+    aggregate = volume_aggregate(volume_score)
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
+    reading = checkpoint_reading(model.meta, window, percentile, axis, orientation)
     setting = setting or model.meta.get("run", {}).get("setting", "zero")
-    pixel_threshold = None
+    pixel_threshold = volume = None
     if normal is not None:
         skipped: list = []
         items = scored_items(
@@ -59,35 +84,53 @@ def calibrate_checkpoint(
             expand_inputs([normal]),
             setting,
             batch_size,
+            reading,
             skipped=skipped,
             on_bad_input=on_bad_input,
         )
         scores = np.array([s for _, _, s in items])
         if skipped:
             logger.info(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
-
         labels = np.zeros(len(scores), np.int64)
         source = f"normal images in {normal}"
     else:
-        pixel = has_masks(data_path, obj)
-        missing = "keep" if on_bad_input == "skip" else "error"
+        volumes: list[Volume] = []
+        if manifest is not None:
+            listed = read_manifest(manifest, reading, min_lesion_px, margin, on_bad_input)
+            samples, pixel = listed.split("valid"), has_pixel_masks(listed.split("valid"))
+            volumes = listed.split_volumes("valid")
+            logger.info(listed.summary("valid"))
+            source = f"valid rows of {manifest}"
+        else:
+            pixel = has_masks(data_path, obj)
+            missing = "keep" if on_bad_input == "skip" else "error"
+            split = list_split(data_path, obj, "valid", missing)
+            samples = [dataclasses.replace(s, reading=reading) for s in split]
+            source = f"{obj} valid split"
         samples, skipped_samples = validate_samples(
-            list_split(data_path, obj, "valid", missing), model.config.img_size, on_bad_input, pixel
+            samples, model.config.img_size, on_bad_input, pixel
         )
         if skipped_samples:
             logger.info(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
+        if not samples:
+            raise UserError(f"calibrate: no usable image in the {source}")
         kept = KeptMaps(len(samples), model.config.img_size) if pixel else None
         scores, labels = predict_samples(
             model, samples, setting, batch_size, desc="calibrate", sink=kept
         )
-        source = f"{obj} valid split"
         if kept is not None:
             pixel_threshold = calibrate(
                 kept.maps.ravel(), kept.masks.ravel().astype(np.int64), rule, target_fpr
             )
+        if volumes:
+            volume = _volume_threshold(
+                model, volumes, setting, batch_size, reading, aggregate, rule, target_fpr
+            )
+            volume["score"] = volume_score
     record = {
         "image": calibrate(scores, labels, rule, target_fpr),
         "pixel": pixel_threshold,
+        "volume": volume,
         "rule": rule,
         "target_fpr": target_fpr if rule == "target_fpr" else None,
         "n_images": len(scores),
@@ -96,7 +139,34 @@ def calibrate_checkpoint(
     }
     update_checkpoint_meta(ckpt_path, thresholds=record)
     pixel_text = f", pixel threshold {pixel_threshold:.6f}" if pixel_threshold is not None else ""
+    if volume is not None:
+        pixel_text += (
+            f", volume threshold {volume['threshold']:.6f} ({volume_score} of the slice scores, "
+            f"{volume['n_volumes']} volumes)"
+        )
     logger.info(
         f"image threshold {record['image']:.6f}{pixel_text} ({describe(record)}) stored in {ckpt_path}"
     )
     return record
+
+
+def _volume_threshold(
+    model: IQEClip,
+    volumes: list[Volume],
+    setting: str,
+    batch_size: int,
+    reading: Reading,
+    aggregate: Callable[[np.ndarray], float],
+    rule: str,
+    target_fpr: float,
+) -> dict[str, Any]:
+    """The volume threshold: each volume scored as ``predict`` scores it (every slice)."""
+    labels_of = {v.path: v.label for v in volumes}
+    found: dict[str, tuple[int, list[float]]] = {}  # a folder's series are volumes of their own
+    items = scored_items(model, list(labels_of), setting, batch_size, reading)
+    for item, _, score in items:
+        key = item.key or str(item.source)
+        found.setdefault(key, (labels_of[item.source], []))[1].append(score)
+    scores = np.array([aggregate(np.array(slices)) for _, slices in found.values()])
+    labels = np.array([label for label, _ in found.values()], np.int64)
+    return {"threshold": calibrate(scores, labels, rule, target_fpr), "n_volumes": len(found)}

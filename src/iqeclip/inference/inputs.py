@@ -7,6 +7,7 @@ into :class:`Item` s (one per slice); :func:`scored_items` scores them in batche
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +19,28 @@ from PIL import Image
 from tqdm import tqdm
 
 from iqeclip.data.readers import (
+    DEFAULT_READING,
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
     NIFTI_SUFFIXES,
-    Intensity,
+    Reading,
+    Slice,
     as_input,
-    is_wide_image,
+    describe_intensity,
     kind,
-    load_image,
-    parse_window,
+    model_input,
     read,
+    read_slices,
+    reading_from,
     slice_to_uint8_rgb,
 )
+from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
 from iqeclip.data.validate import Skipped
 from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,8 +53,9 @@ class Item:
         index: slice index within a volume / series / multi-frame file, else ``None``.
         display: ``(H, W, 3)`` uint8 picture at the input's resolution.
         model_input: ``(3, S, S)`` uint8 model input.
-        volume: for NIfTI slices, the volume's metadata (source affine, header, sliced shape,
-            axis, orientation transform back to the source's voxel order).
+        volume: for slices of a NIfTI volume or a DICOM series with geometry, what predict
+            needs to write the volume's maps as NIfTI (affine, header, sliced shape, axis, the
+            orientation transform back to the source's voxel order; see :func:`_volume`).
         file: the file the item itself came from (a DICOM slice's own file); ``source`` if None.
         key: the ``path`` of its CSV rows: ``str(source)``, or ``<folder>#<SeriesInstanceUID>``
             for one series of a folder holding several (so each series is its own volume).
@@ -143,32 +151,64 @@ def _series_stems(stem: str, groups: list[list[Any]]) -> list[str]:
     return stems
 
 
+def _one_page(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1)) == 1
+    except OSError:
+        return True  # load_image names the problem
+
+
+def _volume(found: Any, members: list[Slice], stem: str) -> dict[str, Any] | None:
+    """What predict needs to write a volume's maps as NIfTI: a NIfTI volume's own geometry, or
+    a DICOM series stacked as ``(rows, columns, slices)`` with its affine (from the series
+    geometry; None for a series without it, which then gets no NIfTI)."""
+    meta = members[0].meta
+    if found == "nifti":
+        return {**meta, "n_slices": len(members), "stem": stem}
+    affine = meta.get("series_affine")
+    if found != "series" or affine is None or any(s.image.ndim != 2 for s in members):
+        return None
+    rows, cols = members[0].image.shape
+    if any(s.image.shape != (rows, cols) for s in members):
+        return None
+    return {
+        "affine": affine,
+        "header": None,
+        "shape": (rows, cols, len(members)),
+        "axis": 2,
+        "to_source": None,
+        "n_slices": len(members),
+        "stem": stem,
+    }
+
+
 def read_items(
     path: Path,
     size: int,
-    axis: int,
-    intensity: Any,
+    reading: Reading = DEFAULT_READING,
     stem: str | None = None,
-    orientation: str = "canonical",
     bad: list[tuple[Path, str]] | None = None,
 ) -> Iterator[Item]:
     """The 2-D items of one input (an image, a DICOM file or series folder, a NIfTI volume).
 
-    A folder holding several DICOM series gives each series its own stem and row ``key`` (see
-    :class:`Item`); with ``bad`` a list, a folder's unreadable files are appended to it instead.
+    Each item's model input is :func:`~iqeclip.data.readers.model_input`'s for the same file,
+    slice and reading (the training and test data loaders' path). A folder holding several
+    DICOM series gives each series its own stem and row ``key`` (see :class:`Item`); with
+    ``bad`` a list, a folder's unreadable files are appended to it instead.
     """
     stem = stem or _stem(path)
     found = kind(path)
-    if found == "image" and not is_wide_image(path):
-        tensor = load_image(path, size)
+    if found == "image" and reading.intensity == DEFAULT_INTENSITY and _one_page(path):
+        tensor = model_input(path, None, size, reading)  # load_image: the BMAD pre-processing
         with Image.open(path) as im:
             display = np.asarray(im.convert("RGB"))
         yield Item(stem, path, None, display, tensor)
         return
-    slices = read(path, axis=axis, intensity=intensity, orientation=orientation, bad=bad)
-    volume = None
-    if found == "nifti":
-        volume = {**slices[0].meta, "n_slices": len(slices), "stem": stem}
+    if found == "series":
+        slices = read(path, intensity=reading.intensity, bad=bad)
+    else:
+        slices = list(read_slices(path, reading))
     groups: dict[Any, list[Any]] = {}
     for s in slices:
         groups.setdefault(s.meta.get("series_uid") if found == "series" else None, []).append(s)
@@ -177,6 +217,7 @@ def read_items(
     for group, (members, name_stem) in enumerate(zip(series, names, strict=True)):
         uid = members[0].meta.get("series_uid") or ""
         key = str(path) if len(series) == 1 else f"{path}#{uid}"
+        volume = _volume(found, members, name_stem)
         for s in members:
             name = name_stem if s.index is None else f"{name_stem}_s{s.index:03d}"
             dicom = found in ("series", "dicom")
@@ -200,19 +241,16 @@ def scored_items(
     paths: Sequence[Path],
     setting: str,
     batch_size: int,
-    axis: int = 2,
-    intensity: Any = None,
+    reading: Reading = DEFAULT_READING,
     stems: dict[Path, str] | None = None,
     skipped: list[Skipped] | None = None,
     on_bad_input: str = "error",
-    orientation: str = "canonical",
 ) -> Iterator[tuple[Item, torch.Tensor, float]]:
     """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``.
 
     With ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``, and
     so is each unreadable file of a DICOM series folder (the rest of the folder is scored).
     """
-    intensity = intensity or Intensity()
     device = next(model.head.parameters()).device
     pending: list[Item] = []
 
@@ -227,7 +265,7 @@ def scored_items(
         bad: list[tuple[Path, str]] | None = [] if on_bad_input == "skip" else None
         try:
             size = model.config.img_size
-            items = list(read_items(path, size, axis, intensity, stem, orientation, bad))
+            items = list(read_items(path, size, reading, stem, bad))
         except UserError as exc:
             if on_bad_input != "skip":
                 raise
@@ -243,16 +281,24 @@ def scored_items(
         yield from flush()
 
 
-def intensity_rule(window: str | None, percentile: str | None) -> Any:
-    pct = None
-    if percentile:
-        try:
-            lo, hi = (float(v) for v in percentile.split(","))
-        except ValueError:
-            raise UserError(
-                f"--percentile expects LOW,HIGH such as 1,99, got {percentile!r}"
-            ) from None
-        if not 0 <= lo < hi <= 100:
-            raise UserError(f"--percentile expects 0 <= LOW < HIGH <= 100, got {percentile!r}")
-        pct = (lo, hi)
-    return Intensity(window=parse_window(window) if window else None, percentile=pct)
+def checkpoint_reading(
+    meta: dict[str, Any],
+    window: str | None,
+    percentile: str | None,
+    axis: int = 2,
+    orientation: str = "canonical",
+) -> Reading:
+    """The reading of a test, calibrate or predict run: the intensity rule recorded in the
+    checkpoint at training, unless ``--window`` / ``--percentile`` is given (then a warning names
+    both rules when they differ); ``--axis`` and ``--orientation`` are the run's own."""
+    trained = meta.get("run", {})
+    stored = reading_from(trained.get("window"), trained.get("percentile")).intensity
+    if window is None and percentile is None:
+        return Reading(stored, axis, orientation)
+    reading = reading_from(window, percentile, axis, orientation)
+    if reading.intensity != stored:
+        logger.warning(
+            f"warning: intensity rule {describe_intensity(reading.intensity)} overrides the "
+            f"checkpoint's {describe_intensity(stored)} (the rule it was trained with)"
+        )
+    return reading

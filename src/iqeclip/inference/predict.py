@@ -32,10 +32,16 @@ from PIL import Image
 from iqeclip.data.readers import (
     load_mask,
 )
-from iqeclip.data.readers.nifti import ORIENTATIONS, to_source_order
+from iqeclip.data.readers.nifti import to_source_order
 from iqeclip.data.validate import Skipped, write_skipped
 from iqeclip.errors import UserError
-from iqeclip.inference.inputs import Item, expand_inputs, intensity_rule, scored_items, unique_stems
+from iqeclip.inference.inputs import (
+    Item,
+    checkpoint_reading,
+    expand_inputs,
+    scored_items,
+    unique_stems,
+)
 from iqeclip.inference.thresholds import describe
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.heatmaps import draw_contour, overlay
@@ -117,7 +123,7 @@ class _Writer:
         self.out, self.masks, self.threshold, self.rule = out, masks, threshold, rule
         self.outputs, self.pixel_threshold = outputs, pixel_threshold
         self.rows: list[dict[str, Any]] = []
-        self.volume_maps: dict[Path, dict[int, np.ndarray]] = {}
+        self.volume_maps: dict[str, dict[int, tuple[dict[str, Any], np.ndarray]]] = {}
 
     def write(self, item: Item, amap: torch.Tensor, score: float) -> None:
         height, width = item.display.shape[:2]
@@ -165,20 +171,22 @@ class _Writer:
             }
         )
         if item.volume is not None:
-            done = self.volume_maps.setdefault(item.source, {})
+            key = item.key or str(item.source)
+            done = self.volume_maps.setdefault(key, {})
             done[item.index] = (item.volume, full)
             if len(done) == item.volume["n_slices"]:
-                self.finish_volume(item.source)
+                self.finish_volume(key)
 
-    def finish_volume(self, source: Path) -> None:
+    def finish_volume(self, key: str) -> None:
         """Write the NIfTI of a volume's maps (float32) in the source's voxel order.
 
         The maps are stacked along the slicing axis of the (reoriented) array, put back into the
         source file's voxel order, and written with its affine and header, so the map overlays
-        the source voxel for voxel.
+        the source voxel for voxel. A DICOM series is stacked as ``(rows, columns, slices)``
+        with the affine of its geometry (:func:`~iqeclip.data.readers.dicom.series_affine`).
         """
 
-        slices = self.volume_maps.pop(source)
+        slices = self.volume_maps.pop(key)
         volume = next(iter(slices.values()))[0]
         data = np.zeros(volume["shape"][:3], np.float32)
         for index, (_, amap) in slices.items():
@@ -194,15 +202,19 @@ class _Writer:
             mask = (data >= self.pixel_threshold).astype(np.uint8)
             _save_nifti(self.out / f"{volume['stem']}_mask.nii.gz", mask, volume, np.uint8)
 
-    def write_volumes(self, volume_score: Callable[[np.ndarray], float]) -> Path | None:
+    def write_volumes(
+        self, volume_score: Callable[[np.ndarray], float], volume_threshold: float | None
+    ) -> Path | None:
         """``volumes.csv``: one row per input with slices (volume, series, multi-frame file).
 
         Rows are grouped by their ``path``, so each series of a multi-series folder is a volume.
 
         Call after :meth:`write_csv`. The volume score is ``volume_score`` of its slice scores;
-        the decision applies the image threshold to it; ``abnormal_slices`` lists the slices
-        whose own decision is abnormal (``;``-separated).
+        the decision applies ``volume_threshold`` (calibrated on volumes) to it, else the image
+        threshold; ``abnormal_slices`` lists the slices whose own decision is abnormal
+        (``;``-separated).
         """
+        threshold = self.threshold if volume_threshold is None else volume_threshold
         volumes: dict[str, list[dict[str, Any]]] = {}
         for row in self.rows:
             if row["slice"] != "":
@@ -215,15 +227,15 @@ class _Writer:
         for path, rows in volumes.items():
             score = volume_score(np.array([float(r["score"]) for r in rows]))
             decision = ""
-            if self.threshold is not None:
-                decision = "abnormal" if score >= self.threshold else "normal"
+            if threshold is not None:
+                decision = "abnormal" if score >= threshold else "normal"
             writer.writerow(
                 {
                     "path": path,
                     "n_slices": len(rows),
                     "score": f"{score:.6f}",
                     "decision": decision,
-                    "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
+                    "threshold": "" if threshold is None else f"{threshold:.6f}",
                     "abnormal_slices": ";".join(
                         str(r["slice"]) for r in rows if r["decision"] == "abnormal"
                     ),
@@ -274,7 +286,7 @@ def predict(
     overwrite: bool = False,
     on_bad_input: str = "error",
     outputs: str | None = None,
-    volume_score: str = "max",
+    volume_score: str | None = None,
 ) -> Path:
     """Score ``inputs`` with a checkpoint and write every output into ``out``.
 
@@ -282,7 +294,10 @@ def predict(
     overlay, map and npy, plus the binary mask (``<name>_mask.png``, map >= the pixel threshold)
     when ``calibrate`` stored a pixel threshold in the checkpoint (then volumes also get
     ``<stem>_mask.nii.gz``). Inputs with slices get a row of ``volumes.csv``, scored by
-    ``volume_score``: ``max`` of the slice scores, or ``topk:K``, the mean of the K highest.
+    ``volume_score``: ``max`` of the slice scores, or ``topk:K``, the mean of the K highest
+    (default: the rule ``calibrate`` calibrated the volume threshold for, else ``max``). The
+    decision of a volume applies the calibrated volume threshold, else the image threshold.
+    The intensity rule is the checkpoint's unless ``window`` / ``percentile`` is given.
 
     Returns:
         The path of ``predictions.csv``.
@@ -290,17 +305,15 @@ def predict(
     out = Path(out)
     if (out / "predictions.csv").exists() and not overwrite:
         raise UserError(f"{out / 'predictions.csv'} exists; pass --overwrite to replace it")
-    if axis not in (0, 1, 2):
-        raise UserError(f"--axis must be 0, 1 or 2, got {axis}")
-    if orientation not in ORIENTATIONS:
-        raise UserError(f"--orientation must be canonical or native, got {orientation!r}")
-    aggregate = _volume_aggregate(volume_score)
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
     meta = model.meta
+    reading = checkpoint_reading(meta, window, percentile, axis, orientation)
     setting = setting or meta.get("run", {}).get("setting", "zero")
     thresholds = meta.get("thresholds")
     pixel_threshold = (thresholds or {}).get("pixel")
     chosen = _outputs(outputs, pixel_threshold)
+    volume_score, volume_threshold = _volume_rule(volume_score, thresholds)
+    aggregate = volume_aggregate(volume_score)
     if thresholds:
         threshold, rule = thresholds["image"], describe(thresholds)
         say(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
@@ -312,15 +325,12 @@ def predict(
     writer = _Writer(out, Path(masks) if masks else None, threshold, rule, chosen, pixel_threshold)
     stems = unique_stems(paths)
     mine = distributed.shard(paths)  # under torchrun each rank scores and writes its own inputs
-    intensity = intensity_rule(window, percentile)
     skipped: list[Skipped] = []
-    scored = scored_items(
-        model, mine, setting, batch_size, axis, intensity, stems, skipped, on_bad_input, orientation
-    )
+    scored = scored_items(model, mine, setting, batch_size, reading, stems, skipped, on_bad_input)
     for item, amap, score in scored:
         writer.write(item, amap, score)
     csv_path = writer.write_csv({str(p): i for i, p in enumerate(paths)})
-    volumes = writer.write_volumes(aggregate)
+    volumes = writer.write_volumes(aggregate, volume_threshold)
     if volumes is not None:
         say(f"volume scores ({volume_score} of the slice scores) written to {volumes}")
     skipped = [s for part in distributed.gather(skipped) for s in part]
@@ -336,7 +346,28 @@ def predict(
     return csv_path
 
 
-def _volume_aggregate(spec: str) -> Callable[[np.ndarray], float]:
+def _volume_rule(
+    volume_score: str | None, thresholds: dict[str, Any] | None
+) -> tuple[str, float | None]:
+    """The volume score rule and its calibrated threshold (None: the image threshold applies).
+
+    Raises:
+        UserError: ``--volume_score`` differs from the rule the volume threshold was calibrated
+            for (that threshold would not mean anything for it).
+    """
+    calibrated = (thresholds or {}).get("volume")
+    if calibrated is None:
+        return volume_score or "max", None
+    if volume_score is not None and volume_score != calibrated["score"]:
+        raise UserError(
+            f"--volume_score {volume_score}: the checkpoint's volume threshold was calibrated for "
+            f"--volume_score {calibrated['score']}; use that, or calibrate again with "
+            f"--volume_score {volume_score}"
+        )
+    return calibrated["score"], float(calibrated["threshold"])
+
+
+def volume_aggregate(spec: str) -> Callable[[np.ndarray], float]:
     """``max`` or ``topk:K`` (the mean of the K highest slice scores), checked before any work."""
     if spec == "max":
         return lambda scores: float(scores.max())

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 
 from iqeclip.config import RunConfig
-from iqeclip.data.layout import has_masks, list_split
 from iqeclip.engine.cache import open_cache
 from iqeclip.engine.evaluate import evaluate, write_metrics_json
+from iqeclip.engine.sources import run_manifest, test_set
 from iqeclip.engine.trainer import BadInputs, RunLog, record_fields, refuse_overwrite, workers_for
 from iqeclip.errors import UserError
+from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.model.checkpoint import read_checkpoint
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
@@ -32,14 +33,15 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     metrics_json = Path(run.metrics_json) if run.metrics_json else None
     report_dir = Path(run.report_dir) if run.report_dir else None
     refuse_overwrite(run, metrics_json, report_dir / "metrics.json" if report_dir else None)
-    stored, _, _ = read_checkpoint(run.ckpt_path)  # a bad checkpoint stops before any work
+    stored, _, meta = read_checkpoint(run.ckpt_path)  # a bad checkpoint stops before any work
     img_size = model_overrides.get("img_size", stored.img_size)
     log = RunLog(run.log_path)
     try:
         device = resolve_device(run.device)
-        pixel = has_masks(run.data_path, run.obj)
         bad = BadInputs(run.on_bad_input, img_size)
-        samples = bad.check(list_split(run.data_path, run.obj, "test", bad.missing_masks), pixel)
+        reading = checkpoint_reading(meta, run.window, run.percentile, run.axis, run.orientation)
+        manifest = run_manifest(run, reading, bad, log)
+        samples, pixel = test_set(run, reading, bad, manifest)
         folder = report_dir or Path(run.metrics_json or run.log_path or ".").parent
         bad.report(folder, f"test_{run.obj}", log)
         model = IQEClip.from_checkpoint(run.ckpt_path, device, **model_overrides)

@@ -1,0 +1,290 @@
+"""Labelled data from a CSV manifest (``--manifest FILE.csv``): any input, slices labelled by masks.
+
+A manifest is a CSV file with a header row. Columns (names in any order, extra columns ignored)::
+
+    path,label,mask,split,slice
+    scans/p01_flair.nii.gz,,scans/p01_seg.nii.gz,train,
+    scans/p02_flair.nii.gz,normal,,test,
+    ct/series_0042,abnormal,,valid,
+    photos/a.png,abnormal,photos/a_mask.png,test,
+
+- ``path`` (required): any input the readers take: an image, a DICOM file, a DICOM series folder,
+  a NIfTI volume. Relative paths are relative to the manifest's folder.
+- ``label``: ``normal`` / ``abnormal`` (or ``0`` / ``1``). May be empty for a volume with a label
+  volume (the slices' labels then come from it); required otherwise.
+- ``mask`` (optional): an image mask for a 2-D input, or a label volume (NIfTI; any non-zero voxel
+  is anomalous) for a NIfTI volume or a DICOM series (aligned by
+  :func:`~iqeclip.data.readers.label_slices`). DICOM-SEG is not read.
+- ``split`` (optional): ``train`` (few-shot support, an extra zero-shot source), ``valid``
+  (``calibrate``) or ``test`` (``test-*`` and the final test of a training run). An empty split
+  puts the row in every split.
+- ``slice`` (optional): use only this slice of a volume (its position along ``--axis``, or in a
+  series) instead of all of them.
+
+A volume (NIfTI, DICOM series, multi-frame DICOM) becomes one sample per slice along ``--axis``.
+With a label volume, a slice is abnormal when it has at least ``min_lesion_px`` labelled pixels
+(``--min_lesion_px``) and normal when it has none and no labelled slice lies within ``margin``
+slices of it (``--margin``); slices with fewer labelled pixels, and normal-looking slices that
+close to a lesion, are left out (counted). Without a label volume every slice takes the row's
+label. Constant slices (empty background, e.g. the ends of a skull-stripped MRI) are left out and
+counted too. Each volume row is also one volume (its label: any labelled voxel, else the row's
+label) for calibrating the volume score.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from iqeclip.data.layout import Sample
+from iqeclip.data.readers import INSTALL_HINT, Reading, kind, label_slices, read_slices
+from iqeclip.data.validate import Skipped, strip_path
+from iqeclip.errors import UserError
+from iqeclip.runtime.files import read_text
+
+__all__ = ["LABELS", "MANIFEST_SPLITS", "Manifest", "Volume", "has_pixel_masks", "read_manifest"]
+
+MANIFEST_SPLITS: tuple[str, ...] = ("train", "valid", "test")
+"""Values of the ``split`` column (an empty value: every split)."""
+
+LABELS: dict[str, int] = {"normal": 0, "0": 0, "abnormal": 1, "1": 1}
+"""Values of the ``label`` column (case-insensitive)."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume row, for calibrating the volume score: its input, label and split."""
+
+    path: Path
+    label: int
+    split: str | None
+
+
+@dataclass
+class Manifest:
+    """A manifest's samples and volumes, by split.
+
+    Attributes:
+        path: The manifest file.
+        rows: ``(split, sample)`` for every slice or image, in file order.
+        volumes: The volume rows (without a ``slice`` value).
+        left_out: Slices left out near lesions or with too few labelled pixels.
+        constant: Constant slices left out.
+        skipped: Rows left out under ``--on_bad_input skip``.
+    """
+
+    path: Path
+    rows: list[tuple[str | None, Sample]] = field(default_factory=list)
+    volumes: list[Volume] = field(default_factory=list)
+    left_out: int = 0
+    constant: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Sample]:
+        """The samples of a split (rows with an empty split belong to every split)."""
+        return [s for split, s in self.rows if split in (None, name)]
+
+    def split_volumes(self, name: str) -> list[Volume]:
+        """The volume rows of a split."""
+        return [v for v in self.volumes if v.split in (None, name)]
+
+    def summary(self, name: str) -> str:
+        """One line: the split's counts, and what was left out."""
+        samples = self.split(name)
+        abnormal = sum(s.label for s in samples)
+        return (
+            f"manifest {self.path} [{name}]: {len(samples) - abnormal} normal + {abnormal} "
+            f"abnormal samples; left out {self.left_out} slices near lesions or below "
+            f"--min_lesion_px and {self.constant} constant slices; skipped {len(self.skipped)} "
+            "rows (--on_bad_input skip)"
+        )
+
+
+def has_pixel_masks(samples: Sequence[Sample]) -> bool:
+    """Whether pixel metrics apply: there are abnormal samples and every one has a mask."""
+    abnormal = [s for s in samples if s.label == 1]
+    return bool(abnormal) and all(s.mask is not None for s in abnormal)
+
+
+class _RowError(Exception):
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.path, self.reason = path, reason
+
+
+def _cell(row: dict[str, str | None], name: str) -> str:
+    return (row.get(name) or "").strip()
+
+
+def _label(text: str, line: int, where: Path) -> int | None:
+    if not text:
+        return None
+    if text.lower() not in LABELS:
+        raise UserError(
+            f"--manifest {where} line {line}: label {text!r} is not normal, abnormal, 0 or 1"
+        )
+    return LABELS[text.lower()]
+
+
+def read_manifest(
+    path: str | Path,
+    reading: Reading,
+    min_lesion_px: int = 1,
+    margin: int = 0,
+    policy: str = "error",
+) -> Manifest:
+    """Read a manifest and expand its volumes into labelled slices (see the module docstring).
+
+    Args:
+        path: The CSV file.
+        reading: How inputs are read (intensity rule, ``--axis``, ``--orientation``).
+        min_lesion_px: Labelled pixels that make a slice abnormal (``--min_lesion_px``, >= 1).
+        margin: Slices next to a lesion left out (``--margin``, >= 0).
+        policy: ``error``: the first unusable row stops the run before any work; ``skip``: it is
+            left out and listed in :attr:`Manifest.skipped`.
+
+    Returns:
+        The :class:`Manifest`.
+
+    Raises:
+        UserError: The manifest missing or malformed (naming the file and line), a bad option,
+            or (``error``) an unreadable input or label volume (naming the row).
+    """
+    where = Path(path)
+    if min_lesion_px < 1:
+        raise UserError(f"--min_lesion_px must be at least 1, got {min_lesion_px}")
+    if margin < 0:
+        raise UserError(f"--margin must be at least 0, got {margin}")
+    text = read_text(where, "--manifest")
+    reader = csv.DictReader(text.splitlines())
+    columns = {(c or "").strip() for c in reader.fieldnames or ()}
+    if not {"path", "label"} <= columns:
+        raise UserError(
+            f"--manifest {where}: the header must name the columns path and label (and "
+            f"optionally mask, split, slice), got {', '.join(sorted(columns)) or 'nothing'}"
+        )
+    reader.fieldnames = [(c or "").strip() for c in reader.fieldnames or ()]
+    manifest = Manifest(where)
+    base = where.parent
+    for line, row in enumerate(reader, start=2):
+        raw = _cell(row, "path")
+        if not raw:
+            raise UserError(f"--manifest {where} line {line}: empty path")
+        item = base / raw
+        label = _label(_cell(row, "label"), line, where)
+        mask = base / _cell(row, "mask") if _cell(row, "mask") else None
+        split = _cell(row, "split").lower() or None
+        if split is not None and split not in MANIFEST_SPLITS:
+            raise UserError(
+                f"--manifest {where} line {line}: split {split!r} is not one of "
+                f"{', '.join(MANIFEST_SPLITS)} (or empty)"
+            )
+        chosen = _cell(row, "slice")
+        if chosen and not chosen.isdigit():
+            raise UserError(f"--manifest {where} line {line}: slice {chosen!r} is not a number")
+        try:
+            _expand(
+                manifest,
+                item,
+                label,
+                mask,
+                split,
+                int(chosen) if chosen else None,
+                reading,
+                min_lesion_px,
+                margin,
+            )
+        except _RowError as bad:
+            if policy != "skip":
+                raise UserError(
+                    f"--manifest {where} line {line}: {bad.path}: {bad.reason} "
+                    "(--on_bad_input skip leaves such rows out)"
+                ) from None
+            manifest.skipped.append(Skipped(bad.path, bad.reason))
+        except UserError as exc:
+            if INSTALL_HINT in str(exc):
+                raise
+            raise UserError(f"--manifest {where} line {line}: {exc}") from None
+    if not manifest.rows and not manifest.skipped:
+        raise UserError(f"--manifest {where}: no rows")
+    return manifest
+
+
+def _expand(
+    manifest: Manifest,
+    item: Path,
+    label: int | None,
+    mask: Path | None,
+    split: str | None,
+    chosen: int | None,
+    reading: Reading,
+    min_lesion_px: int,
+    margin: int,
+) -> None:
+    """Add one row's samples (and volume) to ``manifest``; :class:`_RowError` for a bad file."""
+    found = kind(item)
+    if found is None:
+        why = "no such file or folder" if not item.exists() else "unsupported file type"
+        raise _RowError(item, why)
+    if mask is not None and not mask.exists():
+        raise _RowError(mask, "mask: no such file")
+    if found == "image" and chosen is None:
+        if label is None:
+            raise UserError(f"{item}: a 2-D image needs a label")
+        manifest.rows.append((split, Sample(item, label, mask, None, reading)))
+        return
+    try:
+        slices = read_slices(item, reading)
+    except UserError as exc:
+        if INSTALL_HINT in str(exc):
+            raise
+        raise _RowError(item, strip_path(str(exc), item)) from None
+    if len(slices) == 1 and slices[0].index is None:  # a 2-D DICOM or NIfTI
+        if label is None:
+            raise UserError(f"{item}: a 2-D image needs a label")
+        manifest.rows.append((split, Sample(item, label, mask, None, reading)))
+        return
+    if chosen is not None and not 0 <= chosen < len(slices):
+        raise _RowError(item, f"has no slice {chosen} (it holds {len(slices)})")
+    indices = range(len(slices)) if chosen is None else [chosen]
+    if mask is None:
+        if label is None:
+            raise UserError(f"{item}: a volume without a label volume needs a label")
+        labels = {i: label for i in indices}
+        volume_label = label
+    else:
+        try:
+            planes = label_slices(mask, item, reading)
+        except UserError as exc:
+            raise _RowError(mask, strip_path(str(exc), mask)) from None
+        counts = np.array([int(p.sum()) for p in planes])
+        labels = _slice_labels(counts, min_lesion_px, margin)
+        volume_label = int(counts.any())
+    for i in indices:
+        if slices[i].meta.get("constant"):
+            manifest.constant += 1
+        elif labels.get(i) is None:
+            manifest.left_out += 1
+        else:
+            keep = mask if labels[i] == 1 else None
+            manifest.rows.append((split, Sample(item, labels[i], keep, i, reading)))
+    if chosen is None:
+        manifest.volumes.append(Volume(item, volume_label, split))
+
+
+def _slice_labels(counts: np.ndarray, min_lesion_px: int, margin: int) -> dict[int, int | None]:
+    """Each slice's label from its labelled-pixel count (None: left out)."""
+    lesion = np.flatnonzero(counts > 0)
+    out: dict[int, int | None] = {}
+    for i, n in enumerate(counts):
+        if n >= min_lesion_px:
+            out[i] = 1
+        elif n == 0 and (lesion.size == 0 or np.abs(lesion - i).min() > margin):
+            out[i] = 0
+        else:
+            out[i] = None
+    return out

@@ -1,0 +1,154 @@
+"""The CSV manifest: columns, slice labels from label volumes (min_lesion_px, margin, constant
+slices), label volumes in another voxel order, and one-line errors naming file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iqeclip.data.manifest import _slice_labels, has_pixel_masks, read_manifest
+from iqeclip.data.readers import DEFAULT_READING, Reading, mask_input, model_input
+from iqeclip.errors import UserError
+
+SHAPE = (8, 8, 6)
+AFFINE = np.diag([0.9, 0.8, 2.5, 1.0])
+
+
+def test_slice_labels_by_hand():
+    # slices 2 and 3 hold lesion pixels (4 and 1); min 3 px, margin 1
+    got = _slice_labels(np.array([0, 0, 4, 1, 0, 0, 0]), min_lesion_px=3, margin=1)
+    assert got == {0: 0, 1: None, 2: 1, 3: None, 4: None, 5: 0, 6: 0}
+    assert _slice_labels(np.array([0, 2, 0]), 1, 0) == {0: 0, 1: 1, 2: 0}
+    assert _slice_labels(np.zeros(3, int), 1, 5) == {0: 0, 1: 0, 2: 0}
+
+
+def brats_case(nib: Any, folder: Path, name: str, lesion: bool = True) -> tuple[Path, Path]:
+    """A small flair + seg pair: the image stored RAS, the labels stored LPS (same space).
+
+    In RAS+ voxel order, slice 2 along axis 2 has 4 lesion pixels, slice 3 one pixel, and slice 5
+    of the image is constant (background only).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(name))
+    data = rng.uniform(10, 200, SHAPE).astype(np.float32)
+    data[:, :, 5] = 0
+    labels = np.zeros(SHAPE, np.uint8)
+    if lesion:
+        labels[2:4, 3:5, 2] = 1
+        labels[6, 6, 3] = 2
+    image = folder / f"{name}_flair.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), str(image))
+    seg = nib.Nifti1Image(labels, AFFINE)
+    lps = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(AFFINE), nib.orientations.axcodes2ornt(("L", "P", "S"))
+    )
+    mask = folder / f"{name}_seg.nii.gz"
+    nib.save(seg.as_reoriented(lps), str(mask))
+    assert nib.aff2axcodes(nib.load(str(mask)).affine) == ("L", "P", "S")
+    return image, mask
+
+
+def write_csv(path: Path, header: str, *rows: str) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_volume_slices_labelled_by_their_label_volume(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    image, mask = brats_case(nib, tmp_path / "scans", "p01")
+    csv = write_csv(
+        tmp_path / "m.csv", "path,label,mask,split", f"scans/{image.name},,scans/{mask.name},train"
+    )
+    manifest = read_manifest(csv, DEFAULT_READING, min_lesion_px=3, margin=1)
+    samples = manifest.split("train")
+    assert [(s.index, s.label, s.mask) for s in samples] == [(0, 0, None), (2, 1, mask)]
+    assert manifest.left_out == 3 and manifest.constant == 1  # slices 1, 3, 4; slice 5
+    assert manifest.split("test") == [] and has_pixel_masks(samples)
+    assert [(v.path, v.label) for v in manifest.volumes] == [(image, 1)]
+
+    want = np.zeros((8, 8), bool)
+    want[2:4, 3:5] = True  # the lesion of slice 2, although the labels are stored LPS
+    assert torch.equal(mask_input(mask, image, 2, 8), torch.from_numpy(want))
+    # the model input is the slice, min-max normalised, as predict reads it
+    plane = nib.load(str(image)).get_fdata()[:, :, 2]
+    grey = np.rint((plane - plane.min()) / (plane.max() - plane.min()) * 255).astype(np.uint8)
+    assert torch.equal(model_input(image, 2, 8)[0], torch.from_numpy(grey))
+
+
+def test_rows_without_label_volume_take_the_row_label(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    image, _ = brats_case(nib, tmp_path, "p02", lesion=False)
+    png = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(png)
+    csv = write_csv(
+        tmp_path / "m.csv",
+        "split,path,label",  # any column order; no mask column at all
+        f"test,{image.name},normal",
+        f",{image.name},abnormal",
+        "valid,a.png,1",
+    )
+    manifest = read_manifest(csv, Reading(axis=2))
+    test = manifest.split("test")
+    assert [s.label for s in test] == [0] * 5 + [1] * 5  # slice 5 is constant in both rows
+    assert [s.index for s in test[:5]] == [0, 1, 2, 3, 4]
+    valid = manifest.split("valid")
+    assert [(s.image.name, s.label, s.index) for s in valid[-1:]] == [("a.png", 1, None)]
+    assert not has_pixel_masks(valid)
+    one = write_csv(tmp_path / "one.csv", "path,label,slice", f"{image.name},normal,3")
+    assert [s.index for s in read_manifest(one, DEFAULT_READING).split("test")] == [3]
+    assert read_manifest(one, DEFAULT_READING).volumes == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["path,mask", "a.png,"], "must name the columns path and label"),
+        (["path,label", "a.png,maybe"], "line 2: label 'maybe' is not normal, abnormal, 0 or 1"),
+        (["path,label,split", "a.png,0,training"], "line 2: split 'training' is not one of"),
+        (["path,label", "a.png,0", "gone.png,1"], "line 3: "),
+        (["path,label", "a.png,"], "line 2: "),
+        (["path,label,slice", "a.png,0,x"], "slice 'x' is not a number"),
+    ],
+)
+def test_errors_name_file_and_line(tmp_path, rows, message):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    csv = write_csv(tmp_path / "m.csv", *rows)
+    with pytest.raises(UserError, match=r"m\.csv") as info:
+        read_manifest(csv, DEFAULT_READING)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_rows_skipped_and_counted(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    image, mask = brats_case(nib, tmp_path, "p03")
+    wrong = tmp_path / "wrong_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 5), np.uint8), AFFINE), str(wrong))
+    shifted = tmp_path / "shifted_seg.nii.gz"
+    moved = AFFINE.copy()
+    moved[0, 3] = 5.0
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), moved), str(shifted))
+    csv = write_csv(
+        tmp_path / "m.csv",
+        "path,label,mask",
+        f"{image.name},,{mask.name}",
+        "missing.nii.gz,1,",
+        f"{image.name},,{wrong.name}",
+        f"{image.name},,{shifted.name}",
+    )
+    with pytest.raises(UserError, match=r"line 3: .*missing.nii.gz: no such file"):
+        read_manifest(csv, DEFAULT_READING)
+    manifest = read_manifest(csv, DEFAULT_READING, policy="skip")
+    assert len(manifest.split("train")) == 5  # the good row: every non-constant slice
+    reasons = {s.path.name: s.reason for s in manifest.skipped}
+    assert reasons["missing.nii.gz"] == "no such file or folder"
+    assert "is 8x8x5 voxels in the image's voxel order" in reasons["wrong_seg.nii.gz"]
+    assert "their affines differ by up to 5" in reasons["shifted_seg.nii.gz"]
+    with pytest.raises(UserError, match="--min_lesion_px must be at least 1"):
+        read_manifest(csv, DEFAULT_READING, min_lesion_px=0)
+    with pytest.raises(UserError, match="--margin must be at least 0"):
+        read_manifest(csv, DEFAULT_READING, margin=-1)
