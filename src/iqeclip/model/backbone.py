@@ -261,6 +261,9 @@ class Backbone(nn.Module):
         super().__init__()
         self.dtype = PRECISIONS[precision]
         self.visual = clip.visual.to(self.dtype)
+        # The global projection is applied here, one image at a time (see :meth:`forward`).
+        self.proj = self.visual.proj
+        self.visual.proj = None
         self.text = TextTower(clip)
         self.taps = [f - 1 for f in features_list]
         self.normalize = normalize
@@ -287,10 +290,18 @@ class Backbone(nn.Module):
         Returns:
             patch tokens ``(T, B, L, Dv)`` (raw residual stream after each tapped block, CLS
             dropped) and the global embedding ``(B, D)`` = ``ln_post(CLS) @ proj``.
+
+        Every output row depends on its own image only, bit for bit, whatever else is in the
+        batch: the vision transformer's matrix products are batch-invariant here, but a
+        ``(B, Dv) @ (Dv, D)`` product with few rows takes another kernel (other rounding) than
+        one with many, so ``proj`` is applied image by image. Cached features computed in one
+        batch therefore equal features computed in any other (docs/model.md).
         """
         if self.normalize == "clip":
             images = (images - self.mean) / self.std
         out = self.visual.forward_intermediates(
             images.to(self.dtype), indices=self.taps, output_fmt="NLC"
         )
-        return torch.stack(out["image_intermediates"]).float(), out["image_features"].float()
+        pooled = out["image_features"]  # ln_post(CLS): the tower has no projection of its own
+        glob = torch.cat([row @ self.proj for row in pooled.split(1)]) if len(pooled) else pooled
+        return torch.stack(out["image_intermediates"]).float(), glob.float()

@@ -100,6 +100,26 @@ def test_cached_training_and_evaluation_match_uncached(bench, tmp_path):
             assert runs["cached"][2][k] == pytest.approx(v, rel=1e-5, abs=1e-6, nan_ok=True), k
 
 
+def test_half_filled_cache_trains_bit_identical_to_no_cache(bench, tmp_path):
+    """A cache filled by an earlier run's first half (other batches) changes nothing."""
+    abnormal, normal = support_set(bench, "Brain", 2, 0)
+    data = augmented_support(abnormal, normal, 64, segmentation=True)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    half = FeatureCache(tmp_path, build_tiny())
+    half.features(data.tensors[0][order[:20:3]], torch.device("cpu"))  # odd batch of 7
+    batches = [tuple(t[order[i : i + 8]] for t in data.tensors) for i in range(0, 44, 8)]
+    runs = {}
+    for name, cache in (("plain", None), ("cached", half)):
+        model = build_tiny(seed=1)
+        opt = make_optimizer(model, 1e-3)
+        losses = [train_step(model, opt, b, cache) for _ in range(2) for b in batches]
+        runs[name] = (losses, model.head.state_dict())
+    assert 0 < half.hits < half.misses + half.hits  # partly filled: hits and misses
+    assert runs["cached"][0] == runs["plain"][0]
+    for k, v in runs["plain"][1].items():
+        assert torch.equal(runs["cached"][1][k], v), k
+
+
 def test_streamed_pixel_metrics_match_exact(bench):
     model = build_tiny()
     test = list_split(bench, "Liver", "test")

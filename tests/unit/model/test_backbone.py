@@ -37,7 +37,7 @@ def test_taps_are_raw_residual_stream_and_global_is_ln_post_cls(tiny):
             h = block(h)
             if i in tiny.config.features_list:
                 torch.testing.assert_close(next(taps), h[:, 1:])
-        torch.testing.assert_close(glob, visual.ln_post(h[:, 0]) @ visual.proj)
+        torch.testing.assert_close(glob, visual.ln_post(h[:, 0]) @ tiny.backbone.proj)
 
 
 def test_real_architecture_shapes():
@@ -70,3 +70,16 @@ def test_architecture_dims_and_unknown_model():
     )
     with pytest.raises(UserError, match="--model_name 'nope'"):
         Architecture.from_name("nope")
+
+
+def test_features_of_an_image_do_not_depend_on_its_batch(tiny):
+    """Bit for bit: what the feature cache relies on to equal --no_cache (docs/model.md)."""
+    x = torch.rand(16, 3, 64, 64)
+    patch, glob = tiny.features(x)
+    for n in (1, 3, 5, 7, 8, 13):
+        part = tiny.features(x[16 - n :])
+        assert torch.equal(part[0], patch[:, 16 - n :]) and torch.equal(part[1], glob[16 - n :])
+    # a plain (B, Dv) @ proj is not batch-invariant on this CPU: that is why proj goes row-wise
+    pooled = torch.randn(16, tiny.backbone.proj.shape[0])
+    rowwise = torch.cat([r @ tiny.backbone.proj for r in pooled.split(1)])
+    assert torch.equal(rowwise[:1], pooled[:1] @ tiny.backbone.proj)
