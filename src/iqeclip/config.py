@@ -293,7 +293,7 @@ class RunConfig:
         obj: target dataset name (``Brain``, ``Liver``, ...; ``custom`` for your own folders).
         data_path: folder holding the ``<Name>_AD`` datasets.
         setting: ``zero`` or ``few`` (set by the command, not an option).
-        shot: K for few-shot.
+        shot: K for few-shot (testing: must be the checkpoint's; None takes it).
         iterate: few-shot support: ``0`` reads the ``<K>-shot.txt`` list, ``-1`` draws with the seed.
         fewshot_seed_dir: where ``<Name>/<K>-shot.txt`` lists live (default: see the data docs).
         batch_size: training batch size (evaluation uses twice this).

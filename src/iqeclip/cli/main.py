@@ -106,6 +106,8 @@ def cmd_test(command: str, values: Values) -> Path | None:
     from iqeclip.inference.test import test
 
     run = _run_config(command, values["run"])
+    if "shot" not in values["run"]:
+        run.shot = None  # the checkpoint's
     test(values["model"], run)
     return Path(run.report_dir) if run.report_dir else None
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from iqeclip.data.layout import Sample
 from iqeclip.data.readers import (
@@ -204,6 +204,7 @@ def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
         _check_dims(what, path, width, height)
         try:
             im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # sizes as the readers see the image
         except Exception as exc:  # truncated data, broken chunks, decoder errors
             raise _Bad(what, path, f"truncated or corrupt {fmt} data: {first_line(exc)}") from None
         yield im

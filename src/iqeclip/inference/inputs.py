@@ -35,6 +35,7 @@ from iqeclip.data.readers import (
     slice_to_uint8_rgb,
 )
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
+from iqeclip.data.readers.pil import open_image
 from iqeclip.data.validate import Skipped
 from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
@@ -201,8 +202,7 @@ def read_items(
     found = kind(path)
     if found == "image" and reading.intensity == DEFAULT_INTENSITY and _one_page(path):
         tensor = model_input(path, None, size, reading)  # load_image: the BMAD pre-processing
-        with Image.open(path) as im:
-            display = np.asarray(im.convert("RGB"))
+        display = np.asarray(open_image(path, "image").convert("RGB"))  # EXIF-upright
         yield Item(stem, path, None, display, tensor)
         return
     if found == "series":

@@ -34,6 +34,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     report_dir = Path(run.report_dir) if run.report_dir else None
     refuse_overwrite(run, metrics_json, report_dir / "metrics.json" if report_dir else None)
     stored, _, meta = read_checkpoint(run.ckpt_path)  # a bad checkpoint stops before any work
+    run = _trained_like(run, meta.get("run", {}))
     img_size = model_overrides.get("img_size", stored.img_size)
     log = RunLog(run.log_path)
     try:
@@ -76,3 +77,26 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         return metrics
     finally:
         log.close()
+
+
+def _trained_like(run: RunConfig, trained: dict[str, Any]) -> RunConfig:
+    """Refuse a test whose setting or ``--shot`` is not the checkpoint's (the metrics record
+    would name a protocol that did not produce them); ``shot=None`` takes the checkpoint's."""
+    setting = trained.get("setting")
+    if setting is not None and setting != run.setting:
+        how = "zero-shot" if setting == "zero" else f"few-shot ({trained.get('shot')}-shot)"
+        raise UserError(
+            f"{run.ckpt_path} was trained {how}: test it with test-{setting}, not "
+            f"test-{run.setting}"
+        )
+    shot = trained.get("shot")
+    if run.setting != "few":
+        return run
+    if run.shot is None:
+        return dataclasses.replace(run, shot=shot if shot is not None else 0)
+    if shot is not None and run.shot != shot:
+        raise UserError(
+            f"--shot {run.shot}: {run.ckpt_path} was trained {shot}-shot (leave --shot out, or "
+            f"pass --shot {shot})"
+        )
+    return run

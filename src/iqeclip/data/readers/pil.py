@@ -1,5 +1,7 @@
 """PIL images (PNG, JPEG, BMP, TIFF, incl. 16-bit): the model's reference input and masks.
 
+Every image and mask is first turned upright by its EXIF orientation (``ImageOps.exif_transpose``:
+a phone JPEG with orientation 6 is read as viewers show it, so masks drawn on it line up).
 The reference pre-processing is PIL's bicubic resize of the 8-bit RGB image followed by a division
 by 255 (bit-exact with ``transforms.Resize((size, size), BICUBIC)`` + ``ToTensor()``); no
 mean/std normalisation is applied here.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from iqeclip.data.readers.base import Slice
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
@@ -51,10 +53,12 @@ def check_size(size: int) -> None:
 
 
 def open_image(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image; any failure becomes a :class:`UserError`."""
+    """Open and fully decode an image, turned upright by its EXIF orientation (as every viewer
+    shows it); any failure becomes a :class:`UserError`."""
     try:
         with Image.open(path) as im:
             im.load()  # force decoding so that truncated files fail here
+            ImageOps.exif_transpose(im, in_place=True)
             return im.copy()
     except FileNotFoundError:
         raise UserError(f"cannot read {what} {path}: no such file") from None
@@ -174,7 +178,9 @@ def _pages(path: Path) -> list[Image.Image]:
             for page in range(1, int(getattr(im, "n_frames", 1))):
                 im.seek(page)
                 im.load()
-                pages.append(im.copy())
+                upright = im.copy()
+                ImageOps.exif_transpose(upright, in_place=True)
+                pages.append(upright)
     except Exception as exc:  # a broken later page is a problem with the user's file
         raise UserError(f"cannot read image {path}: page {page}: {first_line(exc)}") from None
     return pages

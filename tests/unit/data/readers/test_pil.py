@@ -273,3 +273,40 @@ def test_slice_to_uint8_rgb() -> None:
     assert not slice_to_uint8_rgb(zeros, 16).any()
     with pytest.raises(UserError):
         slice_to_uint8_rgb(zeros, 0)
+
+
+def test_exif_orientation_applied_by_every_reader(tmp_path):
+    """A scan stored sideways with EXIF orientation 6 (display: rotate 90 degrees clockwise) is
+    read upright everywhere, so a mask drawn as viewers show the image lines up with it."""
+    from iqeclip.data.layout import Sample
+    from iqeclip.data.readers import load_mask, model_input, read_wide_image
+    from iqeclip.data.validate import check_sample
+
+    upright = np.zeros((20, 30), np.uint8)
+    upright[2:6, 20:28] = 255  # a lesion in the top right corner, as a viewer shows it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.rot90(upright, k=1)  # the sensor's order: 30 rows x 20 columns
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.ascontiguousarray(stored)).save(image, exif=exif)
+    jpeg = tmp_path / "scan.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(jpeg, exif=exif, quality=95)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(upright).save(mask)  # drawn upright: 30 wide, 20 high
+
+    assert read_wide_image(image)[0].image.shape == (20, 30)
+    np.testing.assert_array_equal(read_wide_image(image)[0].image * 255, upright)
+    want = torch.from_numpy(
+        np.asarray(Image.fromarray(upright).convert("RGB").resize((16, 16), Image.BICUBIC))
+    ).permute(2, 0, 1)
+    assert torch.equal(load_image(image, 16), want)
+    assert torch.equal(model_input(image, None, 16), want)
+    assert torch.equal(
+        load_mask(mask, 16),
+        torch.from_numpy(
+            np.asarray(Image.fromarray(upright).resize((16, 16), Image.NEAREST)) > 127
+        ),
+    )
+    check_sample(Sample(image, 1, mask), 16)  # sizes agree once upright
+    check_sample(Sample(jpeg, 1, mask), 16)
+    assert load_image(jpeg, 16)[:, 2, 13].float().mean() > 128  # the lesion is top right
