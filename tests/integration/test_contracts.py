@@ -29,3 +29,30 @@ def test_test_runs_the_checkpoints_protocol(bench, checkpoint, tmp_path, capsys)
     capsys.readouterr()
     err = _error(["test-zero", *no_shot[1:]], capsys)
     assert "was trained few-shot (2-shot): test it with test-few, not test-zero" in err
+
+
+def test_numeric_bounds_checked_before_any_work(bench, tmp_path, capsys):
+    import pytest
+
+    from iqeclip.config import RunConfig
+    from iqeclip.errors import UserError
+    from tests.integration.conftest import output_argv, train_few_argv
+
+    out = tmp_path / "ck"
+    for flags, message in (
+        (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+        (["--batch_size", "-3"], "--batch_size must be at least 1, got -3"),
+        (["--learning_rate", "-1"], "--learning_rate must be greater than 0, got -1.0"),
+        (["--epoch", "0"], "--epochs must be at least 1, got 0"),
+        (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+        (["--margin", "-1"], "--margin must be at least 0, got -1"),
+    ):
+        err = _error([*train_few_argv(bench, 1), *flags, *output_argv(out)], capsys)
+        assert message in err, (flags, err)
+    assert not out.exists()  # no checkpoint, not even the folder or the log
+    err = _error(
+        ["calibrate", "--ckpt_path", "x.pth", "--normal", ".", "--target_fpr", "1"], capsys
+    )
+    assert "--target_fpr must be in [0, 1), got 1.0" in err
+    with pytest.raises(UserError, match="--save_every must be at least 1"):
+        RunConfig(save_every=0)  # the Python API checks the same bounds

@@ -297,7 +297,7 @@ def test_exif_orientation_applied_by_every_reader(tmp_path):
     assert read_wide_image(image)[0].image.shape == (20, 30)
     np.testing.assert_array_equal(read_wide_image(image)[0].image * 255, upright)
     want = torch.from_numpy(
-        np.asarray(Image.fromarray(upright).convert("RGB").resize((16, 16), Image.BICUBIC))
+        np.array(Image.fromarray(upright).convert("RGB").resize((16, 16), Image.BICUBIC))
     ).permute(2, 0, 1)
     assert torch.equal(load_image(image, 16), want)
     assert torch.equal(model_input(image, None, 16), want)

@@ -17,12 +17,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iqeclip.config.option import Checked, Option, check_bounds, option_of
 from iqeclip.errors import UserError
+
+__all__ = [
+    "BenchmarkConfig",
+    "CalibrateConfig",
+    "Checked",
+    "DemoConfig",
+    "ModelConfig",
+    "Option",
+    "PredictConfig",
+    "ReportConfig",
+    "RunConfig",
+    "SynthConfig",
+    "cache_home",
+    "check_bounds",
+    "default_cache_dir",
+    "option_of",
+    "parse_features_list",
+]
 
 # Fields that change the trainable state or the computation; a checkpoint must agree on all of
 # them. ``pretrain`` is left out on purpose: the same weights can be named by a tag or a file.
@@ -39,45 +57,6 @@ ARCHITECTURE_FIELDS = (
     "iqm_layers",
     "iqm_heads",
 )
-
-
-@dataclass(frozen=True)
-class Option:
-    """How a dataclass field appears on the command line.
-
-    Attributes:
-        help: the help text (``(default X)`` is appended from the field's default).
-        aliases: other flag names (``epoch`` for ``epochs``, ``lr`` for ``learning_rate``).
-        flag: the flag's name when it differs from the field's (``normal`` for ``normal_dir``).
-        choices: allowed values.
-        negation: a flag that sets the field to False (bool) or None (``no_cache``).
-        nargs: ``+`` for list values; ``*`` for positional inputs.
-        parse: converts the parsed strings (e.g. ``6 12 18 24`` or ``[6,12,18,24]``).
-        positional: a positional argument rather than a flag.
-    """
-
-    help: str
-    aliases: tuple[str, ...] = ()
-    flag: str | None = None
-    choices: tuple[str, ...] | None = None
-    negation: str | None = None
-    nargs: str | None = None
-    parse: Callable[[Any], Any] | None = None
-    positional: bool = False
-
-    def __call__(self, default: Any = None, **changes: Any) -> Any:
-        """A dataclass field with this option and ``default`` (``changes`` adapt the help)."""
-        option = dataclasses.replace(self, **changes) if changes else self
-        if isinstance(default, list):
-            return dataclasses.field(
-                default_factory=lambda: list(default), metadata={"option": option}
-            )
-        return dataclasses.field(default=default, metadata={"option": option})
-
-
-def option_of(field: dataclasses.Field) -> Option | None:
-    """The :class:`Option` of a dataclass field, or None for fields that are not options."""
-    return field.metadata.get("option")
 
 
 def parse_features_list(tokens: Any) -> list[int] | None:
@@ -119,11 +98,13 @@ PRECISION = Option(
 )
 OBJ = Option("target dataset")
 DATA_PATH = Option("folder with the <Name>_AD datasets")
-BATCH_SIZE = Option("batch size")
+BATCH_SIZE = Option("batch size", minimum=1)
 SEED = Option("random seed")
 DEVICE = Option("auto | cpu | cuda | cuda:N")
-SHOT = Option("K: abnormal and normal support images each")
-LEARNING_RATE = Option("learning rate (0.01 for the temperature)", aliases=("lr",))
+SHOT = Option("K: abnormal and normal support images each", minimum=1)
+LEARNING_RATE = Option(
+    "learning rate (0.01 for the temperature)", aliases=("lr",), minimum=0, above=True
+)
 OVERWRITE = Option("replace existing outputs")
 ON_BAD_INPUT = Option(
     "error: stop before any work at the first unusable file; skip: leave such files out, count "
@@ -144,7 +125,9 @@ PERCENTILE = Option(
 )
 AXIS = Option(
     "slicing axis 0, 1 or 2 of NIfTI volumes (of the --orientation array; canonical RAS+: 0 "
-    "sagittal, 1 coronal, 2 axial slices)"
+    "sagittal, 1 coronal, 2 axial slices)",
+    minimum=0,
+    maximum=2,
 )
 ORIENTATION = Option(
     "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
@@ -155,8 +138,10 @@ MANIFEST = Option(
     "CSV file with columns path,label,mask (+ split, slice): images, DICOM files or series "
     "folders, NIfTI volumes with image masks or label volumes (docs/workflows.md)"
 )
-MIN_LESION_PX = Option("manifest volumes: labelled pixels that make a slice abnormal")
-MARGIN = Option("manifest volumes: leave out normal slices within this many slices of a lesion")
+MIN_LESION_PX = Option("manifest volumes: labelled pixels that make a slice abnormal", minimum=1)
+MARGIN = Option(
+    "manifest volumes: leave out normal slices within this many slices of a lesion", minimum=0
+)
 VOLUME_SCORE = Option(
     "a volume's score from its slice scores: max, or topk:K, the mean of the K highest"
 )
@@ -166,7 +151,7 @@ SETTING = Option(
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """What a detector is made of.
 
     Attributes:
@@ -189,14 +174,14 @@ class ModelConfig:
 
     model_name: str = MODEL_NAME("ViT-L-14-336")
     pretrain: str = PRETRAIN("openai")
-    img_size: int = Option("input side in pixels")(240)
+    img_size: int = Option("input side in pixels", minimum=8)(240)
     features_list: list[int] | None = Option(
         "1-based tapped blocks, '6 12 18 24' or '[6,12,18,24]' (None: the quartile blocks)",
         nargs="+",
         parse=parse_features_list,
     )(None)
-    prompt_len: int = Option("class-based prompting tokens")(2)
-    deep_prompt_len: int = Option("learnable text prompt slots")(1)
+    prompt_len: int = Option("class-based prompting tokens", minimum=1)(2)
+    deep_prompt_len: int = Option("learnable text prompt slots", minimum=1)(1)
     total_d_layer_len: int | None = Option(
         "deep text prompt layers: 0 or text layers - 1 (None: text layers - 1)"
     )(None)
@@ -213,9 +198,14 @@ class ModelConfig:
         "input normalisation: none (pixels in [0,1], the paper) or clip mean/std",
         choices=("none", "clip"),
     )("none")
-    iqm_layers: int = Option("IQM depth")(4)
-    iqm_heads: int = Option("IQM attention heads")(8)
-    dropout: float = Option("IQM dropout while training (0.0 is the published computation)")(0.0)
+    iqm_layers: int = Option("IQM depth", minimum=1)(4)
+    iqm_heads: int = Option("IQM attention heads", minimum=1)(8)
+    dropout: float = Option(
+        "IQM dropout while training (0.0 is the published computation)",
+        minimum=0,
+        maximum=1,
+        below=True,
+    )(0.0)
     precision: str = PRECISION("fp32")
 
     def resolved(self, vision_layers: int, text_layers: int) -> ModelConfig:
@@ -250,17 +240,11 @@ class ModelConfig:
                 f"--total_d_layer_len must be 0 or {text_layers - 1} (text layers - 1) for "
                 f"{cfg.model_name}, got {cfg.total_d_layer_len}"
             )
-        for name in ("prompt_len", "deep_prompt_len", "iqm_layers", "iqm_heads"):
-            if getattr(cfg, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-        if cfg.img_size < 8:
-            raise UserError(f"--img_size must be at least 8, got {cfg.img_size}")
+        check_bounds(cfg)
         if cfg.normalize not in ("none", "clip"):
             raise UserError(f"--normalize must be 'none' or 'clip', got {cfg.normalize!r}")
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise UserError(f"--precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,7 +270,7 @@ class ModelConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Checked):
     """Everything about a training or test run that is not the model.
 
     Attributes:
@@ -337,11 +321,11 @@ class RunConfig:
         "folder of <Name>/<K>-shot.txt (None: <data_path>/fewshot_seed, then ./dataset/fewshot_seed)"
     )(None)
     batch_size: int = BATCH_SIZE(16)
-    epochs: int = Option("epochs", aliases=("epoch",))(50)
+    epochs: int = Option("epochs", aliases=("epoch",), minimum=1)(50)
     learning_rate: float = LEARNING_RATE(1e-4)
     seed: int = SEED(42)
     device: str = DEVICE("auto")
-    workers: int | None = Option("DataLoader workers (None: 4 on CUDA, 0 on CPU)")(None)
+    workers: int | None = Option("DataLoader workers (None: 4 on CUDA, 0 on CPU)", minimum=0)(None)
     select: str | None = Option(
         "checkpoint selection (None: source-val zero-shot, last few-shot; target-test is the "
         "published, optimistic protocol)",
@@ -359,7 +343,9 @@ class RunConfig:
     cache_dtype: str = Option(
         "cache entries in fp32 (exact) or fp16 (half the disk)", choices=("fp32", "fp16")
     )("fp32")
-    cache_budget_gb: float = Option("use the cache only if its size estimate fits (GB)")(50.0)
+    cache_budget_gb: float = Option("use the cache only if its size estimate fits (GB)", minimum=0)(
+        50.0
+    )
     normal_dir: str | None = Option("folder of normal support images", flag="normal")(None)
     abnormal_dir: str | None = Option("folder of abnormal support images", flag="abnormal")(None)
     masks_dir: str | None = Option(
@@ -369,7 +355,9 @@ class RunConfig:
         "write scores, example maps and an HTML/markdown report to this folder", flag="report"
     )(None)
     resume: bool = Option("continue an interrupted run from its saved training state")(False)
-    save_every: int = Option("save the training state every N steps, and at each epoch end")(50)
+    save_every: int = Option(
+        "save the training state every N steps, and at each epoch end", minimum=1
+    )(50)
     on_bad_input: str = ON_BAD_INPUT("error")
     manifest: str | None = MANIFEST(None)
     min_lesion_px: int = MIN_LESION_PX(1)
@@ -381,7 +369,7 @@ class RunConfig:
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(Checked):
     """``iqeclip predict``: score your own images, DICOM series and NIfTI volumes."""
 
     ckpt_path: str | None = CKPT_PATH(None)
@@ -415,7 +403,7 @@ class PredictConfig:
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(Checked):
     """``iqeclip calibrate``: choose decision thresholds and store them in the checkpoint."""
 
     ckpt_path: str | None = CKPT_PATH(None)
@@ -424,7 +412,9 @@ class CalibrateConfig:
         None, help="folder with <Name>_AD datasets: calibrate on --obj's valid split"
     )
     obj: str | None = OBJ(None, help="dataset name for --data_path")
-    target_fpr: float = Option("false-positive rate allowed on normal calibration images")(0.05)
+    target_fpr: float = Option(
+        "false-positive rate allowed on normal calibration images", minimum=0, maximum=1, below=True
+    )(0.05)
     f1: bool = Option("maximise F1 on the labelled valid split instead of --target_fpr")(False)
     manifest: str | None = MANIFEST(
         None,
@@ -445,26 +435,26 @@ class CalibrateConfig:
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(Checked):
     """``iqeclip synth``: write the synthetic benchmark."""
 
     out: str | None = OUT(None)
-    size: int = Option("test images per class and dataset")(12)
+    size: int = Option("test images per class and dataset", minimum=1)(12)
     seed: int = SEED(0)
     image_size: int = Option("image side in pixels")(128)
     overwrite: bool = OVERWRITE(False, help="rewrite the datasets in a non-empty folder")
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(Checked):
     """``iqeclip report``: rebuild the report of a test run folder."""
 
     run_dir: list[str] = Option("folder written by test-* --report", positional=True, nargs="*")([])
-    top_k: int = Option("highest- and lowest-scoring examples to show")(8)
+    top_k: int = Option("highest- and lowest-scoring examples to show", minimum=0)(8)
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Checked):
     """``iqeclip demo``: the paper's main job on the synthetic benchmark."""
 
     obj: str = OBJ("Brain")
@@ -472,8 +462,8 @@ class DemoConfig:
     data_path: str | None = DATA_PATH(
         None, help="benchmark folder (None: the synthetic benchmark in ~/.cache/iqeclip)"
     )
-    zero_epochs: int = Option("zero-shot epochs")(5)
-    few_epochs: int = Option("few-shot epochs")(15)
+    zero_epochs: int = Option("zero-shot epochs", minimum=1)(5)
+    few_epochs: int = Option("few-shot epochs", minimum=1)(15)
     learning_rate: float = LEARNING_RATE(
         1e-3,
         help="learning rate (a random-init backbone learns too slowly at the paper's 1e-4 for a "
@@ -486,10 +476,12 @@ class DemoConfig:
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(Checked):
     """``iqeclip benchmark``: speed as ratios to the bare backbone forward."""
 
     batch_size: int = BATCH_SIZE(8)
-    n_images: int = Option("images per measured quantity; rounds = n_images / batch_size")(32)
+    n_images: int = Option(
+        "images per measured quantity; rounds = n_images / batch_size", minimum=1
+    )(32)
     device: str = DEVICE("auto")
     seed: int = SEED(0)

@@ -1,0 +1,92 @@
+"""How an option is declared: an :class:`Option` in a dataclass field's metadata (help text,
+other spellings, choices, bounds), and the checks that every configuration runs when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from iqeclip.errors import UserError
+
+__all__ = ["Checked", "Option", "check_bounds", "option_of"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a dataclass field appears on the command line.
+
+    Attributes:
+        help: the help text (``(default X)`` is appended from the field's default).
+        aliases: other flag names (``epoch`` for ``epochs``, ``lr`` for ``learning_rate``).
+        flag: the flag's name when it differs from the field's (``normal`` for ``normal_dir``).
+        choices: allowed values.
+        negation: a flag that sets the field to False (bool) or None (``no_cache``).
+        nargs: ``+`` for list values; ``*`` for positional inputs.
+        parse: converts the parsed strings (e.g. ``6 12 18 24`` or ``[6,12,18,24]``).
+        positional: a positional argument rather than a flag.
+        minimum: the smallest allowed value (``above``: values must exceed it).
+        maximum: the largest allowed value (``below``: values must stay under it).
+    """
+
+    help: str
+    aliases: tuple[str, ...] = ()
+    flag: str | None = None
+    choices: tuple[str, ...] | None = None
+    negation: str | None = None
+    nargs: str | None = None
+    parse: Callable[[Any], Any] | None = None
+    positional: bool = False
+    minimum: float | None = None
+    above: bool = False
+    maximum: float | None = None
+    below: bool = False
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise a one-line :class:`UserError` naming the flag if ``value`` is out of bounds."""
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        low, high = self.minimum, self.maximum
+        bad = (low is not None and (value <= low if self.above else value < low)) or (
+            high is not None and (value >= high if self.below else value > high)
+        )
+        if not bad:
+            return
+        flag = f"--{self.flag or name}"
+        if low is not None and high is not None:
+            span = f"in {'(' if self.above else '['}{low:g}, {high:g}{')' if self.below else ']'}"
+        elif low is not None:
+            span = f"greater than {low:g}" if self.above else f"at least {low:g}"
+        else:
+            span = f"below {high:g}" if self.below else f"at most {high:g}"
+        raise UserError(f"{flag} must be {span}, got {value}")
+
+    def __call__(self, default: Any = None, **changes: Any) -> Any:
+        """A dataclass field with this option and ``default`` (``changes`` adapt the help)."""
+        option = dataclasses.replace(self, **changes) if changes else self
+        if isinstance(default, list):
+            return dataclasses.field(
+                default_factory=lambda: list(default), metadata={"option": option}
+            )
+        return dataclasses.field(default=default, metadata={"option": option})
+
+
+def option_of(field: dataclasses.Field) -> Option | None:
+    """The :class:`Option` of a dataclass field, or None for fields that are not options."""
+    return field.metadata.get("option")
+
+
+def check_bounds(config: Any) -> None:
+    """Check every numeric option of a configuration against its declared bounds."""
+    for field in dataclasses.fields(config):
+        option = option_of(field)
+        if option is not None:
+            option.check(field.name, getattr(config, field.name))
+
+
+class Checked:
+    """Mixin: a configuration dataclass whose options are checked when it is made."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
