@@ -93,7 +93,13 @@ def test_brats_style_manifest_end_to_end(tmp_path, capsys):
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
     rows = _rows(predicted / "predictions.csv")
-    assert len(rows) == SHAPE[2] and all(r["outputs"].endswith("_mask.png") for r in rows)
+    assert len(rows) == SHAPE[2]
+    assert [r["outputs"] for r in rows[:-1]] == [f"p05_flair_s{k:03d}_mask.png" for k in range(5)]
+    assert rows[-1]["outputs"].split(";") == [
+        "p05_flair_s005_mask.png",
+        "p05_flair_anomaly.nii.gz",
+        "p05_flair_mask.nii.gz",
+    ]
     (row,) = _rows(predicted / "volumes.csv")
     score = max(float(r["score"]) for r in rows)
     assert float(row["score"]) == pytest.approx(score, abs=1e-6)

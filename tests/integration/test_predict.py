@@ -30,7 +30,9 @@ def test_predict_images_folder_with_masks(bench, checkpoint, tmp_path, capsys):
     big = Image.open(next((inputs / "nested").iterdir())).resize((100, 80))
     big.save(inputs / "wide image.png")
     out = tmp_path / "out"
-    masks = bench / "Brain_AD" / "test" / "Ungood" / "anomaly_mask"
+    masks = tmp_path / "masks"  # every input needs its mask (of its size) with --masks
+    shutil.copytree(bench / "Brain_AD" / "test" / "Ungood" / "anomaly_mask", masks)
+    Image.new("L", (100, 80)).save(masks / "wide image.png")
     argv = predict_argv(checkpoint, inputs, out=out)
     assert main([*argv, "--masks", str(masks), "--batch_size", "3"]) == 0
     assert "no calibrated threshold" in capsys.readouterr().out

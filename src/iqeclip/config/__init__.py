@@ -398,7 +398,12 @@ class PredictConfig(Checked):
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
     device: str = DEVICE("auto")
     setting: str | None = SETTING(None)
-    overwrite: bool = OVERWRITE(False, help="replace the outputs of an earlier run in --out")
+    overwrite: bool = OVERWRITE(
+        False, help="remove the outputs an earlier run listed in --out/predictions.csv, then run"
+    )
+    resume: bool = Option("continue an interrupted predict run in --out: score what is missing")(
+        False
+    )
     on_bad_input: str = ON_BAD_INPUT("error")
 
 

@@ -336,7 +336,7 @@ def _check(sample: Sample, masks_expected: bool) -> None:
         _check_slice(sample, masks_expected)
         return
     image = Path(sample.image)
-    if kind(image) in ("dicom", "nifti"):  # read as predict reads them; the rest with PIL
+    if kind(image) in ("dicom", "nifti", "series"):  # read as predict reads them; else PIL
         width, height = _check_medical(image)
     else:
         with _decoded(image, "image") as im:

@@ -2,15 +2,17 @@
 
 The backbone is frozen and unmodified and the inputs are fixed (zero-shot has no augmentation,
 few-shot augmentation is deterministic), so the tapped patch tokens and the global embedding of
-an image never change. They are stored on disk, one memory-mappable ``.npy`` file per image,
+an image never change. They are stored on disk, one ``.bin`` file per image,
 under a folder named by a hash of everything that changes them:
 
 * the backbone: architecture, weights (a file by path, size and modification time), activation,
   input normalisation, vision-tower precision, image size and tapped blocks;
 * the image: a hash of the exact model input (the resized uint8 pixels, or the augmented floats).
 
-A foreign or stale entry therefore has another name and is never read; an entry of the wrong
-size (a file cut short by a crash cannot exist: entries are renamed into place) is recomputed.
+A foreign or stale entry therefore has another name and is never read. Each entry is the raw
+feature bytes followed by their 16-byte BLAKE2b checksum, written to a temporary file, fsynced and
+renamed into place; on reading, an entry of the wrong length (a zero-byte file) or with a wrong
+checksum (same-size garbage) is a counted miss and is recomputed and rewritten.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
-FORMAT = 1
+FORMAT = 2
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
+CHECKSUM_BYTES = 16
+
+
+def _checksum(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=CHECKSUM_BYTES).digest()
 
 
 def backbone_key(model: IQEClip) -> dict[str, Any]:
@@ -97,24 +104,22 @@ class FeatureCache:
         return self.entry_len * np.dtype(self.dtype).itemsize
 
     def _path(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.npy"
+        return self.dir / key[:2] / f"{key}.bin"
 
     def _load(self, key: str) -> np.ndarray | None:
-        path = self._path(key)
+        """An entry whose length and checksum are right, else None (a miss: it is rewritten)."""
         try:
-            entry = np.load(path, mmap_mode="r")
-        except (OSError, ValueError):
+            data = self._path(key).read_bytes()
+        except OSError:
             return None
-        if entry.shape != (self.entry_len,) or entry.dtype != self.dtype:
+        body, digest = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+        if len(body) != self.entry_bytes or _checksum(body) != digest:
             return None
-        return entry
+        return np.frombuffer(body, dtype=self.dtype)
 
     def _store(self, key: str, entry: np.ndarray) -> None:
-        def write(tmp: Path) -> None:
-            with tmp.open("wb") as f:
-                np.save(f, entry)
-
-        atomic_write(self._path(key), write)
+        body = np.ascontiguousarray(entry, dtype=self.dtype).tobytes()
+        atomic_write(self._path(key), lambda tmp: tmp.write_bytes(body + _checksum(body)), True)
 
     def features(
         self, images: torch.Tensor, device: torch.device

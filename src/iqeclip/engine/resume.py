@@ -82,7 +82,7 @@ def save_state(
         "settings": settings,
     }
     metadata = {"meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), durable=True)
 
 
 def load_state(

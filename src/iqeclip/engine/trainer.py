@@ -34,6 +34,7 @@ from iqeclip.model.detector import IQEClip
 from iqeclip.model.losses import iqe_loss
 from iqeclip.runtime import distributed
 from iqeclip.runtime.device import resolve_device, seed_everything
+from iqeclip.runtime.files import check_writable
 
 logger = logging.getLogger(__name__)
 Select = Literal["last", "source-val", "target-test"]
@@ -143,6 +144,15 @@ def private_generator(seed: int) -> torch.Generator:
 def checkpoint_path(run: RunConfig) -> Path:
     name = f"{run.obj}.pth" if run.setting == "zero" else f"{run.obj}_{run.shot}.pth"
     return Path(run.save_dir).expanduser() / name
+
+
+def check_outputs(run: RunConfig, training: bool) -> None:
+    """Every location the run will write, checked before any work (one line naming the flag)."""
+    if training:
+        check_writable("--save_dir", run.save_dir, folder=True)
+    check_writable("--log_path", run.log_path)
+    check_writable("--metrics_json", run.metrics_json)
+    check_writable("--report", run.report_dir, folder=True)
 
 
 def refuse_overwrite(run: RunConfig, *paths: Path | None) -> None:

@@ -42,7 +42,14 @@ from iqeclip.engine.sources import (
     test_set,
     with_reading,
 )
-from iqeclip.engine.trainer import BadInputs, RunLog, Select, Trainer, private_generator
+from iqeclip.engine.trainer import (
+    BadInputs,
+    RunLog,
+    Select,
+    Trainer,
+    check_outputs,
+    private_generator,
+)
 from iqeclip.errors import UserError
 
 EVALS_PER_EPOCH = 5  # zero-shot: evaluate before each fifth of an epoch, as published
@@ -76,6 +83,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
     select: Select = run.select or "source-val"
     if select not in ("last", "source-val", "target-test"):
         raise UserError(f"--select {select!r} must be last, source-val or target-test")
+    check_outputs(run, training=True)
     log = RunLog(run.log_path)
     try:
         bad = BadInputs(run.on_bad_input, model_cfg.img_size)
@@ -166,6 +174,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         raise UserError(
             f"--select {select!r}: few-shot training supports last or target-test (no source data)"
         )
+    check_outputs(run, training=True)
     log = RunLog(run.log_path)
     try:
         bad = BadInputs(run.on_bad_input, model_cfg.img_size)

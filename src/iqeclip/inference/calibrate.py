@@ -30,6 +30,7 @@ from iqeclip.inference.thresholds import calibrate, describe
 from iqeclip.model.checkpoint import update_checkpoint_meta
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device
+from iqeclip.runtime.files import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def calibrate_checkpoint(
         raise UserError(
             "calibrate needs one source: --normal DIR, both --data_path and --obj, or --manifest"
         )
+    check_writable("--ckpt_path", ckpt_path)  # the thresholds are stored in it
     rule = "f1" if f1 else "target_fpr"
     if f1 and normal is not None:
         raise UserError("--f1 needs labelled data (--data_path and --obj, or --manifest)")

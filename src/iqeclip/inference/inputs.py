@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from iqeclip.data.layout import Sample
 from iqeclip.data.readers import (
     DEFAULT_READING,
     DICOM_SUFFIXES,
@@ -36,7 +37,7 @@ from iqeclip.data.readers import (
 )
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
 from iqeclip.data.readers.pil import open_image
-from iqeclip.data.validate import Skipped
+from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
@@ -78,12 +79,21 @@ class Item:
     series_uid: str = ""
 
 
-def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
+def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
     """Files and DICOM series folders to read, in a stable order.
 
     A folder is searched recursively: images and NIfTI files are taken one by one, and every
-    folder holding DICOM files is one input (:func:`read_items` splits it by series).
+    folder holding DICOM files is one input (:func:`read_items` splits it by series). The
+    ``exclude`` folder (predict's ``--out``) is not searched, so an earlier run's outputs are
+    never read back as inputs.
     """
+    skip = Path(exclude).resolve() if exclude is not None else None
+
+    def wanted(p: Path) -> bool:
+        if not p.is_file() or p.name.startswith("."):
+            return False
+        return skip is None or not p.resolve().is_relative_to(skip)
+
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -91,9 +101,7 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
             found.append(path)
         elif path.is_dir():
             series: set[Path] = set()
-            for f in sorted(
-                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-            ):
+            for f in sorted(p for p in path.rglob("*") if wanted(p)):
                 found_kind = kind(f)
                 if found_kind in ("image", "nifti"):
                     found.append(f)
@@ -105,6 +113,44 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     if not found:
         raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
     return found
+
+
+def check_inputs(
+    paths: Sequence[Path], masks: Path | None, size: int, policy: str
+) -> tuple[list[Path], list[Skipped]]:
+    """The checks training applies, run over every predict input before the first batch.
+
+    Each input is checked as :func:`~iqeclip.data.validate.check_sample` checks a training
+    image (header size first, then one decode: too small, too large, corrupt, unreadable); with
+    ``masks`` each 2-D image needs its mask there, of its size and binary. DICOM series folders
+    are read whole under ``error`` (the first bad file stops the run); under ``skip`` their bad
+    files are left out one by one while scoring.
+
+    Returns:
+        The usable inputs in order, and the skipped ones (empty under ``error``).
+
+    Raises:
+        UserError: Under ``error``, the first unusable input or mask.
+    """
+    good: list[Path] = []
+    skipped: list[Skipped] = []
+    for path in paths:
+        if policy == "skip" and kind(path) == "series":
+            good.append(path)
+            continue
+        mask = masks / path.name if masks is not None and kind(path) == "image" else None
+        if mask is not None and not mask.is_file():
+            reason = f"no mask {mask.name} in --masks {masks}"
+            if policy == "error":
+                raise UserError(
+                    f"image {path}: {reason} (--on_bad_input skip leaves such inputs out)"
+                )
+            skipped.append(Skipped(path, reason))
+            continue
+        usable, bad = validate_samples([Sample(path, 0, mask)], size, policy)
+        good += [s.image for s in usable]
+        skipped += bad
+    return good, skipped
 
 
 def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:

@@ -33,21 +33,23 @@ from iqeclip.data.readers import (
     load_mask,
 )
 from iqeclip.data.readers.nifti import to_source_order
-from iqeclip.data.validate import Skipped, write_skipped
+from iqeclip.data.validate import write_skipped
 from iqeclip.errors import UserError
 from iqeclip.inference.inputs import (
     Item,
+    check_inputs,
     checkpoint_reading,
     expand_inputs,
     scored_items,
     unique_stems,
 )
+from iqeclip.inference.outputs import Partial, guard
 from iqeclip.inference.thresholds import describe
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.heatmaps import draw_contour, overlay
 from iqeclip.runtime import distributed
 from iqeclip.runtime.device import resolve_device
-from iqeclip.runtime.files import atomic_write, atomic_write_text
+from iqeclip.runtime.files import atomic_write, atomic_write_text, check_writable
 
 CSV_COLUMNS = (
     "path",
@@ -63,7 +65,8 @@ CSV_COLUMNS = (
 )
 """``path`` is the input (a series folder; ``<folder>#<SeriesInstanceUID>`` for one of several
 series in a folder), ``source`` the file the row came from (a DICOM slice's own file), the UIDs
-are empty for non-DICOM rows and ``outputs`` lists the files written for the row (``;``)."""
+are empty for non-DICOM rows and ``outputs`` lists the files written for the row (``;``); the row
+of the slice that completed a volume also lists the volume's NIfTI files."""
 VOLUME_COLUMNS = ("path", "n_slices", "score", "decision", "threshold", "abnormal_slices")
 OUTPUTS = ("overlay", "map", "npy", "mask")  # what predict can write per slice
 DEFAULT_OUTPUTS = ("overlay", "map", "npy")  # and mask, when the checkpoint has a pixel threshold
@@ -96,6 +99,8 @@ def _save_nifti(path: Path, data: np.ndarray, volume: dict[str, Any], dtype: typ
     try:
         image.to_filename(str(tmp))
         tmp.replace(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -197,10 +202,14 @@ class _Writer:
             plane[volume["axis"]] = index
             data[tuple(plane)] = amap
         data = to_source_order(data, volume)
-        _save_nifti(self.out / f"{volume['stem']}_anomaly.nii.gz", data, volume, np.float32)
+        written = [f"{volume['stem']}_anomaly.nii.gz"]
+        _save_nifti(self.out / written[0], data, volume, np.float32)
         if "mask" in self.outputs:
             mask = (data >= self.pixel_threshold).astype(np.uint8)
-            _save_nifti(self.out / f"{volume['stem']}_mask.nii.gz", mask, volume, np.uint8)
+            written.append(f"{volume['stem']}_mask.nii.gz")
+            _save_nifti(self.out / written[1], mask, volume, np.uint8)
+        last = self.rows[-1]  # the row of the slice that completed the volume lists them too
+        last["outputs"] = ";".join(filter(None, [last["outputs"], *written]))
 
     def write_volumes(
         self, volume_score: Callable[[np.ndarray], float], volume_threshold: float | None
@@ -287,6 +296,7 @@ def predict(
     on_bad_input: str = "error",
     outputs: str | None = None,
     volume_score: str | None = None,
+    resume: bool = False,
 ) -> Path:
     """Score ``inputs`` with a checkpoint and write every output into ``out``.
 
@@ -299,12 +309,16 @@ def predict(
     decision of a volume applies the calibrated volume threshold, else the image threshold.
     The intensity rule is the checkpoint's unless ``window`` / ``percentile`` is given.
 
+    Before any work the output folder is checked (:func:`~iqeclip.inference.outputs.guard`) and
+    every input and mask is validated as training validates its images
+    (:func:`~iqeclip.inference.inputs.check_inputs`). Rows are kept as each input finishes, so
+    ``resume`` continues an interrupted run.
+
     Returns:
         The path of ``predictions.csv``.
     """
     out = Path(out)
-    if (out / "predictions.csv").exists() and not overwrite:
-        raise UserError(f"{out / 'predictions.csv'} exists; pass --overwrite to replace it")
+    check_writable("--out", out, folder=True)
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
     meta = model.meta
     reading = checkpoint_reading(meta, window, percentile, axis, orientation)
@@ -314,21 +328,35 @@ def predict(
     chosen = _outputs(outputs, pixel_threshold)
     volume_score, volume_threshold = _volume_rule(volume_score, thresholds)
     aggregate = volume_aggregate(volume_score)
+    paths = expand_inputs(inputs, exclude=out)
+    stems = unique_stems(paths)
+    guard(out, list(stems.values()), overwrite, resume)
+    masks = Path(masks) if masks else None
+    usable, skipped = check_inputs(paths, masks, model.config.img_size, on_bad_input)
     if thresholds:
         threshold, rule = thresholds["image"], describe(thresholds)
         say(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
     else:
         threshold, rule = None, ""
         say(f"{ckpt_path} has no calibrated threshold: writing scores only (see iqeclip calibrate)")
-    paths = expand_inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out, Path(masks) if masks else None, threshold, rule, chosen, pixel_threshold)
-    stems = unique_stems(paths)
-    mine = distributed.shard(paths)  # under torchrun each rank scores and writes its own inputs
-    skipped: list[Skipped] = []
+    writer = _Writer(out, masks, threshold, rule, chosen, pixel_threshold)
+    partial = Partial(out, CSV_COLUMNS)
+    writer.rows = partial.load() if resume else []
+    done = {r["_input"] for r in writer.rows}
+    if done:
+        say(f"--resume: {len(done)} inputs were scored before; scoring the rest")
+    # under torchrun each rank scores and writes its own inputs
+    mine = [p for p in distributed.shard(usable) if str(p) not in done]
     scored = scored_items(model, mine, setting, batch_size, reading, stems, skipped, on_bad_input)
+    current, first = None, len(writer.rows)
     for item, amap, score in scored:
+        if current is not None and item.source != current:  # the previous input is complete
+            partial.append(writer.rows[first:])
+            first = len(writer.rows)
+        current = item.source
         writer.write(item, amap, score)
+    partial.append(writer.rows[first:])
     csv_path = writer.write_csv({str(p): i for i, p in enumerate(paths)})
     volumes = writer.write_volumes(aggregate, volume_threshold)
     if volumes is not None:
@@ -340,6 +368,7 @@ def predict(
         say(
             f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / 'skipped_inputs.csv'}"
         )
+    partial.remove()
     say(
         f"{len(writer.rows)} predictions from {len(paths)} inputs written to {out} ({csv_path.name})"
     )

@@ -12,7 +12,14 @@ from iqeclip.config import RunConfig
 from iqeclip.engine.cache import open_cache
 from iqeclip.engine.evaluate import evaluate, write_metrics_json
 from iqeclip.engine.sources import run_manifest, test_set
-from iqeclip.engine.trainer import BadInputs, RunLog, record_fields, refuse_overwrite, workers_for
+from iqeclip.engine.trainer import (
+    BadInputs,
+    RunLog,
+    check_outputs,
+    record_fields,
+    refuse_overwrite,
+    workers_for,
+)
 from iqeclip.errors import UserError
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.model.checkpoint import read_checkpoint
@@ -30,6 +37,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     """
     if not run.ckpt_path:
         raise UserError("--ckpt_path is required")
+    check_outputs(run, training=False)
     metrics_json = Path(run.metrics_json) if run.metrics_json else None
     report_dir = Path(run.report_dir) if run.report_dir else None
     refuse_overwrite(run, metrics_json, report_dir / "metrics.json" if report_dir else None)

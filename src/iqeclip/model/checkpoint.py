@@ -56,7 +56,7 @@ def _write(
     path: Path, state: dict[str, torch.Tensor], config: ModelConfig, meta: dict[str, Any]
 ) -> Path:
     metadata = {"format": FORMAT, "config": json.dumps(config.to_dict()), "meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata), durable=True)
     save_yaml({"model": config.to_dict(), **meta}, path.with_suffix(".yaml"))
     return path
 

@@ -55,10 +55,21 @@ def test_corrupt_entry_is_recomputed(tmp_path):
     images = (torch.rand(1, 3, 64, 64) * 255).to(torch.uint8)
     good = cache.features(images, torch.device("cpu"))
     path = cache._path(image_keys(images)[0])
-    np.save(path, np.zeros(5, np.float32))
-    again = cache.features(images, torch.device("cpu"))
-    assert cache.misses == 2 and torch.equal(again[0], good[0])
-    assert np.load(path).shape == (cache.entry_len,)
+    size = path.stat().st_size
+    assert size == cache.entry_bytes + 16  # the features and their checksum
+    rng = np.random.default_rng(0)
+    for damage in (b"", b"short", rng.bytes(size)):  # empty, truncated, same-size garbage
+        path.write_bytes(damage)
+        misses = cache.misses
+        again = cache.features(images, torch.device("cpu"))
+        assert cache.misses == misses + 1, damage[:5]
+        assert torch.equal(again[0], good[0]) and torch.equal(again[1], good[1])
+        assert path.stat().st_size == size  # rewritten
+    flipped = bytearray(path.read_bytes())
+    flipped[100] ^= 1  # one bit of one feature
+    path.write_bytes(bytes(flipped))
+    assert torch.equal(cache.features(images, torch.device("cpu"))[0], good[0])
+    assert cache.misses == 5
 
 
 def test_fp16_entries_are_close(tmp_path):
