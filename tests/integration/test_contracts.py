@@ -56,3 +56,218 @@ def test_numeric_bounds_checked_before_any_work(bench, tmp_path, capsys):
     assert "--target_fpr must be in [0, 1), got 1.0" in err
     with pytest.raises(UserError, match="--save_every must be at least 1"):
         RunConfig(save_every=0)  # the Python API checks the same bounds
+
+
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _bad_inputs(bench, tmp_path):
+    """Four good scans and one problem of each kind, with a --masks folder."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    folder, masks = tmp_path / "in", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    source = bench / "Brain_AD" / "test" / "Ungood"
+    originals = sorted((source / "img").iterdir())
+    names = [f"scan{k}.png" for k in range(6)]
+    for k, name in enumerate(names):
+        shutil.copy(originals[k % len(originals)], folder / name)
+        shutil.copy(source / "anomaly_mask" / originals[k % len(originals)].name, masks / name)
+    size = Image.open(folder / names[0]).size
+    Image.new("L", (1, 1)).save(folder / "tiny.png")
+    Image.new("1", (9000, 9000)).save(folder / "huge.png")  # 81 Mpx, a small file
+    for name in ("tiny.png", "huge.png"):
+        shutil.copy(masks / names[0], masks / name)
+    Image.new("L", (size[0] + 3, size[1])).save(masks / names[1])  # wrong size
+    grey = (np.arange(size[0] * size[1]) % 3 * 100).astype(np.uint8).reshape(size[::-1])
+    Image.fromarray(grey).save(masks / names[2])  # not binary: 0, 100, 200
+    (masks / names[3]).unlink()  # missing
+    return folder, masks, names
+
+
+def test_predict_validates_every_input_before_the_first_batch(bench, checkpoint, tmp_path, capsys):
+    from tests.integration.conftest import predict_argv
+
+    folder, masks, names = _bad_inputs(bench, tmp_path)
+    out = tmp_path / "out"
+    argv = [*predict_argv(checkpoint, folder, out=out), "--masks", str(masks)]
+    _error(argv, capsys)
+    assert not out.exists()  # error mode: nothing written at all
+    assert main([*argv, "--on_bad_input", "skip"]) == 0
+    reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in _rows(out / "skipped_inputs.csv")}
+    assert "image is 1x1 pixels" in reasons["tiny.png"]
+    assert "larger than the 50-megapixel limit" in reasons["huge.png"]
+    assert f"is {_size(folder / names[1], 3)}" in reasons[names[1]]
+    assert "grey values" in reasons[names[2]] or "binary" in reasons[names[2]]
+    assert "no mask" in reasons[names[3]]
+    scored = {r["path"].rsplit("/", 1)[1] for r in _rows(out / "predictions.csv")}
+    assert scored == set(names) - set(names[1:4])
+
+
+def _size(path, extra):
+    from PIL import Image
+
+    w, h = Image.open(path).size
+    return f"{w + extra}x{h} pixels but its image"
+
+
+def test_predict_keeps_rows_of_finished_inputs_and_resumes(bench, checkpoint, tmp_path, capsys):
+    import numpy as np
+    import pytest
+
+    from iqeclip.inference import predict as module
+    from tests.integration.conftest import predict_argv
+
+    nib = pytest.importorskip("nibabel")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, src in enumerate(sorted((bench / "Brain_AD" / "test" / "good" / "img").iterdir())):
+        (folder / f"{k}.png").write_bytes(src.read_bytes())
+    flat = folder / "z_flat.nii.gz"  # a 2-D NIfTI among them
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((30, 20), np.float32), np.eye(4)), flat
+    )
+    whole = tmp_path / "whole"
+    assert main(predict_argv(checkpoint, folder, out=whole)) == 0
+    assert nib.load(str(whole / "z_flat_anomaly.nii.gz")).shape == (30, 20)
+
+    out = tmp_path / "out"
+    write = module._Writer.write
+    calls = []
+
+    def dies_on_the_third(self, item, amap, score):
+        calls.append(item.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill mid-run
+        write(self, item, amap, score)
+
+    module._Writer.write = dies_on_the_third
+    try:
+        assert main(predict_argv(checkpoint, folder, out=out)) == 130
+    finally:
+        module._Writer.write = write
+    assert not (out / "predictions.csv").exists()
+    kept = _rows(next(out.glob(".predictions.partial.*.csv")))
+    assert [r["path"] for r in kept] == [str(folder / "0.png"), str(folder / "1.png")]
+    capsys.readouterr()
+    assert "--resume to continue" in _error(predict_argv(checkpoint, folder, out=out), capsys)
+    assert main([*predict_argv(checkpoint, folder, out=out), "--resume"]) == 0
+    assert "2 inputs were scored before" in capsys.readouterr().out
+    assert _rows(out / "predictions.csv") == _rows(whole / "predictions.csv")  # same scores
+    assert not list(out.glob(".predictions.partial.*"))
+
+
+def test_predict_never_overwrites_a_users_file(bench, checkpoint, tmp_path, capsys):
+    import shutil
+
+    from tests.integration.conftest import predict_argv
+
+    uf = tmp_path / "uf"
+    uf.mkdir()
+    scan = next((bench / "Brain_AD" / "test" / "good" / "img").iterdir())
+    shutil.copy(scan, uf / "scan.png")
+    (uf / "scan_map.png").write_bytes(b"the user's own file")
+    err = _error(predict_argv(checkpoint, uf / "scan.png", out=uf), capsys)
+    assert "already holds scan_map.png" in err
+    assert (uf / "scan_map.png").read_bytes() == b"the user's own file"
+
+    out = uf / "out"  # --out inside the input folder
+    (uf / "scan_map.png").unlink()
+    assert main(predict_argv(checkpoint, uf, out=out)) == 0
+    (out / "notes.txt").write_text("mine")
+    first = {p.name for p in out.iterdir()}
+    assert main(predict_argv(checkpoint, uf, out=out)) == 2  # guarded
+    capsys.readouterr()
+    assert main([*predict_argv(checkpoint, uf, out=out), "--overwrite", "--outputs", "npy"]) == 0
+    rows = _rows(out / "predictions.csv")
+    assert [r["path"] for r in rows] == [str(uf / "scan.png")]  # not the earlier outputs
+    assert {p.name for p in out.iterdir()} == {
+        "notes.txt",
+        "config.yaml",
+        "predictions.csv",
+        "scan_map.npy",
+    }
+    assert "scan_overlay.png" in first and (out / "notes.txt").read_text() == "mine"
+
+
+def test_output_locations_checked_before_any_work(bench, checkpoint, tmp_path, capsys):
+    from tests.integration.conftest import predict_argv, train_few_argv
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    log = ["--log_path", str(tmp_path / "log")]
+    err = _error([*train_few_argv(bench, 1), "--save_dir", str(a_file), *log], capsys)
+    assert f"--save_dir {a_file}: " in err and "is a file" in err
+    err = _error([*train_few_argv(bench, 1), "--log_path", str(a_file / "x.log")], capsys)
+    assert "--log_path" in err
+    err = _error([*train_few_argv(bench, 1), "--save_dir", "/proc/sys/iqeclip", *log], capsys)
+    assert "cannot write in /proc/sys" in err
+    assert not (tmp_path / "log").exists()  # stopped before the log was opened
+    err = _error(predict_argv(checkpoint, a_file, out=a_file), capsys)
+    assert f"--out {a_file}: " in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(bench, checkpoint, tmp_path, capsys):
+    import errno
+
+    import numpy as np
+
+    from tests.integration.conftest import predict_argv
+
+    scan = next((bench / "Brain_AD" / "test" / "good" / "img").iterdir())
+    out = tmp_path / "out"
+    save = np.save
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    np.save = full
+    try:
+        assert main(predict_argv(checkpoint, scan, out=out)) == 2
+    finally:
+        np.save = save
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert "_map.npy: No space left on device" in err and err.startswith("error: cannot write")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+
+    from iqeclip.runtime.files import atomic_write_text
+
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            atomic_write_text(tmp_path / f"{mask}.txt", "x")
+        finally:
+            os.umask(old)
+        assert (tmp_path / f"{mask}.txt").stat().st_mode & 0o777 == mode
+
+
+def test_calibrations_are_kept_and_doubtful_ones_warned(bench, checkpoint, tmp_path, capsys):
+    import shutil
+
+    from iqeclip.model.checkpoint import read_checkpoint
+
+    ckpt = tmp_path / "c.pth"
+    shutil.copy(checkpoint, ckpt)
+    normal = bench / "Brain_AD" / "valid" / "good" / "img"
+    assert main(["calibrate", "--ckpt_path", str(ckpt), "--normal", str(normal)]) == 0
+    err = capsys.readouterr().err
+    assert "16 normal calibration images cannot resolve --target_fpr 0.05" in err
+    assert "2 of the 16 calibration images are in the checkpoint's training support set" in err
+    first = read_checkpoint(ckpt)[2]["thresholds"]
+    argv = ["calibrate", "--ckpt_path", str(ckpt), "--data_path", str(bench), "--obj", "Brain"]
+    assert main([*argv, "--f1"]) == 0
+    meta = read_checkpoint(ckpt)[2]
+    assert meta["calibration_history"] == [first] and meta["thresholds"]["rule"] == "f1"
+    assert "kept in the checkpoint's calibration_history (1 entries)" in capsys.readouterr().out

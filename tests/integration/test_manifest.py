@@ -114,6 +114,16 @@ def test_brats_style_manifest_end_to_end(tmp_path, capsys):
     )
     assert main([*again[:-2], "--volume_score", "topk:2", "--overwrite"]) == 2
     assert "calibrated for --volume_score max" in capsys.readouterr().err
+    assert main([*again[:-2], "--axis", "1", "--overwrite"]) == 0
+    assert "slicing axis --axis 1 overrides the checkpoint's --axis 2" in capsys.readouterr().err
+
+    lesions_only = tmp_path / "lesions.csv"  # as in BraTS: every valid volume has a lesion
+    lesions_only.write_text("\n".join([lines[0], lines[3]]) + "\n")  # p03 only
+    assert main(["calibrate", "--ckpt_path", str(ckpt), "--manifest", str(lesions_only)]) == 0
+    assert (
+        "no volume threshold: the 1 valid volumes hold no normal volume" in capsys.readouterr().out
+    )
+    assert read_checkpoint(ckpt)[2]["thresholds"]["volume"] is None
 
 
 def test_one_slice_one_model_input_in_every_command(checkpoint, tmp_path, monkeypatch):

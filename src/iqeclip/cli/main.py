@@ -106,8 +106,9 @@ def cmd_test(command: str, values: Values) -> Path | None:
     from iqeclip.inference.test import test
 
     run = _run_config(command, values["run"])
-    if "shot" not in values["run"]:
-        run.shot = None  # the checkpoint's
+    for name in ("shot", "axis", "orientation"):
+        if name not in values["run"]:
+            setattr(run, name, None)  # the checkpoint's
     test(values["model"], run)
     return Path(run.report_dir) if run.report_dir else None
 

@@ -382,8 +382,8 @@ class PredictConfig(Checked):
     masks: str | None = Option(
         "folder of ground-truth masks named like the inputs (contour on the overlay)"
     )(None)
-    axis: int = AXIS(2)
-    orientation: str = ORIENTATION("canonical")
+    axis: int | None = AXIS(None, help=AXIS.help + " (None: the checkpoint's)")
+    orientation: str | None = ORIENTATION(None, help=ORIENTATION.help + " (None: the checkpoint's)")
     window: str | None = WINDOW(None)
     percentile: str | None = PERCENTILE(None)
     volume_score: str | None = VOLUME_SCORE(
@@ -431,8 +431,8 @@ class CalibrateConfig(Checked):
     volume_score: str = VOLUME_SCORE("max")
     window: str | None = WINDOW(None)
     percentile: str | None = PERCENTILE(None)
-    axis: int = AXIS(2)
-    orientation: str = ORIENTATION("canonical")
+    axis: int | None = AXIS(None, help=AXIS.help + " (None: the checkpoint's)")
+    orientation: str | None = ORIENTATION(None, help=ORIENTATION.help + " (None: the checkpoint's)")
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
     device: str = DEVICE("auto")
     setting: str | None = SETTING(None)

@@ -21,7 +21,8 @@ A manifest is a CSV file with a header row. Columns (names in any order, extra c
 - ``slice`` (optional): use only this slice of a volume (its position along ``--axis``, or in a
   series) instead of all of them.
 
-A volume (NIfTI, DICOM series, multi-frame DICOM) becomes one sample per slice along ``--axis``.
+A volume (NIfTI, DICOM series, multi-frame DICOM; a multi-page TIFF, page by page) becomes one
+sample per slice along ``--axis``.
 With a label volume, a slice is abnormal when it has at least ``min_lesion_px`` labelled pixels
 (``--min_lesion_px``) and normal when it has none and no labelled slice lies within ``margin``
 slices of it (``--margin``); slices with fewer labelled pixels, and normal-looking slices that
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from iqeclip.data.layout import Sample
 from iqeclip.data.readers import INSTALL_HINT, Reading, kind, label_slices, read_slices
@@ -98,9 +100,9 @@ class Manifest:
         abnormal = sum(s.label for s in samples)
         return (
             f"manifest {self.path} [{name}]: {len(samples) - abnormal} normal + {abnormal} "
-            f"abnormal samples; left out {self.left_out} slices near lesions or below "
-            f"--min_lesion_px and {self.constant} constant slices; skipped {len(self.skipped)} "
-            "rows (--on_bad_input skip)"
+            f"abnormal samples; in the whole manifest, left out {self.left_out} slices near "
+            f"lesions or below --min_lesion_px and {self.constant} constant slices; skipped "
+            f"{len(self.skipped)} rows (--on_bad_input skip)"
         )
 
 
@@ -170,7 +172,11 @@ def read_manifest(
     reader.fieldnames = [(c or "").strip() for c in reader.fieldnames or ()]
     manifest = Manifest(where)
     base = where.parent
-    for line, row in enumerate(reader, start=2):
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise UserError(f"--manifest {where} line {reader.line_num + 1}: {exc}") from None
+    for line, row in rows:
         raw = _cell(row, "path")
         if not raw:
             raise UserError(f"--manifest {where} line {line}: empty path")
@@ -232,7 +238,7 @@ def _expand(
         raise _RowError(item, why)
     if mask is not None and not mask.exists():
         raise _RowError(mask, "mask: no such file")
-    if found == "image" and chosen is None:
+    if found == "image" and chosen is None and _pages(item) == 1:
         if label is None:
             raise UserError(f"{item}: a 2-D image needs a label")
         manifest.rows.append((split, Sample(item, label, mask, None, reading)))
@@ -274,6 +280,14 @@ def _expand(
             manifest.rows.append((split, Sample(item, labels[i], keep, i, reading)))
     if chosen is None:
         manifest.volumes.append(Volume(item, volume_label, split))
+
+
+def _pages(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except OSError:
+        return 1  # the checks name the problem
 
 
 def _slice_labels(counts: np.ndarray, min_lesion_px: int, margin: int) -> dict[int, int | None]:

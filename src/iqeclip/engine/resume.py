@@ -38,6 +38,13 @@ FIXED = (
     "normal_dir",
     "abnormal_dir",
     "masks_dir",
+    "manifest",
+    "min_lesion_px",
+    "margin",
+    "window",
+    "percentile",
+    "axis",
+    "orientation",
 )
 
 

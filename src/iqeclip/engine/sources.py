@@ -16,7 +16,7 @@ from iqeclip.config import RunConfig
 from iqeclip.data.layout import Sample, draw_support, has_masks, list_split
 from iqeclip.data.manifest import Manifest, has_pixel_masks, read_manifest
 from iqeclip.data.readers import DEFAULT_READING, Reading, reading_from
-from iqeclip.engine.trainer import BadInputs, RunLog
+from iqeclip.engine.trainer import BadInputs, RunLog, sample_key
 
 __all__ = ["manifest_support", "run_manifest", "run_reading", "test_set", "with_reading"]
 
@@ -44,6 +44,13 @@ def run_manifest(
     if log is not None:
         for split in ("train", "test"):
             log(manifest.summary(split))
+        shared = {sample_key(s) for s in manifest.split("train")}
+        shared &= {sample_key(s) for s in manifest.split("test")}
+        if shared:
+            log(
+                f"warning: {len(shared)} samples of {run.manifest} are in both its train and "
+                "test rows (rows without a split are in every split): the test is optimistic"
+            )
     return manifest
 
 

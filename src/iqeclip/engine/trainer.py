@@ -146,6 +146,12 @@ def checkpoint_path(run: RunConfig) -> Path:
     return Path(run.save_dir).expanduser() / name
 
 
+def sample_key(sample: Sample) -> str:
+    """A sample's identity across commands: its resolved path, and ``#<slice>`` for a slice."""
+    path = str(Path(sample.image).resolve())
+    return path if sample.index is None else f"{path}#{sample.index}"
+
+
 def check_outputs(run: RunConfig, training: bool) -> None:
     """Every location the run will write, checked before any work (one line naming the flag)."""
     if training:
@@ -170,6 +176,7 @@ class Trainer:
         self.device = resolve_device(run.device)
         self.workers = workers_for(run, self.device)
         self.ckpt = checkpoint_path(run)
+        self.support: list[str] = []  # few-shot: sample_key of each support image
         self.state_path = state_path(self.ckpt)
         if not run.resume:
             refuse_overwrite(run, self.ckpt, Path(run.metrics_json) if run.metrics_json else None)
@@ -249,9 +256,10 @@ class Trainer:
             self.log(f"best epoch found: {where}")
 
     def save_checkpoint(self, meta: dict[str, Any]) -> None:
-        """Write the checkpoint with the run settings (rank 0 writes)."""
+        """Write the checkpoint with the run settings and the few-shot support (rank 0 writes)."""
         if distributed.is_main():
-            save_checkpoint(self.ckpt, self.model, {**meta, "run": dataclasses.asdict(self.run)})
+            run = dataclasses.asdict(self.run)
+            save_checkpoint(self.ckpt, self.model, {**meta, "run": run, "support": self.support})
 
     def finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
         """Restore the selected weights, evaluate on the target test split, log and return."""

@@ -49,6 +49,7 @@ from iqeclip.engine.trainer import (
     Trainer,
     check_outputs,
     private_generator,
+    sample_key,
 )
 from iqeclip.errors import UserError
 
@@ -206,6 +207,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             raise UserError("no usable support images are left after --on_bad_input skip")
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
         trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples))
+        trainer.support = [sample_key(s) for s in (*abnormal, *normal)]
         bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
         log(
             f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from iqeclip.data.layout import has_masks, list_split
+from iqeclip.data.layout import Sample, has_masks, list_split
 from iqeclip.data.manifest import Volume, has_pixel_masks, read_manifest
 from iqeclip.data.readers import Reading
 from iqeclip.data.validate import validate_samples
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
+from iqeclip.engine.trainer import sample_key
 from iqeclip.errors import UserError
 from iqeclip.inference.inputs import checkpoint_reading, expand_inputs, scored_items
 from iqeclip.inference.predict import volume_aggregate
@@ -54,8 +56,8 @@ def calibrate_checkpoint(
     volume_score: str = "max",
     window: str | None = None,
     percentile: str | None = None,
-    axis: int = 2,
-    orientation: str = "canonical",
+    axis: int | None = None,
+    orientation: str | None = None,
 ) -> dict[str, Any]:
     """Compute and store thresholds; returns the stored ``thresholds`` record.
 
@@ -90,7 +92,9 @@ def calibrate_checkpoint(
             skipped=skipped,
             on_bad_input=on_bad_input,
         )
-        scores = np.array([s for _, _, s in items])
+        found = list(items)
+        scores = np.array([s for _, _, s in found])
+        keys = [sample_key(Sample(i.source, 0, None, i.index)) for i, _, _ in found]
         if skipped:
             logger.info(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
         labels = np.zeros(len(scores), np.int64)
@@ -116,6 +120,7 @@ def calibrate_checkpoint(
             logger.info(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
         if not samples:
             raise UserError(f"calibrate: no usable image in the {source}")
+        keys = [sample_key(s) for s in samples]
         kept = KeptMaps(len(samples), model.config.img_size) if pixel else None
         scores, labels = predict_samples(
             model, samples, setting, batch_size, desc="calibrate", sink=kept
@@ -124,11 +129,19 @@ def calibrate_checkpoint(
             pixel_threshold = calibrate(
                 kept.maps.ravel(), kept.masks.ravel().astype(np.int64), rule, target_fpr
             )
-        if volumes:
+        classes = {v.label for v in volumes}
+        if volumes and (classes == {0, 1} or (rule == "target_fpr" and 0 in classes)):
             volume = _volume_threshold(
                 model, volumes, setting, batch_size, reading, aggregate, rule, target_fpr
             )
             volume["score"] = volume_score
+        elif volumes:
+            logger.info(
+                f"no volume threshold: the {len(volumes)} valid volumes hold no "
+                f"{'normal' if 0 not in classes else 'abnormal'} volume (needed by the "
+                f"{rule} rule); volumes.csv will use the image threshold"
+            )
+    _warn_small_or_overlapping(model.meta, scores, labels, keys, rule, target_fpr)
     record = {
         "image": calibrate(scores, labels, rule, target_fpr),
         "pixel": pixel_threshold,
@@ -139,7 +152,14 @@ def calibrate_checkpoint(
         "source": source,
         "setting": setting,
     }
-    update_checkpoint_meta(ckpt_path, thresholds=record)
+    earlier = model.meta.get("thresholds")
+    history = [*model.meta.get("calibration_history", []), *([earlier] if earlier else [])]
+    update_checkpoint_meta(ckpt_path, thresholds=record, calibration_history=history)
+    if earlier:
+        logger.info(
+            f"the earlier calibration ({describe(earlier)}) is kept in the checkpoint's "
+            f"calibration_history ({len(history)} entries)"
+        )
     pixel_text = f", pixel threshold {pixel_threshold:.6f}" if pixel_threshold is not None else ""
     if volume is not None:
         pixel_text += (
@@ -172,3 +192,28 @@ def _volume_threshold(
     scores = np.array([aggregate(np.array(slices)) for _, slices in found.values()])
     labels = np.array([label for label, _ in found.values()], np.int64)
     return {"threshold": calibrate(scores, labels, rule, target_fpr), "n_volumes": len(found)}
+
+
+def _warn_small_or_overlapping(
+    meta: dict[str, Any],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    keys: list[str],
+    rule: str,
+    target_fpr: float,
+) -> None:
+    """Warn when the normal images cannot resolve the target rate, and when calibration images
+    were training support images (their scores are optimistic)."""
+    n_normal = int((labels == 0).sum())
+    if rule == "target_fpr" and target_fpr > 0 and n_normal < math.ceil(1 / target_fpr):
+        logger.warning(
+            f"warning: {n_normal} normal calibration images cannot resolve --target_fpr "
+            f"{target_fpr:g} (it needs at least {math.ceil(1 / target_fpr)}); the threshold is "
+            "the highest normal score or near it"
+        )
+    shared = set(keys) & set(meta.get("support") or [])
+    if shared:
+        logger.warning(
+            f"warning: {len(shared)} of the {len(keys)} calibration images are in the "
+            "checkpoint's training support set; thresholds calibrated on them are optimistic"
+        )

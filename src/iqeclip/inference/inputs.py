@@ -36,7 +36,7 @@ from iqeclip.data.readers import (
     slice_to_uint8_rgb,
 )
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
-from iqeclip.data.readers.pil import open_image
+from iqeclip.data.readers.pil import display_rgb
 from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
@@ -248,7 +248,7 @@ def read_items(
     found = kind(path)
     if found == "image" and reading.intensity == DEFAULT_INTENSITY and _one_page(path):
         tensor = model_input(path, None, size, reading)  # load_image: the BMAD pre-processing
-        display = np.asarray(open_image(path, "image").convert("RGB"))  # EXIF-upright
+        display = display_rgb(path)
         yield Item(stem, path, None, display, tensor)
         return
     if found == "series":
@@ -331,20 +331,42 @@ def checkpoint_reading(
     meta: dict[str, Any],
     window: str | None,
     percentile: str | None,
-    axis: int = 2,
-    orientation: str = "canonical",
+    axis: int | None = None,
+    orientation: str | None = None,
 ) -> Reading:
-    """The reading of a test, calibrate or predict run: the intensity rule recorded in the
-    checkpoint at training, unless ``--window`` / ``--percentile`` is given (then a warning names
-    both rules when they differ); ``--axis`` and ``--orientation`` are the run's own."""
+    """The reading of a test, calibrate or predict run: the intensity rule, slicing axis and
+    NIfTI orientation recorded in the checkpoint at training, each unless given (then a warning
+    names both when they differ). Checkpoints from before these were recorded read with the
+    defaults."""
     trained = meta.get("run", {})
-    stored = reading_from(trained.get("window"), trained.get("percentile")).intensity
-    if window is None and percentile is None:
-        return Reading(stored, axis, orientation)
-    reading = reading_from(window, percentile, axis, orientation)
-    if reading.intensity != stored:
-        logger.warning(
-            f"warning: intensity rule {describe_intensity(reading.intensity)} overrides the "
-            f"checkpoint's {describe_intensity(stored)} (the rule it was trained with)"
-        )
+    stored = reading_from(
+        trained.get("window"),
+        trained.get("percentile"),
+        trained.get("axis", 2),
+        trained.get("orientation", "canonical"),
+    )
+    given = window is not None or percentile is not None
+    reading = Reading(
+        reading_from(window, percentile).intensity if given else stored.intensity,
+        stored.axis if axis is None else axis,
+        stored.orientation if orientation is None else orientation,
+    )
+    for what, mine, theirs in (
+        (
+            "intensity rule",
+            describe_intensity(reading.intensity),
+            describe_intensity(stored.intensity),
+        ),
+        ("slicing axis", f"--axis {reading.axis}", f"--axis {stored.axis}"),
+        (
+            "orientation",
+            f"--orientation {reading.orientation}",
+            f"--orientation {stored.orientation}",
+        ),
+    ):
+        if mine != theirs:
+            logger.warning(
+                f"warning: {what} {mine} overrides the checkpoint's {theirs} (what it was "
+                "trained with)"
+            )
     return reading

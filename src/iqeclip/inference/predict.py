@@ -284,8 +284,8 @@ def predict(
     out: str | Path,
     *,
     masks: str | Path | None = None,
-    axis: int = 2,
-    orientation: str = "canonical",
+    axis: int | None = None,
+    orientation: str | None = None,
     window: str | None = None,
     percentile: str | None = None,
     batch_size: int = 8,
@@ -330,7 +330,15 @@ def predict(
     aggregate = volume_aggregate(volume_score)
     paths = expand_inputs(inputs, exclude=out)
     stems = unique_stems(paths)
-    guard(out, list(stems.values()), overwrite, resume)
+    problem = None
+    if distributed.is_main():  # one rank looks at (and cleans) the folder; all ranks obey it
+        try:
+            guard(out, list(stems.values()), overwrite, resume)
+        except UserError as exc:
+            problem = str(exc)
+    problem = distributed.broadcast(problem)
+    if problem is not None:
+        raise UserError(problem)
     masks = Path(masks) if masks else None
     usable, skipped = check_inputs(paths, masks, model.config.img_size, on_bad_input)
     if thresholds:

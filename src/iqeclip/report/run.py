@@ -69,7 +69,8 @@ def write_test_report(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "slice", "label", "score"])
     for sample, label, score in zip(samples, labels, scores, strict=True):
-        writer.writerow([str(sample.image), "", int(label), f"{score:.6f}"])
+        index = "" if sample.index is None else sample.index
+        writer.writerow([str(sample.image), index, int(label), f"{score:.6f}"])
     atomic_write_text(run_dir / "scores.csv", buffer.getvalue())
     data = ImageDataset(chosen, size)
     for row, (i, sample) in enumerate(zip(picks, chosen, strict=True)):

@@ -152,3 +152,23 @@ def test_bad_rows_skipped_and_counted(tmp_path):
         read_manifest(csv, DEFAULT_READING, min_lesion_px=0)
     with pytest.raises(UserError, match="--margin must be at least 0"):
         read_manifest(csv, DEFAULT_READING, margin=-1)
+
+
+def test_multipage_tiff_rows_give_one_sample_per_page(tmp_path):
+    ramp = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    pages = [Image.fromarray(ramp * k) for k in range(1, 4)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    csv = write_csv(tmp_path / "m.csv", "path,label", "stack.tif,normal")
+    samples = read_manifest(csv, DEFAULT_READING).split("test")
+    assert [s.index for s in samples] == [0, 1, 2]
+    assert torch.equal(model_input(tmp_path / "stack.tif", 2, 8)[0], torch.from_numpy(ramp * 3))
+
+
+def test_csv_problems_name_the_real_line(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    csv = write_csv(tmp_path / "m.csv", "path,label,note", 'a.png,0,"two\nlines"', "a.png,maybe,")
+    with pytest.raises(UserError, match="line 4: label 'maybe'"):
+        read_manifest(csv, DEFAULT_READING)
+    big = write_csv(tmp_path / "big.csv", "path,label", "a.png," + "x" * 200_000)
+    with pytest.raises(UserError, match=r"big\.csv line 2: field larger than field limit"):
+        read_manifest(big, DEFAULT_READING)

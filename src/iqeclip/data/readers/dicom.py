@@ -317,13 +317,19 @@ def _sorted_series(items: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
     return [item for item, _ in sorted(zip(items, positions, strict=True), key=key)]
 
 
+SPACING_TOLERANCE_MM = 0.01
+"""How far consecutive slice steps of a series may differ for it to get one affine."""
+
+
 def series_affine(datasets: Sequence[Any]) -> np.ndarray | None:
     """The RAS+ affine of a series stacked as an array ``(rows, columns, slices)`` in reading order.
 
     nibabel's DICOM wrapper gives the in-plane part from the first slice (ImageOrientationPatient,
     PixelSpacing, ImagePositionPatient; its array axes are the pixel array's rows and columns);
-    the slice axis is the step between the first and last ImagePositionPatient over the slices
-    between them (nibabel's slice normal times the slice spacing for a single slice). DICOM's
+    the slice axis is the step between consecutive ImagePositionPatient (nibabel's slice normal
+    times the slice spacing for a single slice); a series whose steps differ by more than
+    :data:`SPACING_TOLERANCE_MM` (uneven spacing, a missing or skipped slice) gets None, since
+    no single affine describes it. DICOM's
     patient space is LPS, NIfTI's world RAS: the first two world axes are negated.
 
     Args:
@@ -346,11 +352,14 @@ def series_affine(datasets: Sequence[Any]) -> np.ndarray | None:
     except Exception:  # nibabel missing, or geometry tags missing or unreadable
         return None
     if len(datasets) > 1:
-        first = _position(datasets[0].get("ImagePositionPatient"))
-        last = _position(datasets[-1].get("ImagePositionPatient"))
-        if first is None or last is None or len(first) != 3 or len(last) != 3:
+        positions = [_position(ds.get("ImagePositionPatient")) for ds in datasets]
+        if any(p is None or len(p) != 3 for p in positions):
             return None
-        lps[:3, 2] = (np.asarray(last) - np.asarray(first)) / (len(datasets) - 1)
+        steps = np.diff(np.asarray(positions, dtype=np.float64), axis=0)
+        step = steps.mean(axis=0)
+        if np.abs(steps - step).max() > SPACING_TOLERANCE_MM:  # uneven, or a slice missing
+            return None
+        lps[:3, 2] = step
     if not np.isfinite(lps).all() or abs(float(np.linalg.det(lps[:3, :3]))) < 1e-12:
         return None
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps

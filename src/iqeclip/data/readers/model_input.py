@@ -54,8 +54,8 @@ __all__ = [
     "reading_from",
 ]
 
-CACHED_VOLUMES = 4
-"""Volumes (and label volumes) kept decoded per process."""
+CACHED_VOLUMES = 16
+"""Volumes (and label volumes) kept decoded per process (a BraTS FLAIR is 36 MB as float32)."""
 AFFINE_TOLERANCE_MM = 0.01
 """How far a label volume's affine may be from its image's (float32 storage, rounding)."""
 

@@ -145,6 +145,15 @@ def load_mask(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(binary.copy())
 
 
+def display_rgb(path: Path) -> np.ndarray:
+    """An image as shown beside its map: upright, 8-bit RGB by :func:`load_image`'s rule
+    (16-bit greys scaled over the full range, not clipped), at its own size."""
+    im = open_image(path, "image")
+    if im.mode in WIDE_MODES:
+        im = _wide_to_8bit(im)
+    return np.asarray(im.convert("RGB"))
+
+
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """Scale 8-bit images to [0, 1].
 

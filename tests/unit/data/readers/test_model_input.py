@@ -115,3 +115,18 @@ def test_reading_options_checked():
         reading_from("40,400", "1,99")
     with pytest.raises(UserError, match="--percentile expects"):
         reading_from(None, "99,1")
+
+
+def test_uneven_or_gapped_series_claims_no_affine(tmp_path, pydicom):
+    folder = write_series(pydicom, tmp_path / "series", n=4)
+    (folder / "02.dcm").unlink()  # slice 2 of 4 is missing: steps 2.5, 5.0
+    assert read_dicom_series(folder)[0].meta["series_affine"] is None
+
+
+def test_display_of_a_16_bit_image_is_not_clipped(tmp_path):
+    from iqeclip.data.readers.pil import display_rgb
+
+    values = np.array([[0, 1000, 40000, 65535]], np.uint16).repeat(3, axis=0)
+    path = tmp_path / "wide.png"
+    Image.fromarray(values).save(path)
+    assert display_rgb(path)[0, :, 0].tolist() == [0, 4, 156, 255]  # round(v / 257)
