@@ -28,6 +28,7 @@ from iqeclip.config import (
     ModelConfig,
     PredictConfig,
     ReportConfig,
+    ReproduceConfig,
     RunConfig,
     SynthConfig,
     parse_features_list,
@@ -53,9 +54,25 @@ RUN_COMMON = (
     "cache_budget_gb",
 )
 FEW = ("shot", "iterate", "fewshot_seed_dir")
-TRAIN = ("epochs", "learning_rate", "save_dir", "select", "resume", "save_every")
+TRAIN = ("epochs", "learning_rate", "save_dir", "select", "resume", "save_every", "report_dir")
 OWN_DATA = ("normal_dir", "abnormal_dir", "masks_dir")
 TEST = ("ckpt_path", "report_dir")
+REPRODUCE_RUN = (
+    "data_path",
+    "batch_size",
+    "seed",
+    "device",
+    "workers",
+    "on_bad_input",
+    "cache_dir",
+    "cache_dtype",
+    "cache_budget_gb",
+    "fewshot_seed_dir",
+    "epochs",
+    "learning_rate",
+    "select",
+    "save_every",
+)
 MEDICAL = ("manifest", "min_lesion_px", "margin", "window", "percentile", "axis", "orientation")
 
 MODEL = Section("model", ModelConfig)
@@ -186,6 +203,17 @@ def cmd_report(command: str, values: Values) -> None:
     print(f"report: {html} and {md}")
 
 
+def cmd_reproduce(command: str, values: Values) -> None:
+    from iqeclip.reproduce import run_reproduce
+
+    sections = COMMANDS[command].sections
+    record = options.record(command, sections, values)
+    base = RunConfig(**values["run"])
+    run_reproduce(
+        ModelConfig(**values["model"]), base, ReproduceConfig(**values["reproduce"]), record
+    )
+
+
 def cmd_benchmark(command: str, values: Values) -> None:
     from iqeclip.apps.benchmark import run_benchmark
 
@@ -238,6 +266,15 @@ COMMANDS: dict[str, Command] = {
         "random init, 128 px)",
         (MODEL_OVERRIDES, Section("demo", DemoConfig)),
         cmd_demo,
+    ),
+    "reproduce": Command(
+        "the paper's result grid: every target x setting x draw, resumable, with tables",
+        (
+            MODEL,
+            Section("reproduce", ReproduceConfig),
+            _run_section("zero", *REPRODUCE_RUN),
+        ),
+        cmd_reproduce,
     ),
     "predict": Command(
         "score your own images, DICOM series and NIfTI volumes with a checkpoint",

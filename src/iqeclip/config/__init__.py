@@ -1,10 +1,12 @@
 """Configuration: every option of every command, declared once.
 
 Each option is a dataclass field whose metadata holds an :class:`Option` (help, choices, other
-spellings). The command line (:mod:`iqeclip.cli.options`), YAML config files and the records
-beside checkpoints and results are all derived from these fields. Options that several commands
-take (``--device``, ``--seed``, ``--batch_size``, ...) are declared once below as module-level
-:class:`Option` objects; each dataclass only chooses its default.
+spellings, bounds; :mod:`iqeclip.config.option`). The command line (:mod:`iqeclip.cli.options`),
+YAML config files and the records beside checkpoints and results are all derived from these
+fields. Options that several commands take (``--device``, ``--seed``, ``--batch_size``, ...) are
+declared once in :mod:`iqeclip.config.shared`; each dataclass only chooses its default. This
+module holds the model, training/test, predict and calibrate configurations;
+:mod:`iqeclip.config.apps` those of the apps.
 
 :class:`ModelConfig` holds everything that decides the shape and computation of a detector. It is
 *resolved* against the backbone architecture (defaults that depend on the depth are filled in),
@@ -21,7 +23,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iqeclip.config.apps import (
+    BenchmarkConfig,
+    DemoConfig,
+    ReportConfig,
+    ReproduceConfig,
+    SynthConfig,
+)
 from iqeclip.config.option import Checked, Option, check_bounds, option_of
+from iqeclip.config.shared import (
+    AXIS,
+    BATCH_SIZE,
+    CKPT_PATH,
+    DATA_PATH,
+    DEVICE,
+    LEARNING_RATE,
+    MANIFEST,
+    MARGIN,
+    MIN_LESION_PX,
+    MODEL_NAME,
+    OBJ,
+    ON_BAD_INPUT,
+    ORIENTATION,
+    OUT,
+    OVERWRITE,
+    PERCENTILE,
+    PRECISION,
+    PRETRAIN,
+    SEED,
+    SETTING,
+    SHOT,
+    VOLUME_SCORE,
+    WINDOW,
+)
 from iqeclip.errors import UserError
 
 __all__ = [
@@ -33,6 +67,7 @@ __all__ = [
     "Option",
     "PredictConfig",
     "ReportConfig",
+    "ReproduceConfig",
     "RunConfig",
     "SynthConfig",
     "cache_home",
@@ -84,70 +119,6 @@ def cache_home() -> Path:
 def default_cache_dir() -> str:
     """The frozen-feature cache folder, ``~/.cache/iqeclip/features``."""
     return str(cache_home() / "features")
-
-
-# Options that several commands take: declared here once, defaults chosen by each dataclass.
-MODEL_NAME = Option("open_clip architecture (ViT-L-14-336 in the paper; iqe-tiny for tests)")
-PRETRAIN = Option(
-    "none | an open_clip tag such as openai | a weights file (OpenAI TorchScript .pt, state "
-    "dict, safetensors; fp32, fp16 or bf16)"
-)
-PRECISION = Option(
-    "dtype of the frozen vision tower (fp16 needs CUDA); the trainable head always runs in fp32",
-    choices=("fp32", "bf16", "fp16"),
-)
-OBJ = Option("target dataset")
-DATA_PATH = Option("folder with the <Name>_AD datasets")
-BATCH_SIZE = Option("batch size", minimum=1)
-SEED = Option("random seed")
-DEVICE = Option("auto | cpu | cuda | cuda:N")
-SHOT = Option("K: abnormal and normal support images each", minimum=1)
-LEARNING_RATE = Option(
-    "learning rate (0.01 for the temperature)", aliases=("lr",), minimum=0, above=True
-)
-OVERWRITE = Option("replace existing outputs")
-ON_BAD_INPUT = Option(
-    "error: stop before any work at the first unusable file; skip: leave such files out, count "
-    "them and list them in the run folder",
-    choices=("error", "skip"),
-)
-CKPT_PATH = Option("checkpoint")
-OUT = Option("output folder")
-WINDOW = Option(
-    "intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); None: each input kind's "
-    "own rule (DICOM: its window; NIfTI: min-max; images: 8/16-bit full range). Recorded in "
-    "the checkpoint at training; test, calibrate and predict apply the recorded rule unless "
-    "given one"
-)
-PERCENTILE = Option(
-    "clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI); recorded "
-    "like --window"
-)
-AXIS = Option(
-    "slicing axis 0, 1 or 2 of NIfTI volumes (of the --orientation array; canonical RAS+: 0 "
-    "sagittal, 1 coronal, 2 axial slices)",
-    minimum=0,
-    maximum=2,
-)
-ORIENTATION = Option(
-    "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
-    "native (the file's voxel order)",
-    choices=("canonical", "native"),
-)
-MANIFEST = Option(
-    "CSV file with columns path,label,mask (+ split, slice): images, DICOM files or series "
-    "folders, NIfTI volumes with image masks or label volumes (docs/workflows.md)"
-)
-MIN_LESION_PX = Option("manifest volumes: labelled pixels that make a slice abnormal", minimum=1)
-MARGIN = Option(
-    "manifest volumes: leave out normal slices within this many slices of a lesion", minimum=0
-)
-VOLUME_SCORE = Option(
-    "a volume's score from its slice scores: max, or topk:K, the mean of the K highest"
-)
-SETTING = Option(
-    "image-score rule (default: the checkpoint's training setting)", choices=("zero", "few")
-)
 
 
 @dataclass
@@ -298,7 +269,7 @@ class RunConfig(Checked):
         normal_dir: few-shot on your own data: folder of normal support images.
         abnormal_dir: few-shot on your own data: folder of abnormal support images.
         masks_dir: masks of the abnormal support images (same file names), optional.
-        report_dir: testing: write scores, examples and an HTML/markdown report here.
+        report_dir: write the (final) test's scores, examples and HTML/markdown report here.
         resume: continue an interrupted training run from its saved state.
         save_every: save the training state every this many steps (and at each epoch end).
         on_bad_input: ``error`` stops at the first unusable file before any work; ``skip`` leaves
@@ -437,56 +408,3 @@ class CalibrateConfig(Checked):
     device: str = DEVICE("auto")
     setting: str | None = SETTING(None)
     on_bad_input: str = ON_BAD_INPUT("error")
-
-
-@dataclass
-class SynthConfig(Checked):
-    """``iqeclip synth``: write the synthetic benchmark."""
-
-    out: str | None = OUT(None)
-    size: int = Option("test images per class and dataset", minimum=1)(12)
-    seed: int = SEED(0)
-    image_size: int = Option("image side in pixels")(128)
-    overwrite: bool = OVERWRITE(False, help="rewrite the datasets in a non-empty folder")
-
-
-@dataclass
-class ReportConfig(Checked):
-    """``iqeclip report``: rebuild the report of a test run folder."""
-
-    run_dir: list[str] = Option("folder written by test-* --report", positional=True, nargs="*")([])
-    top_k: int = Option("highest- and lowest-scoring examples to show", minimum=0)(8)
-
-
-@dataclass
-class DemoConfig(Checked):
-    """``iqeclip demo``: the paper's main job on the synthetic benchmark."""
-
-    obj: str = OBJ("Brain")
-    out: str = OUT("runs/demo", help="results folder, replaced on rerun")
-    data_path: str | None = DATA_PATH(
-        None, help="benchmark folder (None: the synthetic benchmark in ~/.cache/iqeclip)"
-    )
-    zero_epochs: int = Option("zero-shot epochs", minimum=1)(5)
-    few_epochs: int = Option("few-shot epochs", minimum=1)(15)
-    learning_rate: float = LEARNING_RATE(
-        1e-3,
-        help="learning rate (a random-init backbone learns too slowly at the paper's 1e-4 for a "
-        "demo of minutes)",
-    )
-    shot: int = SHOT(4)
-    batch_size: int = BATCH_SIZE(16)
-    seed: int = SEED(42)
-    device: str = DEVICE("auto")
-
-
-@dataclass
-class BenchmarkConfig(Checked):
-    """``iqeclip benchmark``: speed as ratios to the bare backbone forward."""
-
-    batch_size: int = BATCH_SIZE(8)
-    n_images: int = Option(
-        "images per measured quantity; rounds = n_images / batch_size", minimum=1
-    )(32)
-    device: str = DEVICE("auto")
-    seed: int = SEED(0)

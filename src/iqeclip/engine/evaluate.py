@@ -63,6 +63,32 @@ class StreamedMaps:
             self.accumulators[g].update(maps[pick], masks[pick])
 
 
+class PixelHistograms:
+    """Per image, the histograms of its map over its normal and anomalous pixels (``(n, 2, bins)``
+    over [0, 1]): enough to recompute the pixel AUROC of any resample of the images
+    (:func:`iqeclip.reproduce.table.bootstrap_auroc`)."""
+
+    def __init__(self, n: int, bins: int = 1000) -> None:
+        self.counts = np.zeros((n, 2, bins), np.int64)
+        self.edges = np.linspace(0.0, 1.0, bins + 1)
+
+    def __call__(self, start: int, maps: np.ndarray, masks: np.ndarray) -> None:
+        for i, (amap, mask) in enumerate(zip(maps, masks, strict=True)):
+            for label in (0, 1):
+                self.counts[start + i, label] = np.histogram(amap[mask == label], self.edges)[0]
+
+
+class _Both:
+    """Feeds every batch to two sinks."""
+
+    def __init__(self, first: MapSink, second: MapSink) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, start: int, maps: np.ndarray, masks: np.ndarray) -> None:
+        self.first(start, maps, masks)
+        self.second(start, maps, masks)
+
+
 def frozen_features(
     model: IQEClip, images: torch.Tensor, device: torch.device, cache: FeatureCache | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +201,7 @@ def evaluate_groups(
     cache: FeatureCache | None = None,
     max_exact_pixels: int = MAX_EXACT_PIXELS,
     scores_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    histograms_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics of several datasets, scored in at most two passes (with and without masks).
 
@@ -185,6 +212,8 @@ def evaluate_groups(
     Args:
         groups: ``(name, samples, pixel_masks)`` per dataset.
         scores_out: if given, receives ``(image scores, labels)`` per dataset name.
+        histograms_out: if given, receives the :class:`PixelHistograms` counts per dataset name
+            with masks.
 
     Returns:
         The metrics of :func:`evaluate` per dataset name.
@@ -204,8 +233,12 @@ def evaluate_groups(
                 if exact
                 else StreamedMaps([len(g) for _, g in chosen])
             )
+        histograms = (
+            PixelHistograms(len(everything)) if pixel and histograms_out is not None else None
+        )
+        feed = sink if histograms is None else _Both(sink, histograms)
         scores, labels = predict_samples(
-            model, everything, setting, batch_size, workers, desc, cache, sink
+            model, everything, setting, batch_size, workers, desc, cache, feed
         )
         start = 0
         for i, (name, samples) in enumerate(chosen):
@@ -221,6 +254,8 @@ def evaluate_groups(
             results[name] = {**metrics, "n_images": len(samples)}
             if scores_out is not None:
                 scores_out[name] = (scores[part], labels[part])
+            if histograms is not None:
+                histograms_out[name] = histograms.counts[part]
     return results
 
 

@@ -233,7 +233,14 @@ class Trainer:
         if every > 0 and done % every == 0 and done < n_batches:
             self.save_state(epoch, done)
 
-    def evaluate(self, samples: list[Sample], pixel: bool, desc: str) -> dict[str, Any]:
+    def evaluate(
+        self,
+        samples: list[Sample],
+        pixel: bool,
+        desc: str,
+        scores_out: dict | None = None,
+        histograms_out: dict | None = None,
+    ) -> dict[str, Any]:
         return evaluate(
             self.model,
             samples,
@@ -243,6 +250,8 @@ class Trainer:
             self.workers,
             desc,
             self.cache,
+            scores_out=scores_out,
+            histograms_out=histograms_out,
         )
 
     def consider(self, score: float, meta: dict[str, Any], where: str) -> None:
@@ -270,8 +279,23 @@ class Trainer:
         if not test_samples:
             self.log(f"checkpoint: {self.ckpt} (no {self.run.obj}_AD/test split to evaluate on)")
             return {}
-        metrics = self.evaluate(test_samples, pixel, f"{self.run.obj} test")
+        scored: dict[str, Any] = {}
+        histograms: dict[str, Any] | None = {} if self.run.report_dir else None
+        metrics = self.evaluate(test_samples, pixel, f"{self.run.obj} test", scored, histograms)
         self.log.metrics(self.run.obj, metrics)
+        if self.run.report_dir:  # every rank: the examples are scored on all of them
+            from iqeclip.report.run import write_test_report
+
+            html = write_test_report(
+                self.run.report_dir,
+                self.model,
+                test_samples,
+                *scored[""],
+                metrics,
+                self.run,
+                pixel_histograms=(histograms or {}).get(""),
+            )
+            self.log(f"report: {html}")
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
         if self.cache is not None:
             self.log(self.cache.hit_rate())

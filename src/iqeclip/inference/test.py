@@ -61,6 +61,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         )
         workers = workers_for(run, device)
         scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        histograms: dict[str, np.ndarray] | None = {} if run.report_dir else None
         metrics = evaluate(
             model,
             samples,
@@ -71,6 +72,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
             f"{run.obj} test",
             cache,
             scores_out=scored,
+            histograms_out=histograms,
         )
         log.metrics(run.obj, metrics)
         if cache is not None:
@@ -80,7 +82,15 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         if run.report_dir:
             from iqeclip.report.run import write_test_report
 
-            html = write_test_report(run.report_dir, model, samples, *scored[""], metrics, run)
+            html = write_test_report(
+                run.report_dir,
+                model,
+                samples,
+                *scored[""],
+                metrics,
+                run,
+                pixel_histograms=(histograms or {}).get(""),
+            )
             log(f"report: {html}")
         return metrics
     finally:

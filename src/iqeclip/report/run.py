@@ -26,7 +26,7 @@ from iqeclip.model.detector import IQEClip
 from iqeclip.report.folder import save_example
 from iqeclip.report.write import write_report
 from iqeclip.runtime import distributed
-from iqeclip.runtime.files import atomic_write_text
+from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 RANDOM_NOTE = (
     "The backbone is randomly initialised (--pretrain none): these numbers show that "
@@ -43,8 +43,14 @@ def write_test_report(
     metrics: dict[str, Any],
     run: Any,
     top_k: int = 8,
+    pixel_histograms: np.ndarray | None = None,
 ) -> Path:
-    """Write the run folder of a test and its report; returns the HTML path."""
+    """Write the run folder of a test and its report; returns the HTML path.
+
+    ``pixel_histograms`` (per image, its map's histograms over normal and anomalous pixels, see
+    :class:`~iqeclip.engine.evaluate.PixelHistograms`) are saved as ``pixel_histograms.npy``, for
+    bootstrap intervals of the pixel AUROC that resample images.
+    """
     run_dir = Path(run_dir)
     order = np.argsort(scores)
     picks = sorted(set(order[-top_k:].tolist()) | set(order[:top_k].tolist()))
@@ -72,6 +78,13 @@ def write_test_report(
         index = "" if sample.index is None else sample.index
         writer.writerow([str(sample.image), index, int(label), f"{score:.6f}"])
     atomic_write_text(run_dir / "scores.csv", buffer.getvalue())
+    if pixel_histograms is not None:
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.save(f, pixel_histograms)
+
+        atomic_write(run_dir / "pixel_histograms.npy", write)
     data = ImageDataset(chosen, size)
     for row, (i, sample) in enumerate(zip(picks, chosen, strict=True)):
         image, mask = data[row][0].permute(1, 2, 0).numpy(), data[row][1].numpy()

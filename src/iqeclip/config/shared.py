@@ -1,0 +1,93 @@
+"""Options that several commands take: declared here once, defaults chosen by each dataclass."""
+
+from __future__ import annotations
+
+from iqeclip.config.option import Option
+
+__all__ = [
+    "AXIS",
+    "BATCH_SIZE",
+    "CKPT_PATH",
+    "DATA_PATH",
+    "DEVICE",
+    "LEARNING_RATE",
+    "MANIFEST",
+    "MARGIN",
+    "MIN_LESION_PX",
+    "MODEL_NAME",
+    "OBJ",
+    "ON_BAD_INPUT",
+    "ORIENTATION",
+    "OUT",
+    "OVERWRITE",
+    "PERCENTILE",
+    "PRECISION",
+    "PRETRAIN",
+    "SEED",
+    "SETTING",
+    "SHOT",
+    "VOLUME_SCORE",
+    "WINDOW",
+]
+
+MODEL_NAME = Option("open_clip architecture (ViT-L-14-336 in the paper; iqe-tiny for tests)")
+PRETRAIN = Option(
+    "none | an open_clip tag such as openai | a weights file (OpenAI TorchScript .pt, state "
+    "dict, safetensors; fp32, fp16 or bf16)"
+)
+PRECISION = Option(
+    "dtype of the frozen vision tower (fp16 needs CUDA); the trainable head always runs in fp32",
+    choices=("fp32", "bf16", "fp16"),
+)
+OBJ = Option("target dataset")
+DATA_PATH = Option("folder with the <Name>_AD datasets")
+BATCH_SIZE = Option("batch size", minimum=1)
+SEED = Option("random seed")
+DEVICE = Option("auto | cpu | cuda | cuda:N")
+SHOT = Option("K: abnormal and normal support images each", minimum=1)
+LEARNING_RATE = Option(
+    "learning rate (0.01 for the temperature)", aliases=("lr",), minimum=0, above=True
+)
+OVERWRITE = Option("replace existing outputs")
+ON_BAD_INPUT = Option(
+    "error: stop before any work at the first unusable file; skip: leave such files out, count "
+    "them and list them in the run folder",
+    choices=("error", "skip"),
+)
+CKPT_PATH = Option("checkpoint")
+OUT = Option("output folder")
+WINDOW = Option(
+    "intensity window CENTRE,WIDTH (e.g. 40,400 for a CT HU window); None: each input kind's "
+    "own rule (DICOM: its window; NIfTI: min-max; images: 8/16-bit full range). Recorded in "
+    "the checkpoint at training; test, calibrate and predict apply the recorded rule unless "
+    "given one"
+)
+PERCENTILE = Option(
+    "clip intensities to percentiles LOW,HIGH before min-max (e.g. 1,99 for MRI); recorded "
+    "like --window"
+)
+AXIS = Option(
+    "slicing axis 0, 1 or 2 of NIfTI volumes (of the --orientation array; canonical RAS+: 0 "
+    "sagittal, 1 coronal, 2 axial slices)",
+    minimum=0,
+    maximum=2,
+)
+ORIENTATION = Option(
+    "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
+    "native (the file's voxel order)",
+    choices=("canonical", "native"),
+)
+MANIFEST = Option(
+    "CSV file with columns path,label,mask (+ split, slice): images, DICOM files or series "
+    "folders, NIfTI volumes with image masks or label volumes (docs/workflows.md)"
+)
+MIN_LESION_PX = Option("manifest volumes: labelled pixels that make a slice abnormal", minimum=1)
+MARGIN = Option(
+    "manifest volumes: leave out normal slices within this many slices of a lesion", minimum=0
+)
+VOLUME_SCORE = Option(
+    "a volume's score from its slice scores: max, or topk:K, the mean of the K highest"
+)
+SETTING = Option(
+    "image-score rule (default: the checkpoint's training setting)", choices=("zero", "few")
+)
