@@ -106,6 +106,17 @@ def test_grid_resumes_a_killed_cell_and_tabulates(bench, tmp_path, monkeypatch):
     (whole / "table.md").unlink()
     assert main(["reproduce", "--out", str(whole), "--table-only", "--bootstrap", "200"]) == 0
     assert (whole / "table.md").read_text() == table
+    mine = tmp_path / "refs.yaml"
+    mine.write_text(
+        "- {method: MyNet, source: my lab, setting: few, shot: 2, AC: {Brain: 88.5, Chest: 70}}\n"
+    )
+    again = ["reproduce", "--out", str(whole), "--table-only", "--references", str(mine)]
+    assert main(again) == 0
+    line = next(x for x in (whole / "table.md").read_text().splitlines() if "| MyNet |" in x)
+    assert line.startswith("| 2-shot | MyNet | 70.00 | 88.50 | – | 79.25 |")
+    assert "MVFA-AD" not in (whole / "table.md").read_text()
+    mine.write_text("- {method: MyNet}\n")
+    assert main(again) == 2  # a malformed file: one line naming it
 
 
 def test_bootstrap_interval_matches_the_exhaustive_distribution():
