@@ -156,9 +156,18 @@ def test_predict_keeps_rows_of_finished_inputs_and_resumes(bench, checkpoint, tm
         module._Writer.write = write
     assert not (out / "predictions.csv").exists()
     kept = _rows(next(out.glob(".predictions.partial.*.csv")))
-    assert [r["path"] for r in kept] == [str(folder / "0.png"), str(folder / "1.png")]
+    assert [r["path"] or r["_group"] for r in kept] == [  # each input's rows, then its marker
+        str(folder / "0.png"),
+        "done",
+        str(folder / "1.png"),
+        "done",
+    ]
     capsys.readouterr()
     assert "--resume to continue" in _error(predict_argv(checkpoint, folder, out=out), capsys)
+    err = _error(
+        [*predict_argv(checkpoint, folder, out=out), "--resume", "--outputs", "npy"], capsys
+    )
+    assert "the interrupted run in" in err and "had other options" in err
     assert main([*predict_argv(checkpoint, folder, out=out), "--resume"]) == 0
     assert "2 inputs were scored before" in capsys.readouterr().out
     assert _rows(out / "predictions.csv") == _rows(whole / "predictions.csv")  # same scores
@@ -177,10 +186,19 @@ def test_predict_never_overwrites_a_users_file(bench, checkpoint, tmp_path, caps
     (uf / "scan_map.png").write_bytes(b"the user's own file")
     err = _error(predict_argv(checkpoint, uf / "scan.png", out=uf), capsys)
     assert "already holds scan_map.png" in err
+    err = _error([*predict_argv(checkpoint, uf / "scan.png", out=uf), "--overwrite"], capsys)
+    assert "no earlier predict run in it listed it" in err  # --overwrite is not a licence
     assert (uf / "scan_map.png").read_bytes() == b"the user's own file"
 
-    out = uf / "out"  # --out inside the input folder
     (uf / "scan_map.png").unlink()
+    for _ in range(2):  # --out is the input folder: the earlier outputs are not inputs
+        assert main([*predict_argv(checkpoint, uf, out=uf), "--overwrite"]) == 0
+        assert [r["path"] for r in _rows(uf / "predictions.csv")] == [str(uf / "scan.png")]
+    capsys.readouterr()
+    for p in uf.iterdir():
+        if p.name != "scan.png":
+            p.unlink()
+    out = uf / "out"  # --out inside the input folder
     assert main(predict_argv(checkpoint, uf, out=out)) == 0
     (out / "notes.txt").write_text("mine")
     first = {p.name for p in out.iterdir()}
@@ -271,3 +289,18 @@ def test_calibrations_are_kept_and_doubtful_ones_warned(bench, checkpoint, tmp_p
     meta = read_checkpoint(ckpt)[2]
     assert meta["calibration_history"] == [first] and meta["thresholds"]["rule"] == "f1"
     assert "kept in the checkpoint's calibration_history (1 entries)" in capsys.readouterr().out
+
+
+def test_a_cut_off_partial_row_scores_its_input_again(tmp_path):
+    from iqeclip.inference.outputs import Partial
+    from iqeclip.inference.predict import CSV_COLUMNS
+
+    partial = Partial(tmp_path, CSV_COLUMNS)
+    row = {c: "x" for c in CSV_COLUMNS} | {"slice": "", "_input": "a.png", "_group": 0}
+    partial.append("a.png", [row])
+    partial.append("vol.nii.gz", [row | {"_input": "vol.nii.gz", "slice": 0}])
+    text = partial.path.read_text()
+    partial.path.write_text(text[: text.rindex("done")])  # killed inside the marker line
+    assert [r["_input"] for r in partial.load()] == ["a.png"]
+    partial.path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1])  # marker lost
+    assert [r["_input"] for r in partial.load()] == ["a.png"]

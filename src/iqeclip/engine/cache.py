@@ -138,13 +138,15 @@ class FeatureCache:
         missing = [i for i, e in enumerate(entries) if e is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        if missing:
-            patch, glob = self.model.features(as_input(images[missing], device))
+        if missing:  # the whole batch, as --no_cache computes it, whatever the kernels do
+            patch, glob = self.model.features(as_input(images, device))
             flat = torch.cat([patch.transpose(0, 1).flatten(1), glob], dim=1)
             flat = flat.cpu().numpy().astype(self.dtype)
-            for row, i in enumerate(missing):
-                self._store(keys[i], flat[row])
-                entries[i] = flat[row]
+            for i in missing:
+                self._store(keys[i], flat[i])
+            if self.dtype == np.float32:
+                return patch.float(), glob.float()
+            entries = list(flat)
         stacked = torch.from_numpy(np.stack(entries).astype(np.float32)).to(device)
         t, n_patch, width = self.shape
         patch = stacked[:, : t * n_patch * width].view(-1, t, n_patch, width).transpose(0, 1)

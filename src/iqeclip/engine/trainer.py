@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,9 +178,12 @@ class Trainer:
         self.workers = workers_for(run, self.device)
         self.ckpt = checkpoint_path(run)
         self.support: list[str] = []  # few-shot: sample_key of each support image
+        self.support_abnormal = 0  # ... of which the first are abnormal
         self.state_path = state_path(self.ckpt)
         if not run.resume:
-            refuse_overwrite(run, self.ckpt, Path(run.metrics_json) if run.metrics_json else None)
+            report = Path(run.report_dir) / "metrics.json" if run.report_dir else None
+            metrics = Path(run.metrics_json) if run.metrics_json else None
+            refuse_overwrite(run, self.ckpt, metrics, report)
         seed_everything(run.seed)
         self.model = IQEClip.build(model_cfg, self.device)
         self.optimizer = make_optimizer(self.model, run.learning_rate)
@@ -268,12 +272,22 @@ class Trainer:
         """Write the checkpoint with the run settings and the few-shot support (rank 0 writes)."""
         if distributed.is_main():
             run = dataclasses.asdict(self.run)
-            save_checkpoint(self.ckpt, self.model, {**meta, "run": run, "support": self.support})
+            support = {"support": self.support, "support_abnormal": self.support_abnormal}
+            save_checkpoint(self.ckpt, self.model, {**meta, "run": run, **support})
 
     def finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
-        """Restore the selected weights, evaluate on the target test split, log and return."""
-        if distributed.is_main():
-            self.state_path.unlink(missing_ok=True)  # the run is complete: nothing to resume
+        """Restore the selected weights, evaluate on the target test split, log and return.
+
+        The training state is removed last, once the metrics and the report are written: a run
+        killed during its final test resumes into the test, not into training from scratch.
+        """
+        try:
+            return self._finish(test_samples, pixel, select)
+        finally:
+            if distributed.is_main() and sys.exc_info()[0] is None:
+                self.state_path.unlink(missing_ok=True)  # the run is complete
+
+    def _finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
         if self.best_state is not None:
             self.model.head.load_state_dict(self.best_state)
         if not test_samples:

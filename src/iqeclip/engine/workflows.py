@@ -208,6 +208,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
         trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples))
         trainer.support = [sample_key(s) for s in (*abnormal, *normal)]
+        trainer.support_abnormal = len(abnormal)
         bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
         log(
             f"support: {len(abnormal)} abnormal + {len(normal)} normal -> {len(support)} augmented samples"

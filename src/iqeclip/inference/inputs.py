@@ -39,6 +39,7 @@ from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
 from iqeclip.data.readers.pil import display_rgb
 from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError
+from iqeclip.inference.outputs import is_output_name
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
 
@@ -84,15 +85,21 @@ def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> l
 
     A folder is searched recursively: images and NIfTI files are taken one by one, and every
     folder holding DICOM files is one input (:func:`read_items` splits it by series). The
-    ``exclude`` folder (predict's ``--out``) is not searched, so an earlier run's outputs are
-    never read back as inputs.
+    ``exclude`` folder (predict's ``--out``) is not searched when it lies inside a walked
+    folder, and where it *is* the walked folder its files named like predict's outputs
+    (``*_overlay.png``, ``*_map.png``, ...) are left out, so an earlier run's outputs are never
+    read back as inputs.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
 
-    def wanted(p: Path) -> bool:
+    def wanted(p: Path, top: Path) -> bool:
         if not p.is_file() or p.name.startswith("."):
             return False
-        return skip is None or not p.resolve().is_relative_to(skip)
+        if skip is None or not p.resolve().is_relative_to(skip):
+            return True
+        if skip == top or top.is_relative_to(skip):  # --out is the walked folder (or above it)
+            return not is_output_name(p.name) or p.parent.resolve() != skip
+        return False  # inside an --out below the walked folder
 
     found: list[Path] = []
     for raw in paths:
@@ -101,7 +108,8 @@ def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> l
             found.append(path)
         elif path.is_dir():
             series: set[Path] = set()
-            for f in sorted(p for p in path.rglob("*") if wanted(p)):
+            top = path.resolve()
+            for f in sorted(p for p in path.rglob("*") if wanted(p, top)):
                 found_kind = kind(f)
                 if found_kind in ("image", "nifti"):
                     found.append(f)

@@ -5,15 +5,19 @@
   would write for one of the inputs (``<stem>_overlay.png``, ``<stem>_s003_map.npy``,
   ``<stem>_anomaly.nii.gz``, ...), so a user's ``scan_map.png`` beside ``scan.png`` is never
   replaced. With ``--overwrite`` it removes the previous run's outputs, those listed in its
-  ``predictions.csv`` (and the CSV files themselves), nothing else.
+  ``predictions.csv`` (and the CSV files themselves), nothing else, and still refuses a file
+  this run would write that no earlier run listed.
 - :class:`Partial` appends each finished input's rows to ``.predictions.partial.<rank>.csv`` (one
   flushed write per input), so a crash or kill keeps what was scored; ``--resume`` reads it back
-  and scores only the inputs that are missing. The final ``predictions.csv`` replaces it.
+  and scores only the inputs that are missing, after checking that it is the same run (checkpoint,
+  inputs, options: ``.predictions.partial.json``). The final ``predictions.csv`` replaces it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -22,14 +26,22 @@ from typing import Any
 
 from iqeclip.errors import UserError
 from iqeclip.runtime import distributed
+from iqeclip.runtime.files import atomic_write_text
 
-__all__ = ["FIXED_FILES", "Partial", "guard"]
+__all__ = ["FIXED_FILES", "Partial", "guard", "is_output_name"]
 
 FIXED_FILES = ("predictions.csv", "volumes.csv", "skipped_inputs.csv", "config.yaml")
 """The files of a predict run that do not depend on the inputs (config.yaml: its options)."""
 _OUTPUT = re.compile(r"_(overlay\.png|map\.png|map\.npy|mask\.png|anomaly\.nii\.gz|mask\.nii\.gz)$")
 _PARTIAL = ".predictions.partial.{}.csv"
 _COLUMNS_EXTRA = ("_input", "_group")
+_DONE = "done"
+_IDENTITY = ".predictions.partial.json"
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a file name has the form of a per-slice or volume output of predict."""
+    return _OUTPUT.search(name) is not None
 
 
 def _ours(name: str, stems: Iterable[str]) -> bool:
@@ -38,82 +50,118 @@ def _ours(name: str, stems: Iterable[str]) -> bool:
     )
 
 
-def guard(out: Path, stems: Sequence[str], overwrite: bool, resume: bool) -> None:
+def guard(
+    out: Path, stems: Sequence[str], overwrite: bool, resume: bool, identity: dict[str, Any]
+) -> None:
     """Refuse or clean the output folder before any work (see the module docstring).
 
+    Args:
+        out: The output folder.
+        stems: The output stems of the inputs.
+        overwrite: Remove the previous run's listed outputs first.
+        resume: Continue the interrupted run in ``out``; it must have the same ``identity``.
+        identity: What makes two runs the same (checkpoint, inputs, options), saved beside the
+            partial rows and compared on ``resume``.
+
     Raises:
-        UserError: Without ``overwrite`` and ``resume``, a file predict would write exists
-            (named); with ``resume``, nothing to resume.
+        UserError: A file this run would write that no earlier run listed (without
+            ``overwrite``: any); with ``resume``, nothing to resume or another run to resume.
     """
-    if not out.is_dir():
-        if resume:
-            raise UserError(f"--resume: {out} does not exist, so there is nothing to resume")
-        return
-    partials = sorted(out.glob(_PARTIAL.format("*")))
+    record = out / _IDENTITY
+    partials = sorted(out.glob(_PARTIAL.format("*"))) if out.is_dir() else []
     if resume:
-        if not partials:
+        if not partials or not record.is_file():
             raise UserError(f"--resume: {out} holds no interrupted predict run")
+        before = json.loads(record.read_text(encoding="utf-8"))
+        changed = sorted(k for k in identity if before.get(k) != identity[k])
+        if changed:
+            raise UserError(
+                f"--resume: the interrupted run in {out} had other {', '.join(changed)}; pass "
+                "the same inputs and options, or --overwrite to start again"
+            )
         return
-    if overwrite:
-        _remove_previous(out)
-        for p in partials:
-            p.unlink()
-        return
-    if partials:
-        raise UserError(
-            f"--out {out} holds an interrupted predict run: pass --resume to continue it or "
-            "--overwrite to start again"
+    if out.is_dir():
+        if partials and not overwrite:
+            raise UserError(
+                f"--out {out} holds an interrupted predict run: pass --resume to continue it or "
+                "--overwrite to start again"
+            )
+        removable = _previous_outputs(out) if overwrite else set()
+        clash = sorted(
+            p.name
+            for p in out.iterdir()
+            if p.is_file() and _ours(p.name, stems) and p.name not in removable
         )
-    clash = sorted(p.name for p in out.iterdir() if p.is_file() and _ours(p.name, stems))
-    if clash:
-        more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
-        raise UserError(
-            f"--out {out} already holds {clash[0]}{more}, which this run would write: pass "
-            "--overwrite to replace an earlier run's outputs, or choose another --out"
-        )
+        if clash:
+            more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+            hint = (
+                "no earlier predict run in it listed it: move it, or choose another --out"
+                if overwrite
+                else "pass --overwrite to replace an earlier run's outputs, or choose another --out"
+            )
+            raise UserError(
+                f"--out {out} already holds {clash[0]}{more}, which this run would write: {hint}"
+            )
+        for name in sorted(removable):
+            (out / name).unlink(missing_ok=True)
+        for p in [*partials, record]:
+            p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
 
-def _remove_previous(out: Path) -> None:
-    """Delete the files the previous run listed in its predictions.csv, and its CSV files."""
-    listed: set[str] = set()
-    table = out / "predictions.csv"
-    if table.is_file():
+def _previous_outputs(out: Path) -> set[str]:
+    """The files the previous run listed in its predictions.csv (or, interrupted, its partial
+    rows), and its CSV files; none when it left neither (nothing is then known to be predict's)."""
+    tables = [out / "predictions.csv", *sorted(out.glob(_PARTIAL.format("*")))]
+    tables = [t for t in tables if t.is_file()]
+    if not tables:
+        return set()
+    listed: set[str] = set(FIXED_FILES)
+    for table in tables:  # a finished run's predictions.csv, an interrupted one's partial rows
         with table.open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                listed |= {n for n in (row.get("outputs") or "").split(";") if n}
-    for name in sorted(listed | set(FIXED_FILES)):
-        path = out / name
-        if os.sep not in name and path.is_file():
-            path.unlink()
+                names = (row.get("outputs") or "").split(";")
+                listed |= {n for n in names if n and os.sep not in n}
+    return {n for n in listed if (out / n).is_file()}
 
 
 class Partial:
-    """This rank's rows of finished inputs, appended as they finish (``--resume`` reads them)."""
+    """This rank's rows of finished inputs, appended as they finish (``--resume`` reads them).
+
+    Each input's rows and an end marker go out in one write; on reading, an input without its
+    marker (cut off by a kill) is not done and is scored again.
+    """
 
     def __init__(self, out: Path, columns: Sequence[str]) -> None:
         self.path = out / _PARTIAL.format(distributed.rank())
         self.columns = [*columns, *_COLUMNS_EXTRA]
 
     def load(self) -> list[dict[str, Any]]:
-        """The rows already written (empty when there is no partial file)."""
+        """The rows of the inputs that finished (empty when there is no partial file)."""
         if not self.path.is_file():
             return []
-        with self.path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
+        text = self.path.read_text(encoding="utf-8")
+        text = text[: text.rfind("\n") + 1]  # a line cut off by a kill is dropped
+        rows = list(csv.DictReader(io.StringIO(text)))
+        done = {r["_input"] for r in rows if r.get("_group") == _DONE}
+        kept = [r for r in rows if r.get("_input") in done and r.get("_group") != _DONE]
+        for row in kept:
             row["slice"] = int(row["slice"]) if row["slice"] != "" else ""
             row["_group"] = int(row["_group"])
-        return rows
+        return kept
 
-    def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append one finished input's rows, flushed to disk before returning."""
-        new = not self.path.exists()
+    def append(self, source: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Append one finished input's rows and its end marker, flushed to disk before returning."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
+        if not self.path.exists():
+            writer.writeheader()
+        writer.writerows(rows)
+        writer.writerow({"_input": source, "_group": _DONE})
         try:
             with self.path.open("a", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=self.columns, lineterminator="\n")
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
+                f.write(buffer.getvalue())
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
@@ -121,3 +169,5 @@ class Partial:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        if distributed.is_main():
+            (self.path.parent / _IDENTITY).unlink(missing_ok=True)

@@ -330,17 +330,24 @@ def predict(
     aggregate = volume_aggregate(volume_score)
     paths = expand_inputs(inputs, exclude=out)
     stems = unique_stems(paths)
+    masks = Path(masks) if masks else None
+    # every input is checked before the folder is touched: a bad input under error changes nothing
+    usable, skipped = check_inputs(paths, masks, model.config.img_size, on_bad_input)
+    identity = {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "inputs": [str(p.resolve()) for p in paths],
+        "options": [setting, repr(reading), sorted(chosen), volume_score, str(masks)],
+        "world_size": distributed.world_size(),
+    }
     problem = None
     if distributed.is_main():  # one rank looks at (and cleans) the folder; all ranks obey it
         try:
-            guard(out, list(stems.values()), overwrite, resume)
+            guard(out, list(stems.values()), overwrite, resume, identity)
         except UserError as exc:
             problem = str(exc)
     problem = distributed.broadcast(problem)
     if problem is not None:
         raise UserError(problem)
-    masks = Path(masks) if masks else None
-    usable, skipped = check_inputs(paths, masks, model.config.img_size, on_bad_input)
     if thresholds:
         threshold, rule = thresholds["image"], describe(thresholds)
         say(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
@@ -360,11 +367,12 @@ def predict(
     current, first = None, len(writer.rows)
     for item, amap, score in scored:
         if current is not None and item.source != current:  # the previous input is complete
-            partial.append(writer.rows[first:])
+            partial.append(str(current), writer.rows[first:])
             first = len(writer.rows)
         current = item.source
         writer.write(item, amap, score)
-    partial.append(writer.rows[first:])
+    if current is not None:
+        partial.append(str(current), writer.rows[first:])
     csv_path = writer.write_csv({str(p): i for i, p in enumerate(paths)})
     volumes = writer.write_volumes(aggregate, volume_threshold)
     if volumes is not None:

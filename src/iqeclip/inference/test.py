@@ -111,7 +111,9 @@ def _trained_like(run: RunConfig, trained: dict[str, Any]) -> RunConfig:
     if run.setting != "few":
         return run
     if run.shot is None:
-        return dataclasses.replace(run, shot=shot if shot is not None else 0)
+        if shot is None:
+            raise UserError(f"{run.ckpt_path} records no shot count: pass --shot")
+        return dataclasses.replace(run, shot=shot)
     if shot is not None and run.shot != shot:
         raise UserError(
             f"--shot {run.shot}: {run.ckpt_path} was trained {shot}-shot (leave --shot out, or "

@@ -73,6 +73,7 @@ def run_reproduce(
         notes.append(RANDOM_NOTE)
     if not distributed.is_main():
         return []
-    written = write_tables(out, cfg.bootstrap, base.seed, cfg.references, notes)
+    seed = (stored.get("run") or {}).get("seed", base.seed)  # the grid's, for --table-only too
+    written = write_tables(out, cfg.bootstrap, seed, cfg.references, notes)
     logger.info(f"results and tables written to {out} ({', '.join(p.name for p in written)})")
     return written

@@ -129,6 +129,9 @@ def run_cell(
 ) -> str:
     """Run one cell unless it is finished or running elsewhere: ``done``, ``locked`` or ``ran``.
 
+    Rank 0 decides (and holds the lock); under torchrun every rank follows its decision, so all
+    ranks run the same cell.
+
     Args:
         model_cfg: The model of every cell.
         base: The training options of every cell.
@@ -139,31 +142,52 @@ def run_cell(
     from iqeclip.engine.workflows import train_few, train_zero
 
     folder = out / cell.folder
-    if (folder / DONE).exists():
-        return "done"
     main = distributed.is_main()
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-    with _lock(folder) if main else contextlib.nullcontext(True) as mine:
-        free = distributed.broadcast(bool(mine) and not (folder / DONE).exists())
-        if not free:
-            return "locked" if not (folder / DONE).exists() else "done"
+    with contextlib.ExitStack() as stack:
+        decision = None
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
+            decision = "done" if (folder / DONE).exists() else None
+            if decision is None:
+                decision = "free" if stack.enter_context(_lock(folder)) else "locked"
+            if decision == "free" and (folder / DONE).exists():
+                decision = "done"  # finished while we waited for the lock
+        decision = distributed.broadcast(decision)
+        if decision != "free":
+            return decision
         run = cell.run_config(base, folder)
         resume = state_path(checkpoint_path(run)).exists()
         run = dataclasses.replace(run, resume=resume, overwrite=not resume)
-        if main:
-            save_yaml({**record, "cell": dataclasses.asdict(run)}, folder / "config.yaml")
-        start = time.perf_counter()
-        train = train_zero if cell.setting == "zero" else train_few
-        metrics = train(model_cfg, run)
-        seconds = time.perf_counter() - start
+        seconds = None
+        if (folder / "metrics.json").exists() and checkpoint_path(run).exists() and not resume:
+            pass  # killed after its results were written: nothing left to train or test
+        else:
+            if main:
+                save_yaml({**record, "cell": dataclasses.asdict(run)}, folder / "config.yaml")
+            start = time.perf_counter()
+            train = train_zero if cell.setting == "zero" else train_few
+            try:
+                train(model_cfg, run)
+            except UserError as exc:
+                if not resume:
+                    raise
+                raise UserError(
+                    f"cell {cell.folder} cannot continue: {exc} (the grid's options changed? "
+                    "use another --out, or delete that cell's folder)"
+                ) from None
+            seconds = time.perf_counter() - start
         if main:
             _write_support(folder, checkpoint_path(run), cell.shot)
+            metrics = _read_json(folder / "metrics.json")
             done = {**dataclasses.asdict(cell), "setting": cell.setting, "seed": run.seed}
             done |= {"select": run.select, "seconds": seconds, "n_images": metrics.get("n_images")}
             done["resumed"] = resume
             atomic_write_text(folder / DONE, json.dumps(done, indent=2) + "\n")
     return "ran"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_support(folder: Path, ckpt: Path, shot: int) -> None:
@@ -172,9 +196,10 @@ def _write_support(folder: Path, ckpt: Path, shot: int) -> None:
         return
     from iqeclip.model.checkpoint import read_checkpoint
 
-    keys = read_checkpoint(ckpt)[2].get("support") or []
-    names = [Path(k.split("#")[0]).name for k in keys]
-    text = f"a-0: {' '.join(names[:shot])}\nn-0: {' '.join(names[shot:])}\n"
+    meta = read_checkpoint(ckpt)[2]
+    names = [Path(k.split("#")[0]).name for k in meta.get("support") or []]
+    n_abnormal = int(meta.get("support_abnormal", shot))
+    text = f"a-0: {' '.join(names[:n_abnormal])}\nn-0: {' '.join(names[n_abnormal:])}\n"
     atomic_write_text(folder / "support.txt", text)
 
 
@@ -239,8 +264,11 @@ def run_grid(
 
 
 def _summary(folder: Path) -> str:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    done = json.loads((folder / DONE).read_text())
+    metrics, done = _read_json(folder / "metrics.json"), _read_json(folder / DONE)
+    if "image_auroc" not in metrics:
+        return "no test split to evaluate on"
     pixel = metrics.get("pixel_auroc")
     pixel_text = f", pixel AUROC {pixel:.4f}" if pixel is not None else ""
-    return f"image AUROC {metrics['image_auroc']:.4f}{pixel_text} ({done['seconds']:.0f} s)"
+    seconds = done.get("seconds")
+    took = f" ({seconds:.0f} s)" if seconds is not None else ""
+    return f"image AUROC {metrics['image_auroc']:.4f}{pixel_text}{took}"

@@ -126,6 +126,8 @@ def collect(out: Path, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     for done in sorted(Path(out).glob(f"*/*/draw*/{DONE}")):
         folder = done.parent
         cell = json.loads(done.read_text())
+        if not (folder / "metrics.json").exists():
+            continue  # a target without a test split: nothing to tabulate
         metrics = json.loads((folder / "metrics.json").read_text())
         scores = folder / "report" / "scores.csv"
         lo, hi = (
@@ -151,7 +153,7 @@ def collect(out: Path, bootstrap: int, seed: int) -> list[dict[str, Any]]:
                 "pixel_auroc_ci_low": plo,
                 "pixel_auroc_ci_high": phi,
                 "selection_rule": cell["select"] or ("source-val" if not cell["shot"] else "last"),
-                "seconds": round(cell["seconds"], 1),
+                "seconds": None if cell["seconds"] is None else round(cell["seconds"], 1),
             }
         )
     order = {t: i for i, t in enumerate(TARGETS)}
@@ -193,10 +195,22 @@ def load_references(path: str | Path | None = None) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise UserError(f"--references {where}: expected a list of methods")
     for i, entry in enumerate(data):
-        missing = {"method", "source", "shot", "AC"} - set(entry or {})
+        if not isinstance(entry, dict):
+            raise UserError(f"--references {where} entry {i + 1}: expected a mapping")
+        missing = {"method", "source", "shot", "AC"} - set(entry)
         if missing:
             raise UserError(
                 f"--references {where} entry {i + 1}: missing {', '.join(sorted(missing))}"
+            )
+        maps = [entry.get(k) or {} for k in ("AC", "AS")]
+        if not (
+            isinstance(entry["shot"], int)
+            and all(isinstance(m, dict) for m in maps)
+            and all(isinstance(v, (int, float)) for m in maps for v in m.values())
+        ):
+            raise UserError(
+                f"--references {where} entry {i + 1}: shot must be an integer and AC/AS "
+                "mappings of target to a number (%)"
             )
     return data
 
@@ -437,7 +451,7 @@ def write_tables(
     rules = sorted({r["selection_rule"] for r in rows})
     notes = [
         f"- AC: image AUROC, AS: pixel AUROC, in %; ours: mean ± standard deviation over "
-        f"{len(draws)} draw(s) per cell; the averages are over the targets with a value.",
+        f"{len(draws)} draw(s) per cell; an average needs every target's value.",
         f"- Checkpoint selection: {', '.join(rules)} (--select); 95 % bootstrap intervals of each "
         f"cell's image and pixel AUROC ({bootstrap} resamples of the images) are in the "
         "intervals table and results.csv.",
