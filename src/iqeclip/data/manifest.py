@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from iqeclip.data.layout import Sample
 from iqeclip.data.readers import INSTALL_HINT, Reading, kind, label_slices, read_slices
+from iqeclip.data.readers.pil import page_count
 from iqeclip.data.validate import Skipped, strip_path
 from iqeclip.errors import UserError
 from iqeclip.runtime.files import read_text
@@ -238,7 +238,7 @@ def _expand(
         raise _RowError(item, why)
     if mask is not None and not mask.exists():
         raise _RowError(mask, "mask: no such file")
-    if found == "image" and chosen is None and _pages(item) == 1:
+    if found == "image" and chosen is None and page_count(item) == 1:
         if label is None:
             raise UserError(f"{item}: a 2-D image needs a label")
         manifest.rows.append((split, Sample(item, label, mask, None, reading)))
@@ -280,14 +280,6 @@ def _expand(
             manifest.rows.append((split, Sample(item, labels[i], keep, i, reading)))
     if chosen is None:
         manifest.volumes.append(Volume(item, volume_label, split))
-
-
-def _pages(path: Path) -> int:
-    try:
-        with Image.open(path) as im:
-            return int(getattr(im, "n_frames", 1))
-    except OSError:
-        return 1  # the checks name the problem
 
 
 def _slice_labels(counts: np.ndarray, min_lesion_px: int, margin: int) -> dict[int, int | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -281,11 +280,10 @@ class Trainer:
         The training state is removed last, once the metrics and the report are written: a run
         killed during its final test resumes into the test, not into training from scratch.
         """
-        try:
-            return self._finish(test_samples, pixel, select)
-        finally:
-            if distributed.is_main() and sys.exc_info()[0] is None:
-                self.state_path.unlink(missing_ok=True)  # the run is complete
+        metrics = self._finish(test_samples, pixel, select)
+        if distributed.is_main():
+            self.state_path.unlink(missing_ok=True)  # the run is complete
+        return metrics
 
     def _finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
         if self.best_state is not None:

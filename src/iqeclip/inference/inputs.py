@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from iqeclip.data.layout import Sample
@@ -36,7 +35,7 @@ from iqeclip.data.readers import (
     slice_to_uint8_rgb,
 )
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
-from iqeclip.data.readers.pil import display_rgb
+from iqeclip.data.readers.pil import display_rgb, page_count
 from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError
 from iqeclip.inference.outputs import is_output_name
@@ -206,14 +205,6 @@ def _series_stems(stem: str, groups: list[list[Any]]) -> list[str]:
     return stems
 
 
-def _one_page(path: Path) -> bool:
-    try:
-        with Image.open(path) as im:
-            return int(getattr(im, "n_frames", 1)) == 1
-    except OSError:
-        return True  # load_image names the problem
-
-
 def _volume(found: Any, members: list[Slice], stem: str) -> dict[str, Any] | None:
     """What predict needs to write a volume's maps as NIfTI: a NIfTI volume's own geometry, or
     a DICOM series stacked as ``(rows, columns, slices)`` with its affine (from the series
@@ -254,7 +245,7 @@ def read_items(
     """
     stem = stem or _stem(path)
     found = kind(path)
-    if found == "image" and reading.intensity == DEFAULT_INTENSITY and _one_page(path):
+    if found == "image" and reading.intensity == DEFAULT_INTENSITY and page_count(path) == 1:
         tensor = model_input(path, None, size, reading)  # load_image: the BMAD pre-processing
         display = display_rgb(path)
         yield Item(stem, path, None, display, tensor)

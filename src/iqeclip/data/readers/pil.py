@@ -37,6 +37,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "open_image",
+    "page_count",
     "read_wide_image",
     "slice_to_uint8_rgb",
     "to_float",
@@ -143,6 +144,16 @@ def load_mask(path: Path, size: int) -> torch.Tensor:
     array = np.asarray(grey.resize((size, size), Image.NEAREST))
     binary = array > 0 if zero_one else array >= 128
     return torch.from_numpy(binary.copy())
+
+
+def page_count(path: Path) -> int:
+    """How many pages (frames) an image file holds, from its header; 1 for a file PIL cannot
+    open (reading it names the problem)."""
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except OSError:
+        return 1
 
 
 def display_rgb(path: Path) -> np.ndarray:

@@ -12,8 +12,7 @@
   files without a suffix), else it is not supported.
 
 Suffixes are compared case-insensitively and are checked before the magic. :func:`kind` gives a
-path's type, :func:`read` reads a path by it, and :func:`is_wide_image` tells 16-bit PIL images
-(which ``predict`` reads with :func:`read`, so that the intensity options apply) from 8-bit ones.
+path's type and :func:`read` reads a path by it.
 """
 
 from __future__ import annotations
@@ -21,13 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
-
 from iqeclip.data.readers.base import Slice
 from iqeclip.data.readers.dicom import read_dicom, read_dicom_files
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.nifti import read_nifti
-from iqeclip.data.readers.pil import WIDE_MODES, read_wide_image
+from iqeclip.data.readers.pil import read_wide_image
 from iqeclip.errors import UserError
 
 __all__ = [
@@ -35,7 +32,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
     "Kind",
-    "is_wide_image",
     "kind",
     "read",
     "read_dicom_series",
@@ -89,18 +85,6 @@ def _series_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in Path(folder).iterdir() if not p.name.startswith(".") and kind(p) == "dicom"
     )
-
-
-def is_wide_image(path: Path) -> bool:
-    """Whether an image file has 16/32-bit integer grey pixels (PIL modes ``WIDE_MODES``).
-
-    Only the header is read; a file PIL cannot open is not wide.
-    """
-    try:
-        with Image.open(path) as im:
-            return im.mode in WIDE_MODES
-    except OSError:
-        return False
 
 
 def read_dicom_series(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iqeclip.data.readers.registry import is_wide_image, kind, read, read_dicom_series
+from iqeclip.data.readers.registry import kind, read, read_dicom_series
 from iqeclip.errors import UserError
 from tests.unit.data.readers.conftest import dicom_sample, write_ct
 
@@ -44,15 +44,15 @@ def test_kind_by_suffix_then_magic(tmp_path: Path, pydicom: Any) -> None:
     assert kind(empty) == "series" and kind(files) == "series"  # folders are read as series
 
 
-def test_is_wide_image(tmp_path: Path) -> None:
-    wide = tmp_path / "wide.png"
-    Image.fromarray(np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000).save(wide)
-    eight = tmp_path / "eight.png"
-    Image.fromarray(np.zeros((3, 4), np.uint8)).save(eight)
+def test_page_count_from_the_header(tmp_path: Path) -> None:
+    from iqeclip.data.readers.pil import page_count
+
+    pages = [Image.fromarray(np.full((3, 4), 50 * k, np.uint8)) for k in range(3)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(tmp_path / "one.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    assert is_wide_image(wide)
-    assert not is_wide_image(eight) and not is_wide_image(tmp_path / "broken.png")
-    assert not is_wide_image(tmp_path / "missing.png")
+    assert page_count(tmp_path / "stack.tif") == 3 and page_count(tmp_path / "one.png") == 1
+    assert page_count(tmp_path / "broken.png") == 1  # reading it names the problem
 
 
 def test_series_order_by_instance_then_position(tmp_path: Path, pydicom: Any) -> None:
