@@ -7,13 +7,13 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.iqeclip-installed
 
-.PHONY: test demo lint clean
+.PHONY: test demo lint clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,medical]'
+	$(PY) -m pip install -q -e '.[test,medical,serve,export]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# Debian's chromium and chromium-driver for the browser tests (they skip without them)
+browser:
+	bash scripts/install_browser.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/iqeclip demo

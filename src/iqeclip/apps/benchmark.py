@@ -1,6 +1,11 @@
 """``iqeclip benchmark``: speed of the test path and of training steps, as ratios to the bare
 backbone forward measured in the same run.
 
+With ``--backend onnx`` the model is also exported (:mod:`iqeclip.inference.export`) and
+onnxruntime's scoring of the same batch is timed in the same rounds, with as many threads as
+torch uses: ``onnx_over_inference`` is its time over the PyTorch inference path's, and
+``onnx_max_map_deviation`` the largest difference of its maps from PyTorch's.
+
 The machine this runs on may be shared and noisy, so every quantity is measured in interleaved
 rounds (backbone, inference, uncached step, cached step, then again) and the median per image is
 reported; the ratios are the figures to compare, the absolute times only context. With
@@ -17,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +30,8 @@ import torch
 from iqeclip.config import BenchmarkConfig, ModelConfig
 from iqeclip.engine.cache import FeatureCache
 from iqeclip.engine.trainer import make_optimizer, train_step
+from iqeclip.errors import UserError
+from iqeclip.inference.export import OnnxDetector, export_onnx
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device, seed_everything
 
@@ -41,10 +49,17 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def benchmark(
-    config: ModelConfig, batch_size: int, n_images: int, device: str = "auto", seed: int = 0
+    config: ModelConfig,
+    batch_size: int,
+    n_images: int,
+    device: str = "auto",
+    seed: int = 0,
+    backend: str = "torch",
 ) -> dict:
     """Measure and return the figures (see the module docstring)."""
     dev = resolve_device(device)
+    if backend == "onnx" and (dev.type != "cpu" or config.precision != "fp32"):
+        raise UserError("benchmark --backend onnx compares both backends on the CPU in fp32")
     seed_everything(seed)
     model = IQEClip.build(config, dev)
     size = model.config.img_size
@@ -72,6 +87,16 @@ def benchmark(
             "train_uncached": lambda: train_step(model, optimizer, batch),
             "train_cached": lambda: train_step(model, optimizer, batch, cache),
         }
+        onnx, extra = None, {}
+        if backend == "onnx":  # exported before training steps change the head
+            onnx = _onnx_detector(model, Path(tmp) / "model.onnx")
+            reference, _ = model.predict(images.to(dev), "zero")
+            mine, _ = onnx.predict(images, "zero")
+            extra = {
+                "onnx_max_map_deviation": float((mine - reference.cpu()).abs().max()),
+                "onnx_threads": onnx.session.get_session_options().intra_op_num_threads,
+            }
+            work["onnx"] = lambda: onnx.predict(images, "zero")
         for fn in work.values():  # warm-up round
             _timed(fn, dev)
         times: dict[str, list[float]] = {k: [] for k in work}
@@ -79,6 +104,12 @@ def benchmark(
             for name, fn in work.items():
                 times[name].append(_timed(fn, dev))
     ms = {k: 1000 * statistics.median(v) / batch_size for k, v in times.items()}
+    if onnx is not None:
+        extra = {
+            "onnx_ms_per_image": round(ms["onnx"], 2),
+            "onnx_over_inference": round(ms["onnx"] / ms["inference"], 3),
+            **extra,
+        }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "model_name": model.config.model_name,
@@ -95,14 +126,21 @@ def benchmark(
         "train_uncached_over_backbone": round(ms["train_uncached"] / ms["backbone"], 3),
         "train_cached_over_backbone": round(ms["train_cached"] / ms["backbone"], 3),
         "max_map_deviation_from_fp32": deviation,
+        **extra,
         "peak_rss_mb": round(peak, 1),
         "torch_threads": torch.get_num_threads(),
     }
 
 
+def _onnx_detector(model: IQEClip, path: Path) -> OnnxDetector:
+    """The model exported to ``path`` (traced on the CPU in fp32), run by onnxruntime."""
+    export_onnx(model, path)
+    return OnnxDetector(path, "cpu", threads=torch.get_num_threads())
+
+
 def run_benchmark(model_overrides: dict[str, Any], cfg: BenchmarkConfig) -> dict:
     """``iqeclip benchmark``: measure, print the result as one JSON line and return it."""
     config = ModelConfig(**{**BENCH_DEFAULTS, **model_overrides})
-    result = benchmark(config, cfg.batch_size, cfg.n_images, cfg.device, cfg.seed)
+    result = benchmark(config, cfg.batch_size, cfg.n_images, cfg.device, cfg.seed, cfg.backend)
     print(json.dumps(result))
     return result

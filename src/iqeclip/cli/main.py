@@ -25,11 +25,13 @@ from iqeclip.config import (
     BenchmarkConfig,
     CalibrateConfig,
     DemoConfig,
+    ExportConfig,
     ModelConfig,
     PredictConfig,
     ReportConfig,
     ReproduceConfig,
     RunConfig,
+    ServeConfig,
     SynthConfig,
     parse_features_list,
 )
@@ -86,6 +88,13 @@ MOVED_WEIGHTS = Section(
         "pretrain": "backbone weights if they moved since training (tag or file)",
         "precision": "vision-tower dtype (default: as trained)",
     },
+)
+MOVED_PRETRAIN = Section(
+    "model",
+    ModelConfig,
+    ("pretrain",),
+    overrides=True,
+    help={"pretrain": MOVED_WEIGHTS.help["pretrain"]},
 )
 
 
@@ -181,6 +190,24 @@ def cmd_predict(command: str, values: Values) -> Path:
         model_overrides=values["model"],
     )
     return Path(cfg.out)
+
+
+def cmd_export(command: str, values: Values) -> None:
+    from iqeclip.inference.export import export_checkpoint
+
+    cfg = ExportConfig(**values["export"])
+    model, path = export_checkpoint(cfg.ckpt_path, cfg.out, cfg.overwrite, values["model"])
+    size = model.config.img_size
+    print(
+        f"{cfg.ckpt_path} exported to {path}: {model.config.model_name} at {size} px, "
+        f"input images (batch, 3, {size}, {size}) in [0, 1], outputs maps, score_zero, score_few"
+    )
+
+
+def cmd_serve(command: str, values: Values) -> None:
+    from iqeclip.serve import serve
+
+    serve(ServeConfig(**values["serve"]), values["model"])
 
 
 def cmd_calibrate(command: str, values: Values) -> None:
@@ -280,7 +307,18 @@ COMMANDS: dict[str, Command] = {
         "score your own images, DICOM series and NIfTI volumes with a checkpoint",
         (MOVED_WEIGHTS, Section("predict", PredictConfig)),
         cmd_predict,
+        required=("out",),
+    ),
+    "export": Command(
+        "export a checkpoint's whole scoring path as one ONNX graph (iqeclip[export])",
+        (MOVED_PRETRAIN, Section("export", ExportConfig)),
+        cmd_export,
         required=("ckpt_path", "out"),
+    ),
+    "serve": Command(
+        "a local web viewer and JSON API over predict (iqeclip[serve]; docs/serve.md)",
+        (MOVED_WEIGHTS, Section("serve", ServeConfig)),
+        cmd_serve,
     ),
     "calibrate": Command(
         "choose decision thresholds and store them in the checkpoint",

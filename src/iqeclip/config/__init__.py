@@ -26,13 +26,16 @@ from typing import Any
 from iqeclip.config.apps import (
     BenchmarkConfig,
     DemoConfig,
+    ExportConfig,
     ReportConfig,
     ReproduceConfig,
+    ServeConfig,
     SynthConfig,
 )
 from iqeclip.config.option import Checked, Option, check_bounds, option_of
 from iqeclip.config.shared import (
     AXIS,
+    BACKEND,
     BATCH_SIZE,
     CKPT_PATH,
     DATA_PATH,
@@ -41,6 +44,7 @@ from iqeclip.config.shared import (
     MANIFEST,
     MARGIN,
     MIN_LESION_PX,
+    MODEL_FILE,
     MODEL_NAME,
     OBJ,
     ON_BAD_INPUT,
@@ -63,12 +67,14 @@ __all__ = [
     "CalibrateConfig",
     "Checked",
     "DemoConfig",
+    "ExportConfig",
     "ModelConfig",
     "Option",
     "PredictConfig",
     "ReportConfig",
     "ReproduceConfig",
     "RunConfig",
+    "ServeConfig",
     "SynthConfig",
     "cache_home",
     "check_bounds",
@@ -363,8 +369,9 @@ class PredictConfig(Checked):
         "mean of the K highest (None: the calibrated rule, else max)",
     )
     outputs: str | None = Option(
-        "what to write per slice, comma-separated from overlay, map, npy, mask (None: overlay,map,"
-        "npy, and mask when the checkpoint has a calibrated pixel threshold)"
+        "what to write per slice, comma-separated from overlay, map, npy, mask, input (the "
+        "picture as read) (None: overlay,map,npy, and mask when the checkpoint has a calibrated "
+        "pixel threshold)"
     )(None)
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
     device: str = DEVICE("auto")
@@ -376,6 +383,8 @@ class PredictConfig(Checked):
         False
     )
     on_bad_input: str = ON_BAD_INPUT("error")
+    backend: str = BACKEND("torch")
+    model: str | None = MODEL_FILE(None)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The configurations of the apps: ``synth``, ``report``, ``demo``, ``reproduce``, ``benchmark``."""
+"""The configurations of the apps: ``synth``, ``report``, ``demo``, ``reproduce``, ``benchmark``,
+``export`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from dataclasses import dataclass
 
 from iqeclip.config.option import Checked, Option
 from iqeclip.config.shared import (
+    BACKEND,
     BATCH_SIZE,
+    CKPT_PATH,
     DATA_PATH,
     DEVICE,
     LEARNING_RATE,
+    MODEL_FILE,
     OBJ,
     OUT,
     OVERWRITE,
@@ -17,7 +21,15 @@ from iqeclip.config.shared import (
     SHOT,
 )
 
-__all__ = ["BenchmarkConfig", "DemoConfig", "ReportConfig", "ReproduceConfig", "SynthConfig"]
+__all__ = [
+    "BenchmarkConfig",
+    "DemoConfig",
+    "ExportConfig",
+    "ReportConfig",
+    "ReproduceConfig",
+    "ServeConfig",
+    "SynthConfig",
+]
 
 
 @dataclass
@@ -101,3 +113,32 @@ class BenchmarkConfig(Checked):
     )(32)
     device: str = DEVICE("auto")
     seed: int = SEED(0)
+    backend: str = BACKEND(
+        "torch",
+        help="onnx: also export the model and time onnxruntime beside the PyTorch path, with "
+        "the same number of threads (pip install 'iqeclip[export]')",
+    )
+
+
+@dataclass
+class ExportConfig(Checked):
+    """``iqeclip export``: the whole scoring path of a checkpoint as one ONNX graph."""
+
+    ckpt_path: str | None = CKPT_PATH(None)
+    format: str = Option("export format", choices=("onnx",))("onnx")
+    out: str | None = Option("the model file to write (e.g. model.onnx)")(None)
+    overwrite: bool = OVERWRITE(False, help="replace an existing --out file")
+
+
+@dataclass
+class ServeConfig(Checked):
+    """``iqeclip serve``: a local web viewer and JSON API over predict."""
+
+    ckpt_path: str | None = CKPT_PATH(None)
+    host: str = Option("address to listen on (127.0.0.1: this machine only)")("127.0.0.1")
+    port: int = Option("TCP port", minimum=1, maximum=65535)(8000)
+    max_upload_mb: float = Option("largest upload accepted, in MB", above=0)(200.0)
+    batch_size: int = BATCH_SIZE(8, help="slices per forward pass")
+    device: str = DEVICE("auto")
+    backend: str = BACKEND("torch")
+    model: str | None = MODEL_FILE(None)

@@ -91,3 +91,9 @@ VOLUME_SCORE = Option(
 SETTING = Option(
     "image-score rule (default: the checkpoint's training setting)", choices=("zero", "few")
 )
+BACKEND = Option(
+    "what scores: torch (the checkpoint, PyTorch) or onnx (a model from iqeclip export, "
+    "onnxruntime; pip install 'iqeclip[export]')",
+    choices=("torch", "onnx"),
+)
+MODEL_FILE = Option("--backend onnx: the model file written by iqeclip export")

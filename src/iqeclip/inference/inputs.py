@@ -296,7 +296,7 @@ def scored_items(
     With ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``, and
     so is each unreadable file of a DICOM series folder (the rest of the folder is scored).
     """
-    device = next(model.head.parameters()).device
+    device = model.device
     pending: list[Item] = []
 
     def flush() -> Iterator[tuple[Item, torch.Tensor, float]]:

@@ -32,7 +32,9 @@ __all__ = ["FIXED_FILES", "Partial", "guard", "is_output_name"]
 
 FIXED_FILES = ("predictions.csv", "volumes.csv", "skipped_inputs.csv", "config.yaml")
 """The files of a predict run that do not depend on the inputs (config.yaml: its options)."""
-_OUTPUT = re.compile(r"_(overlay\.png|map\.png|map\.npy|mask\.png|anomaly\.nii\.gz|mask\.nii\.gz)$")
+_OUTPUT = re.compile(
+    r"_(overlay\.png|map\.png|map\.npy|mask\.png|input\.png|anomaly\.nii\.gz|mask\.nii\.gz)$"
+)
 _PARTIAL = ".predictions.partial.{}.csv"
 _COLUMNS_EXTRA = ("_input", "_group")
 _DONE = "done"

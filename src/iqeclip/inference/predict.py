@@ -35,6 +35,7 @@ from iqeclip.data.readers import (
 from iqeclip.data.readers.nifti import to_source_order
 from iqeclip.data.validate import write_skipped
 from iqeclip.errors import UserError
+from iqeclip.inference.export import OnnxDetector, load_detector
 from iqeclip.inference.inputs import (
     Item,
     check_inputs,
@@ -68,7 +69,7 @@ series in a folder), ``source`` the file the row came from (a DICOM slice's own 
 are empty for non-DICOM rows and ``outputs`` lists the files written for the row (``;``); the row
 of the slice that completed a volume also lists the volume's NIfTI files."""
 VOLUME_COLUMNS = ("path", "n_slices", "score", "decision", "threshold", "abnormal_slices")
-OUTPUTS = ("overlay", "map", "npy", "mask")  # what predict can write per slice
+OUTPUTS = ("overlay", "map", "npy", "mask", "input")  # what predict can write per slice
 DEFAULT_OUTPUTS = ("overlay", "map", "npy")  # and mask, when the checkpoint has a pixel threshold
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,9 @@ class _Writer:
         if "npy" in self.outputs:
             written.append(f"{name}_map.npy")
             _save_npy(self.out / written[-1], full)
+        if "input" in self.outputs:  # the picture as read (windowed), at the input's size
+            written.append(f"{name}_input.png")
+            _save_png(self.out / written[-1], item.display)
         if "mask" in self.outputs:
             binary = (full >= self.pixel_threshold).astype(np.uint8) * 255
             written.append(f"{name}_mask.png")
@@ -297,6 +301,9 @@ def predict(
     outputs: str | None = None,
     volume_score: str | None = None,
     resume: bool = False,
+    backend: str = "torch",
+    model: str | Path | None = None,
+    detector: IQEClip | OnnxDetector | None = None,
 ) -> Path:
     """Score ``inputs`` with a checkpoint and write every output into ``out``.
 
@@ -308,6 +315,9 @@ def predict(
     (default: the rule ``calibrate`` calibrated the volume threshold for, else ``max``). The
     decision of a volume applies the calibrated volume threshold, else the image threshold.
     The intensity rule is the checkpoint's unless ``window`` / ``percentile`` is given.
+    ``backend="onnx"`` scores with the exported ``model`` file instead of the checkpoint
+    (:mod:`iqeclip.inference.export`), through the same readers and writers; ``detector`` is an
+    already loaded one (``iqeclip serve`` loads it once for all requests).
 
     Before any work the output folder is checked (:func:`~iqeclip.inference.outputs.guard`) and
     every input and mask is validated as training validates its images
@@ -319,8 +329,10 @@ def predict(
     """
     out = Path(out)
     check_writable("--out", out, folder=True)
-    model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
-    meta = model.meta
+    if detector is None:
+        detector = load_detector(backend, ckpt_path, model, resolve_device(device), model_overrides)
+    source = str(ckpt_path if model is None else model)
+    meta = detector.meta
     reading = checkpoint_reading(meta, window, percentile, axis, orientation)
     setting = setting or meta.get("run", {}).get("setting", "zero")
     thresholds = meta.get("thresholds")
@@ -332,9 +344,9 @@ def predict(
     stems = unique_stems(paths)
     masks = Path(masks) if masks else None
     # every input is checked before the folder is touched: a bad input under error changes nothing
-    usable, skipped = check_inputs(paths, masks, model.config.img_size, on_bad_input)
+    usable, skipped = check_inputs(paths, masks, detector.config.img_size, on_bad_input)
     identity = {
-        "checkpoint": str(Path(ckpt_path).resolve()),
+        "checkpoint": str(Path(source).resolve()),
         "inputs": [str(p.resolve()) for p in paths],
         "options": [setting, repr(reading), sorted(chosen), volume_score, str(masks)],
         "world_size": distributed.world_size(),
@@ -353,7 +365,7 @@ def predict(
         say(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
     else:
         threshold, rule = None, ""
-        say(f"{ckpt_path} has no calibrated threshold: writing scores only (see iqeclip calibrate)")
+        say(f"{source} has no calibrated threshold: writing scores only (see iqeclip calibrate)")
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out, masks, threshold, rule, chosen, pixel_threshold)
     partial = Partial(out, CSV_COLUMNS)
@@ -363,7 +375,9 @@ def predict(
         say(f"--resume: {len(done)} inputs were scored before; scoring the rest")
     # under torchrun each rank scores and writes its own inputs
     mine = [p for p in distributed.shard(usable) if str(p) not in done]
-    scored = scored_items(model, mine, setting, batch_size, reading, stems, skipped, on_bad_input)
+    scored = scored_items(
+        detector, mine, setting, batch_size, reading, stems, skipped, on_bad_input
+    )
     current, first = None, len(writer.rows)
     for item, amap, score in scored:
         if current is not None and item.source != current:  # the previous input is complete

@@ -295,7 +295,9 @@ class Backbone(nn.Module):
         batch: the vision transformer's matrix products are batch-invariant here, but a
         ``(B, Dv) @ (Dv, D)`` product with few rows takes another kernel (other rounding) than
         one with many, so ``proj`` is applied image by image. Cached features computed in one
-        batch therefore equal features computed in any other (docs/model.md).
+        batch therefore equal features computed in any other (docs/model.md). An ONNX export
+        (:mod:`iqeclip.inference.export`) applies it to the batch at once, as a loop over the
+        images would fix the graph's batch size.
         """
         if self.normalize == "clip":
             images = (images - self.mean) / self.std
@@ -303,5 +305,10 @@ class Backbone(nn.Module):
             images.to(self.dtype), indices=self.taps, output_fmt="NLC"
         )
         pooled = out["image_features"]  # ln_post(CLS): the tower has no projection of its own
-        glob = torch.cat([row @ self.proj for row in pooled.split(1)]) if len(pooled) else pooled
+        if torch.onnx.is_in_onnx_export():  # one graph for any batch size (docs/model.md)
+            glob = pooled @ self.proj
+        else:
+            glob = (
+                torch.cat([row @ self.proj for row in pooled.split(1)]) if len(pooled) else pooled
+            )
         return torch.stack(out["image_intermediates"]).float(), glob.float()

@@ -169,6 +169,11 @@ class IQEClip(nn.Module):
         model.meta = load_checkpoint(model, path, stored)
         return model
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.head.token_ids.device
+
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen taps ``(T, B, L, Dv)`` and global embedding ``(B, D)`` of ``(B, 3, H, W)`` images."""
         return self.backbone(images)

@@ -124,3 +124,9 @@ def score(
     else:
         raise ValueError(f"unknown setting {setting!r}")
     return maps, image
+
+
+def score_range(setting: Setting, levels: int) -> tuple[float, float]:
+    """The interval an image score of :func:`score` lies in: zero-shot ``[0, 2 * levels]`` (a
+    mean probability per level and branch, summed), few-shot ``[0, 2]`` (one per branch)."""
+    return (0.0, 2.0 * levels) if setting == "zero" else (0.0, 2.0)

@@ -13,6 +13,7 @@ from iqeclip.model.scoring import (
     patch_scores,
     probability_maps,
     score,
+    score_range,
 )
 
 
@@ -95,3 +96,15 @@ def test_few_shot_image_score_uses_unsmoothed_maps():
     torch.testing.assert_close(image, (raw_query.mean() + 0.5).view(1))
     # the map itself is blurred: the peak at the hot patch's corner is spread out
     assert maps[0, 0, 0] < 0.8 * raw_query[0, 0] + 0.2 * 0.5 - 1e-3
+
+
+@pytest.mark.parametrize("setting", ["zero", "few"])
+def test_score_range_is_the_range_score_reaches(setting):
+    levels, batch, patches = 4, 1, 16
+    sure = torch.zeros(levels, batch, patches, 2)
+    sure[..., 1] = 100.0  # every patch abnormal with probability 1
+    low, high = score_range(setting, levels)
+    _, top = score(sure, sure, 32, setting)
+    _, bottom = score(-sure, -sure, 32, setting)
+    assert top.item() == pytest.approx(high)
+    assert bottom.item() == pytest.approx(low, abs=1e-6)
