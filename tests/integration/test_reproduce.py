@@ -133,6 +133,23 @@ def test_bootstrap_interval_matches_the_exhaustive_distribution():
     assert bootstrap_auroc(np.zeros(4), scores[:4], 100, 0) == (None, None)
 
 
+def test_bootstrap_resamples_score_as_scikit_learn_does():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 40)
+    scores = np.round(rng.random(40), 1)  # ties within and across the classes
+    n = 300
+    draws = np.random.default_rng(7)  # the resamples bootstrap_auroc draws, one at a time
+    values = []
+    for _ in range(n):
+        pick = draws.integers(0, 40, 40)
+        if labels[pick].min() != labels[pick].max():
+            values.append(roc_auc_score(labels[pick], scores[pick]))
+    expected = np.percentile(values, [2.5, 97.5])
+    for chunk in (1, 64, 1000):  # the resamples do not depend on how they are batched
+        got = bootstrap_auroc(labels, scores, n, seed=7, chunk=chunk)
+        assert got == pytest.approx(tuple(expected), abs=1e-12)
+
+
 def test_pixel_auroc_from_image_histograms():
     from iqeclip.engine.evaluate import PixelHistograms
     from iqeclip.reproduce.table import binned_auroc, bootstrap_pixel_auroc

@@ -305,3 +305,29 @@ def test_iqeclip_serve_command_serves_and_checks_its_port(checkpoint, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_zips_named_oddly_or_broken_and_mixed(client, bench, tmp_path):
+    study = series_zip(tmp_path / "study.zip").read_bytes()
+    for name in ("series", ".zip"):  # a zip is a zip whatever its name
+        r = client.post("/api/predict", files={"file": (name, study)})
+        assert r.status_code == 200 and r.json()["kind"] == "volume", r.text
+    broken = bytearray(study)
+    middle = slice(len(broken) // 3, len(broken) // 3 + 64)  # inside a member's data
+    broken[middle] = bytes(b ^ 0xFF for b in broken[middle])
+    r = client.post("/api/predict", files={"file": ("broken.zip", bytes(broken))})
+    assert r.status_code == 400 and r.json()["error"].startswith("broken.zip: ")
+    image = next((bench / "Brain_AD" / "test" / "good" / "img").glob("*.png"))
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w") as z:
+        for member in zipfile.ZipFile(io.BytesIO(study)).infolist():
+            z.writestr(member.filename, zipfile.ZipFile(io.BytesIO(study)).read(member))
+        z.write(image, "extra.png")
+    answer = post(client, mixed).json()
+    assert len(answer["volumes"]) == 1 and len(answer["slices"]) == 4
+    assert answer["score"] is None and answer["decision"] is None
+    table = client.get(f"/api/results/{answer['id']}/predictions.csv").text
+    assert str(tmp_path) not in table and "iqeclip-serve" not in table
+    assert "series/IM0001.dcm" in table and "extra.png" in table
+    r = client.get("/api/nothing-here")
+    assert r.status_code == 404 and set(r.json()) == {"error"}

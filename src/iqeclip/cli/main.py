@@ -196,7 +196,9 @@ def cmd_export(command: str, values: Values) -> None:
     from iqeclip.inference.export import export_checkpoint
 
     cfg = ExportConfig(**values["export"])
-    model, path = export_checkpoint(cfg.ckpt_path, cfg.out, cfg.overwrite, values["model"])
+    model, path = export_checkpoint(
+        cfg.ckpt_path, cfg.out, cfg.overwrite, values["model"], cfg.format
+    )
     size = model.config.img_size
     print(
         f"{cfg.ckpt_path} exported to {path}: {model.config.model_name} at {size} px, "

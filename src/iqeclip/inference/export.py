@@ -28,6 +28,7 @@ from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError, first_line
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import score
+from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, check_writable
 
 INPUT_NAME = "images"
@@ -80,12 +81,16 @@ def export_checkpoint(
     out: str | Path,
     overwrite: bool = False,
     model_overrides: dict[str, Any] | None = None,
+    fmt: str = "onnx",
 ) -> tuple[IQEClip, Path]:
-    """``iqeclip export``: the checkpoint's model, built on the CPU in fp32, to ``out``.
+    """``iqeclip export``: the checkpoint's model, built on the CPU in fp32, to ``out`` in
+    format ``fmt`` (``onnx``, the one format so far).
 
     ``out`` is checked before the model is built: it must be writable, and an existing file is
     replaced only with ``overwrite``.
     """
+    if fmt != "onnx":
+        raise UserError(f"--format {fmt}: the export format is onnx")
     _require("onnx")
     out = Path(out)
     check_writable("--out", out)
@@ -154,7 +159,8 @@ class OnnxDetector:
 
     Args:
         path: a file written by :func:`export_onnx`.
-        device: ``cpu`` (or ``auto``), or ``cuda`` where onnxruntime's CUDA provider is installed.
+        device: ``cpu``; ``cuda`` or ``cuda:N`` (needs onnxruntime's CUDA provider,
+            ``onnxruntime-gpu``); ``auto``: CUDA where that provider is installed, else the CPU.
         threads: intra-op threads (None: as many as torch uses, so both backends compare fairly).
 
     Raises:
@@ -169,14 +175,16 @@ class OnnxDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UserError(
-                    f"--device {device}: this onnxruntime has no CUDA provider "
-                    "(pip install onnxruntime-gpu), use --device cpu"
-                )
-            providers.insert(0, "CUDAExecutionProvider")
+        providers: list[Any] = ["CPUExecutionProvider"]
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if device.startswith("cuda") and not cuda:
+            raise UserError(
+                f"--device {device}: this onnxruntime has no CUDA provider "
+                "(pip install onnxruntime-gpu), use --device cpu"
+            )
+        if device.startswith("cuda") or (device == "auto" and cuda):
+            index = int(device.partition(":")[2] or 0)
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -205,11 +213,11 @@ def load_detector(
     backend: str,
     ckpt_path: str | Path | None,
     model_path: str | Path | None,
-    device: torch.device,
+    device: str,
     model_overrides: dict[str, Any] | None = None,
 ) -> IQEClip | OnnxDetector:
-    """The detector a scoring command runs: a checkpoint (``torch``) or an exported model
-    (``onnx``); each refuses the other's flags."""
+    """The detector a scoring command runs: a checkpoint (``torch``, on ``resolve_device(device)``)
+    or an exported model (``onnx``); each refuses the other's flags."""
     if backend == "onnx":
         if model_path is None:
             raise UserError("--backend onnx needs --model FILE.onnx (made by iqeclip export)")
@@ -220,9 +228,9 @@ def load_detector(
             raise UserError(
                 f"--backend onnx: {', '.join(given)} has no effect (the weights are in --model)"
             )
-        return OnnxDetector(model_path, device.type)
+        return OnnxDetector(model_path, device)
     if model_path is not None:
         raise UserError("--model is an exported ONNX model: use it with --backend onnx")
     if ckpt_path is None:
         raise UserError("--ckpt_path is required (or --backend onnx --model FILE.onnx)")
-    return IQEClip.from_checkpoint(ckpt_path, device, **(model_overrides or {}))
+    return IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))

@@ -49,7 +49,6 @@ from iqeclip.inference.thresholds import describe
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.heatmaps import draw_contour, overlay
 from iqeclip.runtime import distributed
-from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, atomic_write_text, check_writable
 
 CSV_COLUMNS = (
@@ -330,7 +329,7 @@ def predict(
     out = Path(out)
     check_writable("--out", out, folder=True)
     if detector is None:
-        detector = load_detector(backend, ckpt_path, model, resolve_device(device), model_overrides)
+        detector = load_detector(backend, ckpt_path, model, device, model_overrides)
     source = str(ckpt_path if model is None else model)
     meta = detector.meta
     reading = checkpoint_reading(meta, window, percentile, axis, orientation)

@@ -16,7 +16,6 @@ from typing import Any
 
 from iqeclip.config import ServeConfig
 from iqeclip.errors import UserError
-from iqeclip.runtime.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +45,7 @@ def serve(cfg: ServeConfig, model_overrides: dict[str, Any]) -> None:
     from iqeclip.inference.export import load_detector
 
     _check_port(cfg.host, cfg.port)
-    device = resolve_device(cfg.device)
-    detector = load_detector(cfg.backend, cfg.ckpt_path, cfg.model, device, model_overrides)
+    detector = load_detector(cfg.backend, cfg.ckpt_path, cfg.model, cfg.device, model_overrides)
     source = str(cfg.model if cfg.backend == "onnx" else cfg.ckpt_path)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(

@@ -6,12 +6,15 @@ Routes: ``GET /`` the page and ``/static/*`` its script and style (nothing from 
 (:class:`~iqeclip.serve.jobs.Jobs`); ``GET /api/results/{id}/{file}`` one of its pictures or
 maps; ``GET /api/results/{id}/download`` a zip of what predict wrote. Errors are JSON
 ``{"error": "<one line>"}``: 400 for what the readers or predict refuse, 404 for an unknown
-result, 411/413 for an upload without a length or over ``--max_upload_mb`` (refused from its
-headers, before the body is read).
+result or route, 411/413 for an upload without a length or over ``--max_upload_mb`` (refused
+from its headers, before the body is read), 500 for a failure of the server itself (its log has
+the traceback).
 """
 
 from __future__ import annotations
 
+import logging
+import mimetypes
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from iqeclip import __version__
 from iqeclip.errors import UserError
@@ -28,6 +32,7 @@ from iqeclip.model.scoring import score_range
 from iqeclip.serve.jobs import Jobs
 
 STATIC = Path(__file__).parent / "static"
+logger = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -73,7 +78,7 @@ def model_info(detector: Any, source: str, backend: str) -> dict[str, Any]:
         "config": detector.config.to_dict(),
         "score_range": [low, high],
         "map_range": [0.0, 1.0],
-        "calibration": thresholds and {**thresholds, "rule": describe(thresholds)},
+        "calibration": {**thresholds, "rule": describe(thresholds)} if thresholds else None,
         "run": run,
     }
 
@@ -93,6 +98,15 @@ def create_app(
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         return _error(400, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception(f"{request.method} {request.url.path} failed")
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,9 +135,10 @@ def create_app(
 
     @app.get("/api/results/{rid}/{name}")
     def result_file(rid: str, name: str) -> Response:
-        path = jobs.file(rid, name)
-        if path is None:
+        data = jobs.file(rid, name)
+        if data is None:
             return _error(404, f"no file {name} in result {rid}")
-        return FileResponse(path)
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return Response(data, media_type=kind)
 
     return app

@@ -9,6 +9,7 @@ from ``predictions.csv`` and ``volumes.csv``: the API says exactly what ``predic
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -16,6 +17,7 @@ import shutil
 import threading
 import uuid
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -53,12 +55,13 @@ def safe_name(filename: str | None) -> str:
 
 
 def _unzip(archive: Path, dest: Path, limit: int) -> None:
-    """Unpack a zip (a DICOM series, or images), refusing paths outside ``dest`` and zip bombs."""
+    """Unpack a zip (a DICOM series, or images), refusing paths outside ``dest``, zip bombs and
+    archives Python cannot unpack (encrypted, unknown compression, corrupt)."""
     try:
         with zipfile.ZipFile(archive) as z:
             members = [m for m in z.infolist() if not m.is_dir()]
             if sum(m.file_size for m in members) > limit:
-                raise UserError(f"{archive.name}: unpacks to more than {limit // 2**20} MB")
+                raise UserError(f"{archive.name}: unpacks to more than {limit / 1e6:g} MB")
             for m in members:
                 target = (dest / m.filename).resolve()
                 if not target.is_relative_to(dest.resolve()) or m.filename.startswith("/"):
@@ -68,8 +71,16 @@ def _unzip(archive: Path, dest: Path, limit: int) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(m) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-    except zipfile.BadZipFile as exc:
-        raise UserError(f"{archive.name}: not a readable zip file ({exc})") from None
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError) as exc:
+        raise UserError(f"{archive.name}: not a zip file iqeclip can unpack ({exc})") from None
+
+
+def _public(text: str, folder: Path) -> str:
+    """``text`` with the request's folder left out of every path (as the uploader named it)."""
+    for base in {folder, folder.resolve()}:
+        for sub in ("upload", "unpacked", ""):
+            text = text.replace(f"{base / sub}/" if sub else f"{base}/", "")
+    return text
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -98,7 +109,9 @@ class Jobs:
         self.detector = Locked(detector)
         self.source, self.root, self.limit, self.batch_size = source, root, limit, batch_size
         thresholds = detector.meta.get("thresholds") or {}
-        self.pixel_threshold = thresholds.get("pixel")
+        self.outputs = "input,overlay,map,npy" + (
+            ",mask" if thresholds.get("pixel") is not None else ""
+        )
         self.done: OrderedDict[str, Path] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -111,31 +124,32 @@ class Jobs:
         """
         rid = uuid.uuid4().hex[:12]
         folder = self.root / rid
-        upload = folder / "upload"
-        upload.mkdir(parents=True)
         name = safe_name(filename)
-        path = upload / name
-        with path.open("wb") as f:
-            shutil.copyfileobj(data, f)
         try:
-            if zipfile.is_zipfile(path):
-                unpacked = upload / (Path(name).stem or "archive")
+            path = folder / "upload" / name
+            path.parent.mkdir(parents=True)
+            with path.open("wb") as f:
+                shutil.copyfileobj(data, f)
+            if zipfile.is_zipfile(path):  # unpacked beside, into a folder named after it
+                unpacked = folder / "unpacked" / (Path(name).stem or "archive")
                 _unzip(path, unpacked, self.limit * UNZIP_FACTOR)
-                path.unlink()
                 path = unpacked
-            outputs = "input,overlay,map,npy" + (",mask" if self.pixel_threshold else "")
+            out = folder / "out"
             predict(
                 self.source,
                 [path],
-                folder / "out",
+                out,
                 detector=self.detector,
-                outputs=outputs,
+                outputs=self.outputs,
                 batch_size=self.batch_size,
             )
+            for table in ("predictions.csv", "volumes.csv"):  # no server paths in the files
+                if (out / table).is_file():
+                    (out / table).write_text(_public((out / table).read_text("utf-8"), folder))
             answer = self._answer(rid, folder, name)
         except UserError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            raise UserError(str(exc).replace(f"{upload}/", "").replace(str(upload), name)) from None
+            raise UserError(_public(str(exc), folder)) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -149,15 +163,16 @@ class Jobs:
                 _, old = self.done.popitem(last=False)
                 shutil.rmtree(old, ignore_errors=True)
 
-    def file(self, rid: str, name: str) -> Path | None:
-        """A file of a kept result (``out/`` or ``view/``), or None."""
+    def file(self, rid: str, name: str) -> bytes | None:
+        """A file of a kept result (``out/`` or ``view/``), or None (also when the result was
+        dropped meanwhile)."""
         with self._lock:
             folder = self.done.get(rid)
         if folder is None or Path(name).name != name:
             return None
         for sub in ("out", "view"):
-            if (folder / sub / name).is_file():
-                return folder / sub / name
+            with contextlib.suppress(OSError):
+                return (folder / sub / name).read_bytes()
         return None
 
     def archive(self, rid: str) -> bytes | None:
@@ -167,10 +182,13 @@ class Jobs:
         if folder is None:
             return None
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted((folder / "out").iterdir()):
-                if f.is_file() and not f.name.startswith("."):
-                    z.write(f, f.name)
+        try:
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted((folder / "out").iterdir()):
+                    if f.is_file() and not f.name.startswith("."):
+                        z.write(f, f.name)
+        except OSError:  # dropped while it was zipped
+            return None
         return buffer.getvalue()
 
     def _answer(self, rid: str, folder: Path, name: str) -> dict[str, Any]:
@@ -218,8 +236,12 @@ class Jobs:
             }
             for v in _read_csv(out / "volumes.csv")
         ]
-        # the headline: the one volume, or the one image (a zip of several has none)
-        head = volumes[0] if len(volumes) == 1 else slices[0] if len(slices) == 1 else {}
+        # the headline: the one volume, or the one image (a zip of several inputs has none)
+        head = {}
+        if len(volumes) == 1 and volumes[0]["n_slices"] == len(slices):
+            head = volumes[0]
+        elif not volumes and len(slices) == 1:
+            head = slices[0]
         return {
             "id": rid,
             "filename": name,
