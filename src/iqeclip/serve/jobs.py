@@ -29,6 +29,7 @@ from PIL import Image
 from iqeclip.errors import UserError
 from iqeclip.inference.predict import predict
 from iqeclip.report.heatmaps import colorize, draw_contour
+from iqeclip.runtime.files import atomic_write_text
 
 KEEP_RESULTS = 32  # finished results kept for the page's images and downloads (oldest dropped)
 UNZIP_FACTOR = 8  # a zip may hold at most this many times the upload limit, unpacked
@@ -145,7 +146,8 @@ class Jobs:
             )
             for table in ("predictions.csv", "volumes.csv"):  # no server paths in the files
                 if (out / table).is_file():
-                    (out / table).write_text(_public((out / table).read_text("utf-8"), folder))
+                    public = _public((out / table).read_text("utf-8"), folder)
+                    atomic_write_text(out / table, public)
             answer = self._answer(rid, folder, name)
         except UserError as exc:
             shutil.rmtree(folder, ignore_errors=True)
