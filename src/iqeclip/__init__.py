@@ -6,15 +6,24 @@ The public API::
     model = IQEClip.build(ModelConfig(model_name="iqe-tiny", pretrain="none", img_size=64))
     trained = IQEClip.from_checkpoint("ckpt/Brain_4.pth", device="cpu")
 
-Importing the package registers its open_clip model configs (``iqe-tiny``).
+The package's open_clip model configs (``iqe-tiny``) are registered with open_clip when
+:mod:`iqeclip.model.backbone` is first imported (``iqeclip.IQEClip`` imports it).
 """
 
+from typing import Any
+
 from iqeclip.config import ModelConfig
-from iqeclip.model.backbone import register_configs
-from iqeclip.model.detector import IQEClip
 
 __version__ = "0.1.0"
 
 __all__ = ["IQEClip", "ModelConfig", "__version__"]
 
-register_configs()
+
+def __getattr__(name: str) -> Any:
+    """``IQEClip`` is imported on first use: ``import iqeclip`` (and every ``iqeclip --help``,
+    ``--version`` or argument error) does not import torch or open_clip."""
+    if name == "IQEClip":
+        from iqeclip.model.detector import IQEClip
+
+        return IQEClip
+    raise AttributeError(f"module 'iqeclip' has no attribute {name!r}")

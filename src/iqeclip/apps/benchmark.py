@@ -1,6 +1,10 @@
 """``iqeclip benchmark``: speed of the test path and of training steps, as ratios to the bare
 backbone forward measured in the same run.
 
+Beside the ratios: the backbone's FLOPs per image and the GFLOP/s it achieved, and the
+per-image breakdown of the test path (backbone, text, IQM, maps, blur, the rest of the head,
+metrics, data; :mod:`iqeclip.apps.breakdown`).
+
 With ``--backend onnx`` the model is also exported (:mod:`iqeclip.inference.export`) and
 onnxruntime's scoring of the same batch is timed in the same rounds, with as many threads as
 torch uses: ``onnx_over_inference`` is its time over the PyTorch inference path's, and
@@ -27,6 +31,7 @@ from typing import Any
 
 import torch
 
+from iqeclip.apps.breakdown import backbone_flops, breakdown
 from iqeclip.config import BenchmarkConfig, ModelConfig
 from iqeclip.engine.cache import FeatureCache
 from iqeclip.engine.trainer import make_optimizer, train_step
@@ -104,6 +109,8 @@ def benchmark(
             for name, fn in work.items():
                 times[name].append(_timed(fn, dev))
     ms = {k: 1000 * statistics.median(v) / batch_size for k, v in times.items()}
+    flops = backbone_flops(model, images)
+    parts = breakdown(model, images, masks, labels, len(times["backbone"]))
     if onnx is not None:
         extra = {
             "onnx_ms_per_image": round(ms["onnx"], 2),
@@ -119,12 +126,15 @@ def benchmark(
         "device": str(dev),
         "rounds": len(times["backbone"]),
         "backbone_ms_per_image": round(ms["backbone"], 2),
+        "backbone_gflop_per_image": round(flops / 1e9, 3),
+        "backbone_gflops_per_s": round(flops / 1e9 / (ms["backbone"] / 1000), 1),
         "inference_ms_per_image": round(ms["inference"], 2),
         "inference_over_backbone": round(ms["inference"] / ms["backbone"], 3),
         "train_ms_per_image_uncached": round(ms["train_uncached"], 2),
         "train_ms_per_image_cached": round(ms["train_cached"], 2),
         "train_uncached_over_backbone": round(ms["train_uncached"] / ms["backbone"], 3),
         "train_cached_over_backbone": round(ms["train_cached"] / ms["backbone"], 3),
+        "breakdown_ms_per_image": parts,
         "max_map_deviation_from_fp32": deviation,
         **extra,
         "peak_rss_mb": round(peak, 1),

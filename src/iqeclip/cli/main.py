@@ -428,9 +428,8 @@ def _setup_logging(verbosity: int) -> logging.Handler:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iqeclip`` console script."""
     args = build_parser().parse_args(argv)
-    from iqeclip.runtime import distributed
-
     handler = _setup_logging(args.verbosity)
+    distributed = None  # imported (with torch) once the options are known to be good
     try:
         values = resolve(args.command, args)
         command = COMMANDS[args.command]
@@ -438,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(options.dump(resolved), end="")
             return 0
+        from iqeclip.runtime import distributed
+
         if distributed.launched_by_torchrun():
             distributed.setup(next((v["device"] for v in values.values() if "device" in v), "auto"))
         folder = command.run(args.command, values)
@@ -450,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed.teardown()
+        if distributed is not None:
+            distributed.teardown()
         logging.getLogger("iqeclip").removeHandler(handler)
     return 0
 

@@ -26,6 +26,7 @@ from torch import nn
 from iqeclip import __version__
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError, first_line
+from iqeclip.model.backbone import plain_attention
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import score
 from iqeclip.runtime.device import resolve_device
@@ -64,16 +65,11 @@ class ScoringGraph(nn.Module):
 
 @contextlib.contextmanager
 def _exportable() -> Iterator[None]:
-    """The fused attention kernel of ``nn.MultiheadAttention`` has no ONNX form: the exporter
-    traces the plain computation instead (same function; restored afterwards)."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shapes taken as constants
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    """The fused attention kernel has no ONNX form: the exporter traces the plain computation
+    (:func:`~iqeclip.model.backbone.plain_attention`), and its tracer warnings are hushed."""
+    with plain_attention(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shapes taken as constants: the image size is fixed
+        yield
 
 
 def export_checkpoint(

@@ -43,6 +43,9 @@ def register_configs() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
+register_configs()  # on import: iqe-tiny is known wherever the model is used
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The dimensions of an open_clip architecture that the trainable head depends on."""
@@ -213,6 +216,22 @@ def _quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def plain_attention() -> Iterator[None]:
+    """Attention computed op by op: ``nn.MultiheadAttention``'s fused fast path off and
+    ``scaled_dot_product_attention`` on its math kernel. The same function, made of the matrix
+    products that an ONNX export can trace and a FLOP counter can count (restored afterwards)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def activation_name(clip: nn.Module) -> str:

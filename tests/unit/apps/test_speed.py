@@ -6,8 +6,35 @@ import json
 
 import torch
 
+from iqeclip.apps.breakdown import backbone_flops
 from iqeclip.cli.main import main
+from iqeclip.config import ModelConfig
+from iqeclip.model.detector import IQEClip
 from tests.conftest import build_tiny
+
+
+def vit_flops(img: int, patch: int, width: int, layers: int, mlp_ratio: int = 4) -> int:
+    """A ViT's forward FLOPs by hand: 2 per multiply-add of the patch convolution and, per block,
+    of the qkv, attention (scores and values), output and MLP products, over L = grid² + 1."""
+    tokens = (img // patch) ** 2 + 1
+    conv = 2 * 3 * patch * patch * width * (tokens - 1)
+    qkv, out = 2 * tokens * width * 3 * width, 2 * tokens * width * width
+    attention = 2 * (2 * tokens * tokens * width)
+    mlp = 2 * (2 * tokens * width * mlp_ratio * width)
+    return conv + layers * (qkv + attention + out + mlp)
+
+
+def test_backbone_flops_are_counted_as_derived_by_hand():
+    for name, img, patch, width, layers in (
+        ("iqe-tiny", 64, 16, 64, 24),
+        ("ViT-B-16", 224, 16, 768, 12),
+        ("ViT-L-14-336", 240, 14, 1024, 24),  # the paper's, counted on a meta build
+    ):
+        model = IQEClip.build(
+            ModelConfig(model_name=name, pretrain="none", img_size=img), device="meta"
+        )
+        images = torch.empty(2, 3, img, img, device="meta")
+        assert backbone_flops(model, images) == vit_flops(img, patch, width, layers), name
 
 
 def test_bf16_backbone_maps_stay_close_to_fp32():
@@ -51,8 +78,24 @@ def test_benchmark_prints_the_figures(capsys):
         "train_cached_over_backbone",
         "peak_rss_mb",
         "torch_threads",
+        "backbone_gflop_per_image",
+        "backbone_gflops_per_s",
     ):
         assert result[key] > 0, key
+    parts = result["breakdown_ms_per_image"]
+    assert set(parts) == {
+        "backbone",
+        "text",
+        "iqm",
+        "maps",
+        "blur",
+        "head_other",
+        "metrics",
+        "data",
+    }
+    assert all(v >= 0 for v in parts.values()) and parts["backbone"] > 0 and parts["data"] > 0
+    flops = vit_flops(64, 16, 64, 24)  # iqe-tiny's vision tower (model_configs/iqe-tiny.json)
+    assert result["backbone_gflop_per_image"] == round(flops / 1e9, 3)
     assert (
         result["inference_over_backbone"]
         == round(result["inference_ms_per_image"] / result["backbone_ms_per_image"], 3)

@@ -92,3 +92,27 @@ def test_errors_are_one_line_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --model_name 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["predict", "--help"],
+        ["no-such-command"],
+        ["predict", "--batch_size", "0", "scan.png", "--out", "out"],
+    ],
+    ids=["help", "version", "command-help", "unknown-command", "bad-value"],
+)
+def test_help_version_and_argument_errors_import_nothing_heavy(argv):
+    """They answer before torch, open_clip or numpy are imported (start-up, docs/performance.md)."""
+    code = (
+        "import sys\nfrom iqeclip.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'open_clip', 'numpy', 'PIL') if m in sys.modules])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
