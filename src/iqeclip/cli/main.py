@@ -36,6 +36,7 @@ from iqeclip.config import (
     parse_features_list,
 )
 from iqeclip.errors import UserError
+from iqeclip.runtime import launched_by_torchrun
 from iqeclip.runtime.files import save_yaml
 
 __all__ = ["COMMANDS", "main", "parse_features_list"]
@@ -140,26 +141,27 @@ def cmd_test(command: str, values: Values) -> Path | None:
 
 
 def cmd_info(command: str, values: Values) -> None:
-    """Print the resolved configuration and trainable parameters; check a weights file's shapes."""
-    from iqeclip.model.backbone import inspect_weights
-    from iqeclip.model.detector import IQEClip
+    """Print the resolved configuration and parameter counts; check a weights file's shapes.
 
-    model = IQEClip.build(ModelConfig(**values["model"]), device="meta")
-    cfg = model.config
-    weights_line = inspect_weights(cfg.model_name, cfg.pretrain, cfg.img_size)
+    Everything comes from the architecture's config file (no torch import, well under a second);
+    only a weights file is opened, to compare its shapes with the architecture.
+    """
+    from iqeclip.model import architecture
+
+    config = ModelConfig(**values["model"])
+    arch = architecture.Architecture.from_name(config.model_name)
+    cfg = config.resolved(arch.vision_layers, arch.text_layers)
+    weights_line = architecture.describe_weights(cfg.model_name, cfg.pretrain, cfg.img_size)
     for key, value in cfg.to_dict().items():
         print(f"{key}: {value}")
     print(weights_line)
-    note = (
-        "exact GELU, as the published runs"
-        if model.activation == "GELU"
-        else "QuickGELU (--quick_gelu)"
-    )
-    print(f"activation: {model.activation} ({note})")
-    frozen = sum(p.numel() for p in model.backbone.parameters())
+    act = architecture.activation(cfg.model_name, cfg.quick_gelu)
+    note = "exact GELU, as the published runs" if act == "GELU" else "QuickGELU (--quick_gelu)"
+    print(f"activation: {act} ({note})")
+    frozen = architecture.backbone_parameters(cfg.model_name, cfg.img_size)
     print(f"frozen backbone parameters: {frozen}")
     print("trainable parameters per module:")
-    counts = model.trainable_parameters()
+    counts = architecture.head_parameters(arch, cfg)
     for name, count in counts.items():
         print(f"  {name}: {count}")
     print(f"trainable parameters: {sum(counts.values())}")
@@ -429,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iqeclip`` console script."""
     args = build_parser().parse_args(argv)
     handler = _setup_logging(args.verbosity)
-    distributed = None  # imported (with torch) once the options are known to be good
+    distributed = None  # imported (with torch) only under torchrun, once the options are good
     try:
         values = resolve(args.command, args)
         command = COMMANDS[args.command]
@@ -437,12 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(options.dump(resolved), end="")
             return 0
-        from iqeclip.runtime import distributed
+        if launched_by_torchrun():
+            from iqeclip.runtime import distributed
 
-        if distributed.launched_by_torchrun():
             distributed.setup(next((v["device"] for v in values.values() if "device" in v), "auto"))
         folder = command.run(args.command, values)
-        if folder is not None and distributed.is_main():
+        if folder is not None and (distributed is None or distributed.is_main()):
             save_yaml(resolved, folder / "config.yaml")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -31,9 +30,13 @@ from torch import nn
 
 from iqeclip.errors import UserError, first_line
 from iqeclip.model import weights
+from iqeclip.model.architecture import (
+    CONFIG_DIR,
+    RANDOM_INIT_SEED,
+    Architecture,
+    pretrain_source,
+)
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-RANDOM_INIT_SEED = 0
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -44,75 +47,6 @@ def register_configs() -> None:
 
 
 register_configs()  # on import: iqe-tiny is known wherever the model is used
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The dimensions of an open_clip architecture that the trainable head depends on."""
-
-    name: str
-    embed_dim: int
-    vision_width: int
-    vision_layers: int
-    patch_size: int
-    text_width: int
-    text_layers: int
-
-    @classmethod
-    def from_name(cls, name: str) -> Architecture:
-        """Read the dimensions from open_clip's config registry.
-
-        Raises:
-            UserError: if open_clip does not know ``name`` or its towers do not fit IQE-CLIP.
-        """
-        register_configs()
-        cfg = open_clip.get_model_config(name)
-        if cfg is None:
-            raise UserError(
-                f"--model_name {name!r} is not an open_clip architecture (e.g. ViT-L-14-336, "
-                "ViT-B-16, iqe-tiny; all: python -c 'import open_clip; print(open_clip.list_models())')"
-            )
-        vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-        if "timm_model_name" in vision or "hf_model_name" in text or cfg.get("custom_text"):
-            raise UserError(
-                f"--model_name {name!r}: IQE-CLIP needs a plain CLIP ViT with the CLIP text tower"
-            )
-        if isinstance(vision["layers"], (list, tuple)):
-            raise UserError(f"--model_name {name!r} is not a ViT (IQE-CLIP taps ViT blocks)")
-        arch = cls(
-            name=name,
-            embed_dim=cfg["embed_dim"],
-            vision_width=vision["width"],
-            vision_layers=vision["layers"],
-            patch_size=vision["patch_size"],
-            text_width=text.get("width", 512),
-            text_layers=text.get("layers", 12),
-        )
-        if arch.text_width != arch.embed_dim:
-            raise UserError(
-                f"--model_name {name!r}: text width {arch.text_width} differs from embed_dim "
-                f"{arch.embed_dim}; IQE-CLIP feeds the image embedding back as text tokens"
-            )
-        return arch
-
-
-def pretrain_source(model_name: str, pretrain: str) -> str:
-    """What ``--pretrain`` names: ``none``, an existing ``file``, or an open_clip ``tag``.
-
-    Raises:
-        UserError: if it is none of these.
-    """
-    if pretrain.lower() == "none":
-        return "none"
-    if Path(pretrain).expanduser().exists():
-        return "file"
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if pretrain not in tags:
-        raise UserError(
-            f"--pretrain {pretrain!r} is neither 'none', an existing file, nor an open_clip "
-            f"tag of {model_name} ({', '.join(tags) or 'none known'})"
-        )
-    return "tag"
 
 
 def create_clip(
@@ -133,7 +67,7 @@ def create_clip(
             antialias, class-token row kept) by open_clip's ``resize_pos_embed``, in fp32.
         quick_gelu: activation of both towers (False = exact GELU).
         device: where to build the model (``meta`` for shape-only work such as ``iqeclip info``:
-            no weights are read; :func:`inspect_weights` checks a file without reading its data).
+            no weights are read; :func:`check_weights_file` checks a file without reading its data).
 
     Returns:
         The open_clip model, fp32, frozen and in eval mode.
@@ -167,23 +101,18 @@ def create_clip(
     return model.eval()
 
 
-def inspect_weights(model_name: str, pretrain: str, img_size: int) -> str:
-    """The ``weights:`` line of ``iqeclip info``; a file is checked against the architecture.
+def check_weights_file(model_name: str, pretrain: str, img_size: int) -> str:
+    """Check a weights file's keys and shapes against the architecture; return its dtype label.
 
-    The check compares keys and shapes without reading the tensors' data where the format allows
-    (safetensors, ``torch.save``); a TorchScript archive is read whole.
+    The data of the tensors is not read where the format allows (safetensors, ``torch.save``); a
+    TorchScript archive is read whole.
 
     Raises:
         UserError: if the file cannot be read or does not fit ``model_name``.
     """
-    source = pretrain_source(model_name, pretrain)
-    if source == "none":
-        return f"weights: none (random init, seed {RANDOM_INIT_SEED})"
-    if source == "tag":
-        return f"weights: open_clip tag {pretrain} (downloaded when a command builds the model)"
     kwargs = dict(force_image_size=img_size, force_quick_gelu=False)
     state = _checked_state(model_name, pretrain, kwargs, shapes_only=True)
-    return f"weights: {pretrain} matches {model_name} ({weights.dtype_label(state)})"
+    return weights.dtype_label(state)
 
 
 def _checked_state(

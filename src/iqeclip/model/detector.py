@@ -18,7 +18,8 @@ from torch import nn
 
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
-from iqeclip.model.backbone import Architecture, Backbone, TextTower, activation_name, create_clip
+from iqeclip.model.architecture import NUM_QUERIES, Architecture
+from iqeclip.model.backbone import Backbone, TextTower, activation_name, create_clip
 from iqeclip.model.iqm import IQM
 from iqeclip.model.prompts import (
     ClassTokens,
@@ -28,8 +29,6 @@ from iqeclip.model.prompts import (
     prompt_token_ids,
 )
 from iqeclip.model.scoring import Setting, score
-
-NUM_QUERIES = 2  # one per state: normal, abnormal
 
 
 @dataclass

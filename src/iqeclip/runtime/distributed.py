@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from iqeclip.runtime import launched_by_torchrun
+
 T = TypeVar("T")
 
 
@@ -31,10 +33,6 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def setup(device: str = "auto") -> torch.device | None:

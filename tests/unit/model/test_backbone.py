@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from iqeclip.errors import UserError
-from iqeclip.model.backbone import Architecture, Backbone, activation_name, create_clip
+from iqeclip.model.backbone import Backbone, activation_name, create_clip
 
 
 def test_tiny_taps_and_global_shapes(tiny):
@@ -58,18 +56,6 @@ def test_backbone_is_frozen_and_stays_in_eval(tiny):
 def test_activation_is_explicit():
     assert activation_name(create_clip("iqe-tiny", "none", 64, quick_gelu=False)) == "GELU"
     assert activation_name(create_clip("iqe-tiny", "none", 64, quick_gelu=True)) == "QuickGELU"
-
-
-def test_architecture_dims_and_unknown_model():
-    arch = Architecture.from_name("ViT-L-14-336")
-    assert (arch.embed_dim, arch.vision_width, arch.vision_layers, arch.text_layers) == (
-        768,
-        1024,
-        24,
-        12,
-    )
-    with pytest.raises(UserError, match="--model_name 'nope'"):
-        Architecture.from_name("nope")
 
 
 def test_features_of_an_image_do_not_depend_on_its_batch(tiny):

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from iqeclip.cli.main import main
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
-from iqeclip.model.backbone import Backbone, create_clip, inspect_weights
+from iqeclip.model.architecture import describe_weights
+from iqeclip.model.backbone import Backbone, create_clip
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.weights import describe, dtype_label, read_state_dict
 
@@ -194,10 +195,10 @@ def test_info_fails_on_a_file_that_does_not_fit(tmp_path, capsys):
 
 
 def test_info_names_none_and_tags_without_a_file():
-    assert inspect_weights("iqe-tiny", "none", 64).startswith("weights: none (random init")
-    assert inspect_weights("ViT-B-16", "openai", 240).startswith("weights: open_clip tag openai")
+    assert describe_weights("iqe-tiny", "none", 64).startswith("weights: none (random init")
+    assert describe_weights("ViT-B-16", "openai", 240).startswith("weights: open_clip tag openai")
     with pytest.raises(UserError, match="--pretrain 'nonsense'"):
-        inspect_weights("iqe-tiny", "nonsense", 64)
+        describe_weights("iqe-tiny", "nonsense", 64)
 
 
 def test_describe_names_the_architecture_a_file_holds():
