@@ -10,6 +10,12 @@ onnxruntime's scoring of the same batch is timed in the same rounds, with as man
 torch uses: ``onnx_over_inference`` is its time over the PyTorch inference path's, and
 ``onnx_max_map_deviation`` the largest difference of its maps from PyTorch's.
 
+The ``pipeline`` figure is ``predict`` end to end (reading the files, scoring, writing the
+overlay, map and ``.npy`` of each) on ``n_images`` generated 512 x 512 PNG scans, as images per
+second over the model's own throughput on the same images already read, both in the same run:
+``pipeline_over_model`` with ``--workers`` reader processes, and ``pipeline_over_model_workers_0``
+reading in the main process (:func:`pipeline`).
+
 The machine this runs on may be shared and noisy, so every quantity is measured in interleaved
 rounds (backbone, inference, uncached step, cached step, then again) and the median per image is
 reported; the ratios are the figures to compare, the absolute times only context. With
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import resource
 import statistics
 import tempfile
@@ -29,18 +36,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from iqeclip.apps.breakdown import backbone_flops, breakdown
 from iqeclip.config import BenchmarkConfig, ModelConfig
+from iqeclip.data.readers import as_input
 from iqeclip.engine.cache import FeatureCache
-from iqeclip.engine.trainer import make_optimizer, train_step
+from iqeclip.engine.trainer import make_optimizer, make_scaler, train_step
 from iqeclip.errors import UserError
 from iqeclip.inference.export import OnnxDetector, export_onnx
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device, seed_everything
 
 BENCH_DEFAULTS = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
+PIPELINE_SIDE = 512  # the generated scans of the pipeline figure, pixels
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -60,6 +71,7 @@ def benchmark(
     device: str = "auto",
     seed: int = 0,
     backend: str = "torch",
+    workers: int = 2,
 ) -> dict:
     """Measure and return the figures (see the module docstring)."""
     dev = resolve_device(device)
@@ -81,16 +93,17 @@ def benchmark(
         full, _ = reference.predict(images.to(dev), "zero")
         deviation = float((low - full).abs().max())
         del reference
-    optimizer = make_optimizer(model, 1e-4)
+    optimizer, scaler = make_optimizer(model, 1e-4), make_scaler(model)
     visual_input = images.to(dev, model.backbone.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(tmp, model)
         cache.features(images, dev)  # warm: the cached step reads every entry from disk
+        cache.flush()
         work = {
             "backbone": lambda: torch.no_grad()(model.backbone.visual)(visual_input),
             "inference": lambda: model.predict(images.to(dev), "zero"),
-            "train_uncached": lambda: train_step(model, optimizer, batch),
-            "train_cached": lambda: train_step(model, optimizer, batch, cache),
+            "train_uncached": lambda: train_step(model, optimizer, batch, scaler=scaler),
+            "train_cached": lambda: train_step(model, optimizer, batch, cache, scaler=scaler),
         }
         onnx, extra = None, {}
         if backend == "onnx":  # exported before training steps change the head
@@ -117,6 +130,7 @@ def benchmark(
             "onnx_over_inference": round(ms["onnx"] / ms["inference"], 3),
             **extra,
         }
+    flow = pipeline(model, n_images, batch_size, workers, seed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "model_name": model.config.model_name,
@@ -136,9 +150,74 @@ def benchmark(
         "train_cached_over_backbone": round(ms["train_cached"] / ms["backbone"], 3),
         "breakdown_ms_per_image": parts,
         "max_map_deviation_from_fp32": deviation,
+        **flow,
         **extra,
         "peak_rss_mb": round(peak, 1),
+        "peak_gpu_mb": (
+            round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None
+        ),
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def pipeline(model: IQEClip, n_images: int, batch_size: int, workers: int, seed: int) -> dict:
+    """End-to-end ``predict`` throughput over model-only throughput on the same PNG files.
+
+    The files are scans of the synthetic benchmark's modalities rendered at 512 x 512. Model-only
+    is ``model.predict`` on the inputs already read (uint8 batches, as predict hands them over);
+    end to end is :func:`~iqeclip.inference.predict.predict` with its default outputs, the model
+    already loaded, with ``workers`` reader processes and with none. The three are timed in two
+    interleaved rounds and the faster round of each is kept.
+    """
+    from iqeclip.data.synth import _RENDERERS
+    from iqeclip.inference.inputs import DEFAULT_READING, read_items
+    from iqeclip.inference.predict import predict
+
+    rng = np.random.default_rng(seed)
+    modalities = ("Brain", "Liver", "Chest")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "scans"
+        folder.mkdir()
+        for i in range(n_images):
+            picture, _ = _RENDERERS[modalities[i % 3]](rng, PIPELINE_SIDE, False)
+            Image.fromarray(picture).save(folder / f"{i:05d}.png")
+        files = sorted(folder.iterdir())
+        size = model.config.img_size
+        inputs = torch.stack(
+            [item.model_input for f in files for item in read_items(f, size, DEFAULT_READING)]
+        )
+        batches = inputs.split(batch_size)
+
+        def model_only() -> None:
+            for batch in batches:
+                model.predict(as_input(batch, model.device), "zero")
+
+        def end_to_end(n: int, round_: int) -> Callable[[], None]:
+            out = Path(tmp) / f"out-{n}-{round_}"
+            return lambda: predict(
+                "benchmark", [folder], out, detector=model, batch_size=batch_size, workers=n
+            )
+
+        quiet = logging.getLogger("iqeclip.inference.predict")
+        quiet.disabled = True
+        try:
+            model_only()  # warm-up
+            seconds: dict[str, list[float]] = {"model": [], "workers": [], "workers_0": []}
+            for round_ in range(2):
+                seconds["model"].append(_timed(model_only, model.device))
+                seconds["workers"].append(_timed(end_to_end(workers, round_), model.device))
+                seconds["workers_0"].append(_timed(end_to_end(0, round_), model.device))
+        finally:
+            quiet.disabled = False
+    rate = {k: n_images / min(v) for k, v in seconds.items()}
+    return {
+        "pipeline_images": n_images,
+        "pipeline_image_side": PIPELINE_SIDE,
+        "pipeline_workers": workers,
+        "pipeline_model_images_per_s": round(rate["model"], 2),
+        "pipeline_images_per_s": round(rate["workers"], 2),
+        "pipeline_over_model": round(rate["workers"] / rate["model"], 3),
+        "pipeline_over_model_workers_0": round(rate["workers_0"] / rate["model"], 3),
     }
 
 
@@ -151,6 +230,8 @@ def _onnx_detector(model: IQEClip, path: Path) -> OnnxDetector:
 def run_benchmark(model_overrides: dict[str, Any], cfg: BenchmarkConfig) -> dict:
     """``iqeclip benchmark``: measure, print the result as one JSON line and return it."""
     config = ModelConfig(**{**BENCH_DEFAULTS, **model_overrides})
-    result = benchmark(config, cfg.batch_size, cfg.n_images, cfg.device, cfg.seed, cfg.backend)
+    result = benchmark(
+        config, cfg.batch_size, cfg.n_images, cfg.device, cfg.seed, cfg.backend, cfg.workers
+    )
     print(json.dumps(result))
     return result

@@ -151,7 +151,7 @@ def cmd_info(command: str, values: Values) -> None:
     config = ModelConfig(**values["model"])
     arch = architecture.Architecture.from_name(config.model_name)
     cfg = config.resolved(arch.vision_layers, arch.text_layers)
-    weights_line = architecture.describe_weights(cfg.model_name, cfg.pretrain, cfg.img_size)
+    weights_line = describe_weights(cfg.model_name, cfg.pretrain, cfg.img_size)
     for key, value in cfg.to_dict().items():
         print(f"{key}: {value}")
     print(weights_line)
@@ -165,6 +165,26 @@ def cmd_info(command: str, values: Values) -> None:
     for name, count in counts.items():
         print(f"  {name}: {count}")
     print(f"trainable parameters: {sum(counts.values())}")
+
+
+def describe_weights(model_name: str, pretrain: str, img_size: int) -> str:
+    """The ``weights:`` line of ``iqeclip info``; a file is checked against the architecture
+    (keys and shapes; see :func:`iqeclip.model.backbone.check_weights_file`).
+
+    Raises:
+        UserError: if ``--pretrain`` names nothing usable or the file does not fit ``model_name``.
+    """
+    from iqeclip.model.architecture import RANDOM_INIT_SEED, pretrain_source
+
+    source = pretrain_source(model_name, pretrain)
+    if source == "none":
+        return f"weights: none (random init, seed {RANDOM_INIT_SEED})"
+    if source == "tag":
+        return f"weights: open_clip tag {pretrain} (downloaded when a command builds the model)"
+    from iqeclip.model.backbone import check_weights_file
+
+    dtype = check_weights_file(model_name, pretrain, img_size)
+    return f"weights: {pretrain} matches {model_name} ({dtype})"
 
 
 def cmd_synth(command: str, values: Values) -> None:

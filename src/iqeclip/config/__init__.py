@@ -59,6 +59,7 @@ from iqeclip.config.shared import (
     SHOT,
     VOLUME_SCORE,
     WINDOW,
+    WORKERS,
 )
 from iqeclip.errors import UserError
 
@@ -302,7 +303,7 @@ class RunConfig(Checked):
     learning_rate: float = LEARNING_RATE(1e-4)
     seed: int = SEED(42)
     device: str = DEVICE("auto")
-    workers: int | None = Option("DataLoader workers (None: 4 on CUDA, 0 on CPU)", minimum=0)(None)
+    workers: int | None = WORKERS(None)
     select: str | None = Option(
         "checkpoint selection (None: source-val zero-shot, last few-shot; target-test is the "
         "published, optimistic protocol)",
@@ -374,6 +375,7 @@ class PredictConfig(Checked):
         "pixel threshold)"
     )(None)
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
+    workers: int | None = WORKERS(None)
     device: str = DEVICE("auto")
     setting: str | None = SETTING(None)
     overwrite: bool = OVERWRITE(

@@ -19,6 +19,7 @@ from iqeclip.config.shared import (
     OVERWRITE,
     SEED,
     SHOT,
+    WORKERS,
 )
 
 __all__ = [
@@ -113,6 +114,7 @@ class BenchmarkConfig(Checked):
     )(32)
     device: str = DEVICE("auto")
     seed: int = SEED(0)
+    workers: int = WORKERS(2, help="predict --workers of the pipeline figure")
     backend: str = BACKEND(
         "torch",
         help="onnx: also export the model and time onnxruntime beside the PyTorch path, with "

@@ -28,6 +28,7 @@ __all__ = [
     "SHOT",
     "VOLUME_SCORE",
     "WINDOW",
+    "WORKERS",
 ]
 
 MODEL_NAME = Option("open_clip architecture (ViT-L-14-336 in the paper; iqe-tiny for tests)")
@@ -95,5 +96,8 @@ BACKEND = Option(
     "what scores: torch (the checkpoint, PyTorch) or onnx (a model from iqeclip export, "
     "onnxruntime; pip install 'iqeclip[export]')",
     choices=("torch", "onnx"),
+)
+WORKERS = Option(
+    "DataLoader worker processes that read the inputs (None: 4 on CUDA, 0 on the CPU)", minimum=0
 )
 MODEL_FILE = Option("--backend onnx: the model file written by iqeclip export")

@@ -29,7 +29,7 @@ import torch
 from iqeclip.data.readers import as_input
 from iqeclip.errors import UserError
 from iqeclip.model.detector import IQEClip
-from iqeclip.runtime.files import atomic_write, atomic_write_text
+from iqeclip.runtime.files import WriterPool, atomic_write, atomic_write_text
 
 FORMAT = 2
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -98,6 +98,8 @@ class FeatureCache:
         self.entry_len = int(np.prod(self.shape)) + arch.embed_dim
         self.hits = 0
         self.misses = 0
+        self._writes = WriterPool()  # entries go to disk while the next batch is computed
+        self._writing: dict[str, np.ndarray] = {}  # and are read from here until they are there
 
     @property
     def entry_bytes(self) -> int:
@@ -108,6 +110,8 @@ class FeatureCache:
 
     def _load(self, key: str) -> np.ndarray | None:
         """An entry whose length and checksum are right, else None (a miss: it is rewritten)."""
+        if key in self._writing:
+            return self._writing[key]
         try:
             data = self._path(key).read_bytes()
         except OSError:
@@ -118,8 +122,25 @@ class FeatureCache:
         return np.frombuffer(body, dtype=self.dtype)
 
     def _store(self, key: str, entry: np.ndarray) -> None:
-        body = np.ascontiguousarray(entry, dtype=self.dtype).tobytes()
-        atomic_write(self._path(key), lambda tmp: tmp.write_bytes(body + _checksum(body)), True)
+        """Write an entry on a writer thread (atomically, fsynced); :meth:`flush` waits."""
+
+        entry = np.ascontiguousarray(entry, dtype=self.dtype)
+
+        def write() -> None:
+            body = entry.tobytes()
+            try:
+                atomic_write(
+                    self._path(key), lambda tmp: tmp.write_bytes(body + _checksum(body)), True
+                )
+            finally:
+                self._writing.pop(key, None)
+
+        self._writing[key] = entry
+        self._writes.submit(write)
+
+    def flush(self) -> None:
+        """Wait for the entries still being written (a failed write is raised here)."""
+        self._writes.wait()
 
     def features(
         self, images: torch.Tensor, device: torch.device

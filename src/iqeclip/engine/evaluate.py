@@ -25,6 +25,7 @@ from iqeclip.metrics import PixelMetricAccumulator, compute_metrics, pixel_metri
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import Setting
 from iqeclip.runtime import distributed
+from iqeclip.runtime.device import pin
 from iqeclip.runtime.files import atomic_write_text
 
 MAX_EXACT_PIXELS = 2**26  # ~1,165 maps of 240 x 240: 256 MB of float32 maps, exact metrics
@@ -137,7 +138,10 @@ def predict_samples(
     world, me = distributed.world_size(), distributed.rank()
     mine = [list(range(a, min(a + batch_size, n))) for a in starts[me::world]]
     loader = DataLoader(
-        ImageDataset(samples, model.config.img_size), batch_sampler=mine, num_workers=workers
+        ImageDataset(samples, model.config.img_size),
+        batch_sampler=mine,
+        num_workers=workers,
+        pin_memory=pin(model.device),
     )
     batches = iter(loader)
     rounds = -(-len(starts) // world)

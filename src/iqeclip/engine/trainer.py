@@ -33,7 +33,7 @@ from iqeclip.model.checkpoint import save_checkpoint
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.losses import iqe_loss
 from iqeclip.runtime import distributed
-from iqeclip.runtime.device import resolve_device, seed_everything
+from iqeclip.runtime.device import loader_workers, resolve_device, seed_everything
 from iqeclip.runtime.files import check_writable
 
 logger = logging.getLogger(__name__)
@@ -99,10 +99,6 @@ class BadInputs:
         )
 
 
-def workers_for(run: RunConfig, device: torch.device) -> int:
-    return run.workers if run.workers is not None else (4 if device.type == "cuda" else 0)
-
-
 def make_optimizer(model: IQEClip, learning_rate: float) -> torch.optim.Adam:
     """Adam (0.5, 0.999): ``learning_rate`` for the head, 0.01 for the temperature."""
     temp = model.head.class_tokens.prompt_temp
@@ -112,26 +108,41 @@ def make_optimizer(model: IQEClip, learning_rate: float) -> torch.optim.Adam:
     )
 
 
+def make_scaler(model: IQEClip) -> torch.amp.GradScaler:
+    """The loss scaler of ``--precision fp16`` training (small gradients would underflow in
+    fp16); a disabled one, which changes nothing, otherwise."""
+    return torch.amp.GradScaler(model.device.type, enabled=model.config.precision == "fp16")
+
+
 def train_step(
     model: IQEClip,
     optimizer: torch.optim.Optimizer,
     batch: Sequence[torch.Tensor],
     cache: FeatureCache | None = None,
     head: torch.nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One optimisation step on a CPU batch ``(images, masks, labels, segmentation flags)``.
 
     ``head`` is the module to run the trainable half through (the DistributedDataParallel
-    wrapper of ``model.head`` under torchrun); default ``model.head``.
+    wrapper of ``model.head`` under torchrun); default ``model.head``. The head runs under
+    :meth:`~iqeclip.model.detector.IQEClip.autocast`, the loss in fp32, and with ``--precision
+    fp16`` the loss is scaled by ``scaler`` (:func:`make_scaler`).
     """
     device = next(model.head.parameters()).device
     images, masks, labels, seg = batch
     patch, glob = frozen_features(model, images, device, cache)
-    logits = (head or model.head)(patch, glob, model.backbone.text)
-    loss = iqe_loss(logits, masks.to(device), labels.to(device), segmentation=bool(seg[0]))
+    with model.autocast():
+        logits = (head or model.head)(patch, glob, model.backbone.text)
+    loss = iqe_loss(logits.float(), masks.to(device), labels.to(device), segmentation=bool(seg[0]))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return float(loss.detach())
 
 
@@ -174,7 +185,7 @@ class Trainer:
         self.run = run
         self.log = log
         self.device = resolve_device(run.device)
-        self.workers = workers_for(run, self.device)
+        self.workers = loader_workers(run.workers, self.device)
         self.ckpt = checkpoint_path(run)
         self.support: list[str] = []  # few-shot: sample_key of each support image
         self.support_abnormal = 0  # ... of which the first are abnormal
@@ -186,6 +197,7 @@ class Trainer:
         seed_everything(run.seed)
         self.model = IQEClip.build(model_cfg, self.device)
         self.optimizer = make_optimizer(self.model, run.learning_rate)
+        self.scaler = make_scaler(self.model)
         self.head: torch.nn.Module = self.model.head
         if distributed.is_distributed():
             from torch.nn.parallel import DistributedDataParallel
@@ -310,6 +322,7 @@ class Trainer:
             self.log(f"report: {html}")
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
         if self.cache is not None:
+            self.cache.flush()
             self.log(self.cache.hit_rate())
         if self.run.metrics_json and distributed.is_main():
             write_metrics_json(self.run.metrics_json, metrics, **record_fields(self.run))
@@ -341,7 +354,11 @@ class Trainer:
             for step, batch in enumerate(bar, start=skip):
                 if before_step is not None:
                     before_step(epoch, step)
-                losses.append(train_step(self.model, self.optimizer, batch, self.cache, self.head))
+                losses.append(
+                    train_step(
+                        self.model, self.optimizer, batch, self.cache, self.head, self.scaler
+                    )
+                )
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 self.after_step(epoch, step + 1, n_batches)
             self.log_epoch(losses, len(loader.dataset), time.perf_counter() - start)
@@ -351,7 +368,10 @@ class Trainer:
 
     def log_epoch(self, losses: list[float], n_images: int, seconds: float) -> None:
         """The published ``Loss: <mean>`` line, with the speed and the cache hit rate."""
-        cache = f"; {self.cache.hit_rate()}" if self.cache is not None else ""
+        cache = ""
+        if self.cache is not None:
+            self.cache.flush()
+            cache = f"; {self.cache.hit_rate()}"
         self.log(f"Loss: {np.mean(losses):.6f} ({n_images / seconds:.1f} img/s{cache})")
 
     def epoch_bar(self, loader: DataLoader, epoch: int) -> tqdm:

@@ -52,6 +52,7 @@ from iqeclip.engine.trainer import (
     sample_key,
 )
 from iqeclip.errors import UserError
+from iqeclip.runtime.device import pin
 
 EVALS_PER_EPOCH = 5  # zero-shot: evaluate before each fifth of an epoch, as published
 
@@ -125,6 +126,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             ConcatDataset(parts),
             batch_sampler=sampler,
             num_workers=trainer.workers,
+            pin_memory=pin(trainer.device),
             generator=private_generator(run.seed),
         )
         if select == "target-test":

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from iqeclip.data.layout import Sample
@@ -41,6 +42,7 @@ from iqeclip.errors import UserError
 from iqeclip.inference.outputs import is_output_name
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
+from iqeclip.runtime.device import pin
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +283,46 @@ def read_items(
             )
 
 
+class _Reads(Dataset):
+    """The items of one input per index, read where the DataLoader runs it (a worker process,
+    or this one): ``(items, unreadable files, the error that stops the run or None)``."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: int,
+        reading: Reading,
+        stems: dict[Path, str],
+        skip: bool,
+    ) -> None:
+        self.paths, self.size, self.reading, self.stems, self.skip = (
+            paths,
+            size,
+            reading,
+            stems,
+            skip,
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[list[Item], list[tuple[Path, str]], str | None]:
+        path = self.paths[index]
+        bad: list[tuple[Path, str]] | None = [] if self.skip else None
+        try:
+            items = list(read_items(path, self.size, self.reading, self.stems.get(path), bad))
+        except UserError as exc:  # handed back: a worker's exception would arrive wrapped
+            if not self.skip:
+                return [], [], str(exc)
+            items, bad = [], [*(bad or []), (path, str(exc))]
+        return items, bad or [], None
+
+
+def _as_read(read: Any) -> Any:
+    """A read input as it is (the DataLoader's default would convert its arrays)."""
+    return read
+
+
 def scored_items(
     model: IQEClip,
     paths: Sequence[Path],
@@ -290,32 +332,32 @@ def scored_items(
     stems: dict[Path, str] | None = None,
     skipped: list[Skipped] | None = None,
     on_bad_input: str = "error",
+    workers: int = 0,
 ) -> Iterator[tuple[Item, torch.Tensor, float]]:
     """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``.
 
-    With ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``, and
-    so is each unreadable file of a DICOM series folder (the rest of the folder is scored).
+    Inputs are read by ``workers`` DataLoader processes (0: in this process) while the model
+    scores, in order; on CUDA the batches are pinned so that the copy overlaps too. With
+    ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``, and so
+    is each unreadable file of a DICOM series folder (the rest of the folder is scored).
     """
     device = model.device
     pending: list[Item] = []
 
     def flush() -> Iterator[tuple[Item, torch.Tensor, float]]:
         images = torch.stack([item.model_input for item in pending])
+        if pin(device):
+            images = images.pin_memory()
         maps, scores = model.predict(as_input(images, device), setting)
         yield from zip(pending, maps, scores.tolist(), strict=True)
         pending.clear()
 
-    for path in tqdm(paths, desc="predict", unit="input", disable=not distributed.is_main()):
-        stem = (stems or {}).get(path)
-        bad: list[tuple[Path, str]] | None = [] if on_bad_input == "skip" else None
-        try:
-            size = model.config.img_size
-            items = list(read_items(path, size, reading, stem, bad))
-        except UserError as exc:
-            if on_bad_input != "skip":
-                raise
-            items = []
-            bad = [*(bad or []), (path, str(exc))]
+    reads = _Reads(paths, model.config.img_size, reading, stems or {}, on_bad_input == "skip")
+    loader = DataLoader(reads, batch_size=None, num_workers=workers, collate_fn=_as_read)
+    bar = tqdm(loader, desc="predict", unit="input", disable=not distributed.is_main())
+    for items, bad, error in bar:
+        if error is not None:
+            raise UserError(error)
         if skipped is not None:
             skipped.extend(Skipped(file, reason) for file, reason in bad or [])
         for item in items:

@@ -18,14 +18,13 @@ from iqeclip.engine.trainer import (
     check_outputs,
     record_fields,
     refuse_overwrite,
-    workers_for,
 )
 from iqeclip.errors import UserError
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.model.checkpoint import read_checkpoint
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
-from iqeclip.runtime.device import resolve_device
+from iqeclip.runtime.device import loader_workers, resolve_device
 
 
 def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
@@ -59,7 +58,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         cache = open_cache(
             model, len(samples), run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
         )
-        workers = workers_for(run, device)
+        workers = loader_workers(run.workers, device)
         scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         histograms: dict[str, np.ndarray] | None = {} if run.report_dir else None
         metrics = evaluate(
@@ -76,6 +75,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         )
         log.metrics(run.obj, metrics)
         if cache is not None:
+            cache.flush()
             log(cache.hit_rate())
         if metrics_json is not None and distributed.is_main():
             write_metrics_json(metrics_json, metrics, **record_fields(run))

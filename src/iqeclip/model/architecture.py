@@ -159,23 +159,6 @@ def pretrain_source(model_name: str, pretrain: str) -> str:
     return "tag"
 
 
-def describe_weights(model_name: str, pretrain: str, img_size: int) -> str:
-    """The ``weights:`` line of ``iqeclip info``; a file is checked against the architecture
-    (keys and shapes; see :func:`iqeclip.model.backbone.check_weights_file`).
-
-    Raises:
-        UserError: if ``--pretrain`` names nothing usable or the file does not fit ``model_name``.
-    """
-    source = pretrain_source(model_name, pretrain)
-    if source == "none":
-        return f"weights: none (random init, seed {RANDOM_INIT_SEED})"
-    if source == "tag":
-        return f"weights: open_clip tag {pretrain} (downloaded when a command builds the model)"
-    from iqeclip.model.backbone import check_weights_file
-
-    return f"weights: {pretrain} matches {model_name} ({check_weights_file(model_name, pretrain, img_size)})"
-
-
 def _block(width: int, mlp_ratio: float, layer_scale: bool) -> int:
     """One open_clip residual attention block: two LayerNorms, attention with a fused in-projection
     and biases, an MLP, and two LayerScale vectors if ``ls_init_value`` is set."""

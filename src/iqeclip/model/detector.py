@@ -7,6 +7,7 @@ prompts, IQM queries, IQM) and turns frozen features into per-level logits of th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ class LevelLogits:
 
     query: torch.Tensor
     text: torch.Tensor
+
+    def float(self) -> LevelLogits:
+        """Both in fp32 (from an autocast region: losses and maps are computed in fp32)."""
+        return LevelLogits(self.query.float(), self.text.float())
 
 
 class IQEHead(nn.Module):
@@ -177,9 +182,18 @@ class IQEClip(nn.Module):
         """Frozen taps ``(T, B, L, Dv)`` and global embedding ``(B, D)`` of ``(B, 3, H, W)`` images."""
         return self.backbone(images)
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the trainable half: ``torch.autocast`` in the backbone's dtype
+        with ``--precision bf16`` or ``fp16`` (docs/model.md), nothing in fp32."""
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.backbone.dtype)
+
     def logits(self, patch_tokens: torch.Tensor, global_emb: torch.Tensor) -> LevelLogits:
-        """Trainable half: frozen features to per-level logits."""
-        return self.head(patch_tokens, global_emb, self.backbone.text)
+        """Trainable half: frozen features to per-level logits (fp32, see :meth:`autocast`)."""
+        with self.autocast():
+            logits = self.head(patch_tokens, global_emb, self.backbone.text)
+        return logits.float()
 
     def forward(self, images: torch.Tensor) -> LevelLogits:
         return self.logits(*self.features(images))

@@ -1,10 +1,15 @@
-"""Small file-system helpers shared by every writer: results are written atomically."""
+"""Small file-system helpers shared by every writer: results are written atomically, and a
+bounded pool of writer threads writes them beside the computation."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +119,70 @@ def read_text(path: Path, what: str) -> str:
         raise UserError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {what} {path}: {exc}") from None
+
+
+WRITER_THREADS = 2
+"""Threads of a :class:`WriterPool`: PNG, NumPy and NIfTI encoders release the GIL while they
+compress and write, so two threads keep the writing off the model's path."""
+
+
+class WriterPool:
+    """Writes files on a bounded pool of threads while the caller goes on computing.
+
+    ``submit(job)`` runs ``job()`` (which writes its files atomically) on a thread; at most
+    ``2 * threads`` jobs wait at once (``submit`` blocks until one is done), so the pictures
+    held for writing stay few. ``then(callback)`` calls ``callback()`` in the caller's thread
+    once every job submitted before it has finished (checked at each later ``submit``/``then``
+    and at :meth:`wait`): predict records an input as done only when its files are on disk. A
+    job's error is raised in the caller at the next of these calls. Use as a context manager:
+    leaving it waits for the jobs already submitted, so nothing computed is lost, and when it is
+    left by an error (a failed write, an interrupt) it still runs the callbacks of every job
+    before the first failed one.
+    """
+
+    def __init__(self, threads: int = WRITER_THREADS) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="iqeclip-writer")
+        self._slots = threading.BoundedSemaphore(2 * threads)
+        self._jobs: list[Future] = []  # submitted since the last then()
+        self._callbacks: deque[tuple[list[Future], Callable[[], None]]] = deque()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._slots.acquire()
+        future = self._pool.submit(job)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._jobs.append(future)
+        self._run_ready(block=False)
+
+    def then(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append((self._jobs, callback))
+        self._jobs = []
+        self._run_ready(block=False)
+
+    def wait(self) -> None:
+        """Wait for every job, raising the first error, and run the callbacks due."""
+        self._run_ready(block=True)
+        for future in self._jobs:
+            future.result()
+        self._jobs = []
+
+    def _run_ready(self, block: bool) -> None:
+        while self._callbacks:
+            jobs, callback = self._callbacks[0]
+            if not block and not all(f.done() for f in jobs):
+                break
+            for future in jobs:
+                future.result()
+            self._callbacks.popleft()
+            callback()
+        for future in self._jobs:  # an error surfaces at once, not only at the next then()
+            if future.done():
+                future.result()
+
+    def __enter__(self) -> WriterPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+        if exc_type is not None:  # keep what was written: the callbacks of the jobs that were
+            with contextlib.suppress(Exception):
+                self._run_ready(block=True)

@@ -143,6 +143,7 @@ class Jobs:
                 detector=self.detector,
                 outputs=self.outputs,
                 batch_size=self.batch_size,
+                workers=0,  # one upload: no reader processes forked from the server's threads
             )
             for table in ("predictions.csv", "volumes.csv"):  # no server paths in the files
                 if (out / table).is_file():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from iqeclip.apps.breakdown import backbone_flops
 from iqeclip.cli.main import main
 from iqeclip.config import ModelConfig
+from iqeclip.engine.trainer import make_optimizer, train_step
 from iqeclip.model.detector import IQEClip
 from tests.conftest import build_tiny
 
@@ -105,3 +108,32 @@ def test_benchmark_prints_the_figures(capsys):
         )
         < 0.01
     )
+    assert result["pipeline_images"] == 2 and result["pipeline_workers"] == 2
+    for key in ("pipeline_model_images_per_s", "pipeline_images_per_s"):
+        assert result[key] > 0, key
+    assert result["pipeline_over_model"] == pytest.approx(
+        result["pipeline_images_per_s"] / result["pipeline_model_images_per_s"], rel=1e-2
+    )
+    assert result["pipeline_over_model_workers_0"] > 0
+
+
+def test_bf16_runs_the_head_under_autocast_and_fp32_does_not():
+    fp32, bf16 = build_tiny(), build_tiny(precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    seen = {}
+    for name, model in (("fp32", fp32), ("bf16", bf16)):
+        linear = next(m for m in model.head.iqm.modules() if isinstance(m, torch.nn.Linear))
+        hook = linear.register_forward_hook(
+            lambda module, args, out, name=name: seen.update({name: out.dtype})  # returns None
+        )
+        images = (torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(
+            torch.uint8
+        )
+        masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+        masks[2:, 8:30, 8:30] = True
+        batch = (images, masks, torch.tensor([0, 0, 1, 1]), torch.ones(4, dtype=torch.bool))
+        seen[f"{name}_loss"] = train_step(model, make_optimizer(model, 1e-4), batch)
+        hook.remove()
+    assert seen["fp32"] == torch.float32 and seen["bf16"] == torch.bfloat16
+    assert np.isfinite(seen["bf16_loss"])
+    np.testing.assert_allclose(seen["bf16_loss"], seen["fp32_loss"], rtol=5e-2)

@@ -54,6 +54,7 @@ def test_corrupt_entry_is_recomputed(tmp_path):
     cache = FeatureCache(tmp_path, model)
     images = (torch.rand(1, 3, 64, 64) * 255).to(torch.uint8)
     good = cache.features(images, torch.device("cpu"))
+    cache.flush()  # entries are written on a writer thread
     path = cache._path(image_keys(images)[0])
     size = path.stat().st_size
     assert size == cache.entry_bytes + 16  # the features and their checksum
@@ -62,6 +63,7 @@ def test_corrupt_entry_is_recomputed(tmp_path):
         path.write_bytes(damage)
         misses = cache.misses
         again = cache.features(images, torch.device("cpu"))
+        cache.flush()
         assert cache.misses == misses + 1, damage[:5]
         assert torch.equal(again[0], good[0]) and torch.equal(again[1], good[1])
         assert path.stat().st_size == size  # rewritten

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from iqeclip.cli.main import main
+from iqeclip.cli.main import describe_weights, main
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
-from iqeclip.model.architecture import describe_weights
 from iqeclip.model.backbone import Backbone, create_clip
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.weights import describe, dtype_label, read_state_dict
