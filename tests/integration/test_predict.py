@@ -274,3 +274,18 @@ def test_train_few_on_your_own_folders(bench, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args[:2], str(empty), *args[3:]]) == 2
     assert f"--normal {empty}: no images" in capsys.readouterr().err
+
+
+def test_predict_on_a_bmad_test_folder_leaves_the_masks_out(bench, checkpoint, tmp_path, capsys):
+    test = bench / "Brain_AD" / "test"
+    masks = sorted((test / "Ungood" / "anomaly_mask").iterdir())
+    images = sorted((test / "good" / "img").iterdir()) + sorted((test / "Ungood" / "img").iterdir())
+    assert masks and images
+    out = tmp_path / "out"
+    assert main(predict_argv(checkpoint, test, out=out)) == 0
+    rows = _rows(out / "predictions.csv")
+    assert sorted(r["path"] for r in rows) == sorted(map(str, images))
+    assert f"left out {len(masks)} ground-truth masks in anomaly_mask/" in capsys.readouterr().out
+    given = tmp_path / "given"  # a mask folder given itself is what the user asked for
+    assert main(predict_argv(checkpoint, test / "Ungood" / "anomaly_mask", out=given)) == 0
+    assert len(_rows(given / "predictions.csv")) == len(masks)

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from iqeclip.apps.breakdown import backbone_flops, breakdown
-from iqeclip.config import BenchmarkConfig, ModelConfig
+from iqeclip.config import BENCH_MODEL, BenchmarkConfig, ModelConfig
 from iqeclip.data.readers import as_input
 from iqeclip.engine.cache import FeatureCache
 from iqeclip.engine.trainer import make_optimizer, make_scaler, train_step
@@ -50,7 +50,6 @@ from iqeclip.inference.export import OnnxDetector, export_onnx
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device, seed_everything
 
-BENCH_DEFAULTS = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
 PIPELINE_SIDE = 512  # the generated scans of the pipeline figure, pixels
 
 
@@ -229,7 +228,7 @@ def _onnx_detector(model: IQEClip, path: Path) -> OnnxDetector:
 
 def run_benchmark(model_overrides: dict[str, Any], cfg: BenchmarkConfig) -> dict:
     """``iqeclip benchmark``: measure, print the result as one JSON line and return it."""
-    config = ModelConfig(**{**BENCH_DEFAULTS, **model_overrides})
+    config = ModelConfig(**{**BENCH_MODEL, **model_overrides})
     result = benchmark(
         config, cfg.batch_size, cfg.n_images, cfg.device, cfg.seed, cfg.backend, cfg.workers
     )

@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from iqeclip.config import DemoConfig, ModelConfig, RunConfig, cache_home
+from iqeclip.config import DEMO_MODEL, DemoConfig, ModelConfig, RunConfig, cache_home
 from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.layout import list_split
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
@@ -23,7 +23,6 @@ from iqeclip.report.heatmaps import draw_contour, grid, overlay
 from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
-TINY_DEFAULTS = {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
 COLUMNS = ("image_auroc", "pixel_auroc", "image_ap", "pixel_ap", "image_f1_max", "pixel_aupro")
 RANDOM_NOTE = (
     "The backbone is randomly initialised ({model}, --pretrain none): these numbers show that "
@@ -81,7 +80,7 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     from iqeclip.data.synth import write_benchmark
 
     tiny = model_overrides.get("model_name", "iqe-tiny") == "iqe-tiny"
-    model_cfg = ModelConfig(**{**(TINY_DEFAULTS if tiny else {}), **model_overrides})
+    model_cfg = ModelConfig(**{**(DEMO_MODEL if tiny else {}), **model_overrides})
     out = Path(args.out)
     data_path = (
         Path(args.data_path) if args.data_path else cache_home() / "synth-seed0-size12-128px"

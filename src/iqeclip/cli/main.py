@@ -22,6 +22,8 @@ from iqeclip import __version__
 from iqeclip.cli import options
 from iqeclip.cli.options import Section, Values
 from iqeclip.config import (
+    BENCH_MODEL,
+    DEMO_MODEL,
     BenchmarkConfig,
     CalibrateConfig,
     DemoConfig,
@@ -87,7 +89,7 @@ MOVED_WEIGHTS = Section(
     overrides=True,
     help={
         "pretrain": "backbone weights if they moved since training (tag or file)",
-        "precision": "vision-tower dtype (default: as trained)",
+        "precision": "vision-tower dtype",
     },
 )
 MOVED_PRETRAIN = Section(
@@ -315,7 +317,19 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         "train and test zero- and 4-shot on the synthetic benchmark (defaults: iqe-tiny, "
         "random init, 128 px)",
-        (MODEL_OVERRIDES, Section("demo", DemoConfig)),
+        (
+            Section(
+                "model",
+                ModelConfig,
+                overrides=True,
+                defaults=DEMO_MODEL,
+                help={
+                    "model_name": "open_clip architecture; with another than iqe-tiny the paper's "
+                    "--pretrain openai and --img_size 240 apply unless given"
+                },
+            ),
+            Section("demo", DemoConfig),
+        ),
         cmd_demo,
     ),
     "reproduce": Command(
@@ -358,7 +372,10 @@ COMMANDS: dict[str, Command] = {
     "benchmark": Command(
         "measure inference and training speed as ratios to the bare backbone forward "
         "(defaults: ViT-B-16, random init, 240 px)",
-        (MODEL_OVERRIDES, Section("benchmark", BenchmarkConfig)),
+        (
+            Section("model", ModelConfig, overrides=True, defaults=BENCH_MODEL),
+            Section("benchmark", BenchmarkConfig),
+        ),
         cmd_benchmark,
     ),
     "info": Command(

@@ -32,7 +32,9 @@ class Section:
 
     ``overrides``: the values only override a stored configuration (the model section of the
     commands that load a checkpoint), so the resolved record holds just what was given.
-    ``fixed``: values the command sets itself (``setting``); ``help``: a command's own wording.
+    ``fixed``: values the command sets itself (``setting``); ``help``: a command's own wording;
+    ``defaults``: a command's own defaults where they differ from the dataclass's, shown in its
+    help (an overrides section without them: "as in the checkpoint").
     """
 
     name: str
@@ -41,6 +43,13 @@ class Section:
     overrides: bool = False
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     help: dict[str, str] = dataclasses.field(default_factory=dict)
+    defaults: dict[str, Any] | None = None
+
+    def shown_default(self, field: dataclasses.Field) -> str:
+        """What ``--help`` says a flag defaults to in this command."""
+        if self.defaults is None and self.overrides:
+            return "as in the checkpoint"
+        return str((self.defaults or {}).get(field.name, _default(field)))
 
     def fields(self) -> list[dataclasses.Field]:
         return [
@@ -95,7 +104,7 @@ def add_section(parser: argparse.ArgumentParser, section: Section) -> None:
             kw.update(action="store_const", const=True)
         else:
             kw.update(type=_converter(field), choices=opt.choices, nargs=opt.nargs)
-            text += f" (default {default})"
+            text += f" (default {section.shown_default(field)})"
         group.add_argument(*names, help=text.replace("%", "%%"), **kw)
         if opt.negation:
             off = False if isinstance(default, bool) else None

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from iqeclip.config.apps import (
+    BENCH_MODEL,
+    DEMO_MODEL,
     BenchmarkConfig,
     DemoConfig,
     ExportConfig,
@@ -64,6 +66,8 @@ from iqeclip.config.shared import (
 from iqeclip.errors import UserError
 
 __all__ = [
+    "BENCH_MODEL",
+    "DEMO_MODEL",
     "BenchmarkConfig",
     "CalibrateConfig",
     "Checked",

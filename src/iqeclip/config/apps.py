@@ -33,6 +33,12 @@ __all__ = [
 ]
 
 
+DEMO_MODEL = {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
+"""The model ``iqeclip demo`` runs when no --model_name is given (another model: the paper's)."""
+BENCH_MODEL = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
+"""The model ``iqeclip benchmark`` measures unless told otherwise."""
+
+
 @dataclass
 class SynthConfig(Checked):
     """``iqeclip synth``: write the synthetic benchmark."""

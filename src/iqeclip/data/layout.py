@@ -67,7 +67,7 @@ _SUFFIX = "_AD"
 _NORMAL = "good"
 _ABNORMAL = "Ungood"
 _IMG = "img"
-_MASK = "anomaly_mask"
+MASK_FOLDER = "anomaly_mask"
 _SUPPORT_LINE = re.compile(r"^([an])-([0-9]+)\s*:(.*)$")
 
 
@@ -163,7 +163,7 @@ def has_masks(data_path: str | Path, name: str) -> bool:
     """
     if name in CLASS_INDEX:
         return CLASS_INDEX[name] > 0
-    return (dataset_root(data_path, name) / "test" / _ABNORMAL / _MASK).is_dir()
+    return (dataset_root(data_path, name) / "test" / _ABNORMAL / MASK_FOLDER).is_dir()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -214,7 +214,7 @@ def list_split(
             f"{_NORMAL}/{_IMG} or {_ABNORMAL}/{_IMG}"
         )
     samples = [Sample(image=p, label=0, mask=None) for p in normal]
-    mask_dir = split_dir / _ABNORMAL / _MASK
+    mask_dir = split_dir / _ABNORMAL / MASK_FOLDER
     for p in abnormal:
         mask = None
         if masks:

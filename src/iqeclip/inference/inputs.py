@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from iqeclip.data.layout import Sample
+from iqeclip.data.layout import MASK_FOLDER, Sample
 from iqeclip.data.readers import (
     DEFAULT_READING,
     DICOM_SUFFIXES,
@@ -89,12 +89,19 @@ def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> l
     ``exclude`` folder (predict's ``--out``) is not searched when it lies inside a walked
     folder, and where it *is* the walked folder its files named like predict's outputs
     (``*_overlay.png``, ``*_map.png``, ...) are left out, so an earlier run's outputs are never
-    read back as inputs.
+    read back as inputs. Below a walked folder, the ground-truth masks of the BMAD layout
+    (``.../anomaly_mask/*``) are left out and counted in a log line; a mask folder given itself
+    is read.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
+    masks_left_out = 0
 
-    def wanted(p: Path, top: Path) -> bool:
+    def wanted(p: Path, root: Path, top: Path) -> bool:
+        nonlocal masks_left_out
         if not p.is_file() or p.name.startswith("."):
+            return False
+        if MASK_FOLDER in p.relative_to(root).parts[:-1]:
+            masks_left_out += 1
             return False
         if skip is None or not p.resolve().is_relative_to(skip):
             return True
@@ -110,7 +117,7 @@ def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> l
         elif path.is_dir():
             series: set[Path] = set()
             top = path.resolve()
-            for f in sorted(p for p in path.rglob("*") if wanted(p, top)):
+            for f in sorted(p for p in path.rglob("*") if wanted(p, path, top)):
                 found_kind = kind(f)
                 if found_kind in ("image", "nifti"):
                     found.append(f)
@@ -119,6 +126,11 @@ def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> l
                     found.append(f.parent)
         else:
             raise UserError(f"input {path}: no such file or folder")
+    if masks_left_out:
+        logger.info(
+            f"left out {masks_left_out} ground-truth masks in {MASK_FOLDER}/ folders (the BMAD "
+            "layout; pass such a folder itself to score it, or --masks to draw them)"
+        )
     if not found:
         raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
     return found

@@ -116,3 +116,36 @@ def test_help_version_and_argument_errors_import_nothing_heavy(argv):
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def _help_default(command: str, flag: str, capsys) -> str:
+    """The "(default ...)" of ``--flag`` in ``iqeclip COMMAND --help``."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  --{flag} "))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if not lines[i].startswith(" " * 10)), len(lines)
+    )
+    found = re.search(r"\(default ([^)]*)\)", " ".join(" ".join(lines[start:end]).split()))
+    assert found, (command, flag)
+    return found.group(1)
+
+
+def test_each_commands_help_shows_its_own_model_defaults(capsys):
+    from iqeclip.config import BENCH_MODEL, DEMO_MODEL, ModelConfig
+
+    paper = ModelConfig()
+    expected = {
+        "demo": DEMO_MODEL,
+        "benchmark": BENCH_MODEL,
+        "info": {k: getattr(paper, k) for k in ("model_name", "pretrain", "img_size")},
+    }
+    for command, defaults in expected.items():
+        for flag, value in defaults.items():
+            assert _help_default(command, flag, capsys) == str(value), (command, flag)
+    assert DEMO_MODEL == {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
+    for command in ("test-few", "test-zero", "predict", "calibrate"):
+        assert _help_default(command, "pretrain", capsys) == "as in the checkpoint", command
