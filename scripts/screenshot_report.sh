@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Render RUN_DIR/report.html with headless Chromium into a PNG (1280 x 2000 px).
+# Render RUN_DIR/report.html with headless Chromium into a PNG (1280 x 2000 px; WINDOW=W,H
+# for another size).
 #
 # Usage: scripts/screenshot_report.sh RUN_DIR OUT.png
 #
@@ -36,7 +37,7 @@ rm -f -- "$out"
 
 timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
-    --user-data-dir="$profile" --screenshot="$out" --window-size=1280,2000 \
+    --user-data-dir="$profile" --screenshot="$out" --window-size=${WINDOW:-1280,2000} \
     "$url" >"$log" 2>&1 || status=$?
 
 if [[ ! -s "$out" ]]; then

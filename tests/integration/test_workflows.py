@@ -264,13 +264,27 @@ def test_demo_writes_table_report_and_figure(bench, tmp_path, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert re.search(r"^zero +0 +\d\.\d{4}", printed, re.M) and re.search(
         r"^few +4 +\d\.\d{4}", printed, re.M
     )
     assert "not the accuracy of pretrained CLIP" in printed
+    assert "below 0.5" in printed and "iqeclip demo --model_name ViT-L-14-336" in printed
+    # a short summary: no resolved options (-v shows them), no progress bars off a terminal
+    assert len(printed.splitlines()) <= 40, printed
+    assert "learning_rate: " not in printed and "it/s" not in captured.err + printed
+    reports = [out / "zero" / "report.html", out / "few-4" / "report.html"]
+    assert all(path.is_file() for path in reports)
+    assert all(str(path) in printed for path in reports)
+    assert "learning_rate: " in (out / "demo.log").read_text()  # the log file keeps them
+    for path in reports:
+        path.unlink()
+    assert main(["report", str(out)]) == 0  # the demo's folder is a normal run folder
+    assert all(path.is_file() for path in reports)
+    assert "Image AUROC" in reports[0].read_text(encoding="utf-8")
     report = (out / "report.md").read_text()
-    assert "maps.png" in report and "image_auroc" in report
+    assert "maps.png" in report and "Image AUROC" in report
     from PIL import Image
 
     assert Image.open(out / "maps.png").size[0] > 3 * 64

@@ -9,7 +9,10 @@ backbone the numbers show that the pipeline runs, not what pretrained CLIP achie
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +22,31 @@ from iqeclip.data.layout import list_split
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.engine.workflows import train_few, train_zero
 from iqeclip.model.detector import IQEClip
+from iqeclip.report import write_reports
+from iqeclip.report.content import metric_name
 from iqeclip.report.heatmaps import draw_contour, grid, overlay
+from iqeclip.report.run import RANDOM_NOTE
 from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 COLUMNS = ("image_auroc", "pixel_auroc", "image_ap", "pixel_ap", "image_f1_max", "pixel_aupro")
-RANDOM_NOTE = (
-    "The backbone is randomly initialised ({model}, --pretrain none): these numbers show that "
-    "the pipeline runs end to end, not the accuracy of pretrained CLIP."
-)
+REAL_WEIGHTS = "iqeclip demo --model_name ViT-L-14-336 --pretrain openai"
+ROWS_EXPLAINED = {
+    "zero": "zero-shot never sees {obj}: with a random backbone its scores rank {obj}'s images "
+    "close to chance, so a value near 0.5, on either side (below 0.5: ranked the wrong way "
+    "round), is what to expect, and a Pixel AUPRO near 0 (its maps cover almost none of a "
+    "lesion at the false-positive rates AUPRO counts)",
+    "few": "{shot}-shot trains the head on {shot} normal and {shot} abnormal {obj} images; a "
+    "random backbone lets it fit them only a little, so its values may also stay near chance, "
+    "on either side",
+}
+"""What each row of the demo's table means with a random-init backbone (the console and
+report.md print it next to the numbers)."""
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of the metrics of each run."""
-    head = f"{'setting':<8} {'shot':>4} " + " ".join(f"{c:>12}" for c in COLUMNS)
+    head = f"{'setting':<8} {'shot':>4} " + " ".join(f"{metric_name(c)[0]:>12}" for c in COLUMNS)
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = " ".join(
@@ -46,13 +60,15 @@ def _figure(models: dict[str, IQEClip], data_path: Path, obj: str, path: Path) -
     """Two normal and two abnormal test images with the maps of each model (ground truth in green)."""
     samples = list_split(data_path, obj, "test")
     picks = [s for s in samples if s.label == 0][:2] + [s for s in samples if s.label == 1][:2]
-    columns = []
+    columns, titles = [], ["input"]
     size = next(iter(models.values())).config.img_size
     for name, model in models.items():
         kept = KeptMaps(len(picks), size)
         predict_samples(model, picks, model_setting(name), len(picks), desc=name, sink=kept)
         maps = kept.maps
-        columns.append((maps - maps.min()) / max(float(maps.max() - maps.min()), 1e-12))
+        lo, hi = float(maps.min()), float(maps.max())
+        columns.append((maps - lo) / max(hi - lo, 1e-12))
+        titles.append(f"{name} ({lo:.2f}-{hi:.2f})")
     data = ImageDataset(picks, size)
     rows = []
     for i in range(len(picks)):
@@ -61,9 +77,24 @@ def _figure(models: dict[str, IQEClip], data_path: Path, obj: str, path: Path) -
     picture = grid(
         rows,
         labels=[f"{'abnormal' if s.label else 'normal'} {s.image.name}" for s in picks],
-        titles=["input", *models],
+        titles=titles,
+        bar=[(0.0, "column min"), (1.0, "column max")],
+        bar_title="map",
     )
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The trainings' lines go to demo.log only, unless -v asked for everything."""
+    logger = logging.getLogger("iqeclip")
+    level = logger.level
+    if level == logging.INFO:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def model_setting(name: str) -> str:
@@ -100,13 +131,14 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
         overwrite=True,
     )
     # The synthetic sources hold too few images for a meaningful held-out selection: keep the
-    # last zero-shot epoch (the report says so).
+    # last zero-shot epoch (the report says so). Each test is a normal run folder with its report.
     zero_run = dataclasses.replace(
         base,
         setting="zero",
         epochs=args.zero_epochs,
         select="last",
         metrics_json=str(out / "zero.json"),
+        report_dir=str(out / "zero"),
     )
     few_run = dataclasses.replace(
         base,
@@ -114,21 +146,30 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
         shot=args.shot,
         epochs=args.few_epochs,
         metrics_json=str(out / f"few_{args.shot}.json"),
+        report_dir=str(out / f"few-{args.shot}"),
     )
-    results = {
-        "zero": train_zero(model_cfg, zero_run),
-        f"few-{args.shot}": train_few(model_cfg, few_run),
-    }
+    with _quiet():
+        print(
+            f"zero-shot: {args.zero_epochs} epochs on the other datasets, then the {args.obj} test"
+        )
+        results = {"zero": train_zero(model_cfg, zero_run)}
+        print(
+            f"{args.shot}-shot: {args.few_epochs} epochs on {args.shot} + {args.shot} {args.obj} images, then its test"
+        )
+        results[f"few-{args.shot}"] = train_few(model_cfg, few_run)
     rows = [
         {"setting": "zero", "shot": 0, **results["zero"]},
         {"setting": "few", "shot": args.shot, **results[f"few-{args.shot}"]},
     ]
     table = format_table(rows)
-    note = (
-        RANDOM_NOTE.format(model=model_cfg.model_name)
-        if model_cfg.pretrain == "none"
-        else (f"Backbone weights: {model_cfg.pretrain}.")
-    )
+    random = model_cfg.pretrain == "none"
+    notes = [RANDOM_NOTE] if random else [f"Backbone weights: {model_cfg.pretrain}."]
+    if random:
+        notes += [
+            f"{setting}: " + text.format(obj=args.obj, shot=args.shot)
+            for setting, text in ROWS_EXPLAINED.items()
+        ]
+        notes.append(f"The same demo with pretrained CLIP: {REAL_WEIGHTS} (or --pretrain FILE)")
     device = resolve_device(args.device)
     models = {}
     for name, ckpt in (
@@ -137,17 +178,27 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     ):
         models[name] = IQEClip.from_checkpoint(ckpt, device, **model_overrides)
     _figure(models, data_path, args.obj, out / "maps.png")
+    reports = write_reports(out)
+    links = "\n".join(f"- [{path.parent.name}]({path.relative_to(out)})" for path, _ in reports)
+    definitions = "\n".join(f"- **{metric_name(c)[0]}**: {metric_name(c)[1]}" for c in COLUMNS)
     report = (
-        f"# iqeclip demo: {args.obj}\n\n{note}\n\n```\n{table}\n```\n\n"
+        f"# iqeclip demo: {args.obj}\n\n"
+        + "\n\n".join(notes)
+        + f"\n\n```\n{table}\n```\n\n{definitions}\n\n"
         f"Zero-shot: trained on the other five datasets for {args.zero_epochs} epochs, last epoch "
         f"kept; {args.shot}-shot: {args.few_epochs} epochs on the augmented support set; learning "
-        f"rate {args.learning_rate}. Checkpoints, logs and metrics JSON are in this folder.\n\n"
+        f"rate {args.learning_rate}. Checkpoints, logs and metrics JSON are in this folder; "
+        f"each test's report (curves, histograms, examples):\n\n{links}\n\n"
         f"![anomaly maps: input, zero-shot, {args.shot}-shot; ground truth in green](maps.png)\n"
     )
     atomic_write_text(out / "report.md", report)
     print()
     print(table)
     print()
-    print(note)
-    print(f"report: {out / 'report.md'} (figure: {out / 'maps.png'})")
+    for note in notes:
+        print(note)
+    print(
+        f"reports: {', '.join(str(html) for html, _ in reports)} (iqeclip report {out} rebuilds them)"
+    )
+    print(f"summary: {out / 'report.md'} (figure: {out / 'maps.png'})")
     return results

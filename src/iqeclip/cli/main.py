@@ -247,13 +247,13 @@ def cmd_calibrate(command: str, values: Values) -> None:
 
 
 def cmd_report(command: str, values: Values) -> None:
-    from iqeclip.report import write_report
+    from iqeclip.report import write_reports
 
     cfg = ReportConfig(**values["report"])
     if len(cfg.run_dir) != 1:
         raise UserError("report needs one RUN_DIR (a folder written by test-* --report)")
-    html, md = write_report(cfg.run_dir[0], top_k=cfg.top_k)
-    print(f"report: {html} and {md}")
+    for html, md in write_reports(cfg.run_dir[0], top_k=cfg.top_k):
+        print(f"report: {html} and {md}")
 
 
 def cmd_reproduce(command: str, values: Values) -> None:

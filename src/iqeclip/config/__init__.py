@@ -67,7 +67,9 @@ from iqeclip.errors import UserError
 
 __all__ = [
     "BENCH_MODEL",
+    "DEFAULT_SELECT",
     "DEMO_MODEL",
+    "SELECTIONS",
     "BenchmarkConfig",
     "CalibrateConfig",
     "Checked",
@@ -249,6 +251,17 @@ class ModelConfig(Checked):
             for name in ARCHITECTURE_FIELDS
             if getattr(self, name) != getattr(other, name)
         ]
+
+
+DEFAULT_SELECT: dict[str, str] = {"zero": "source-val", "few": "last"}  # --select None
+SELECTIONS: dict[str, str] = {
+    "last": "the weights after the last epoch",
+    "source-val": "the weights with the best image + pixel AUROC on held-out images of the "
+    "training datasets (the target is never seen)",
+    "target-test": "the weights with the best image + pixel AUROC on this test split (the "
+    "published, optimistic protocol)",
+}
+"""What each ``--select`` rule keeps, as reports say it."""
 
 
 @dataclass

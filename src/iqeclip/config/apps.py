@@ -54,7 +54,11 @@ class SynthConfig(Checked):
 class ReportConfig(Checked):
     """``iqeclip report``: rebuild the report of a test run folder."""
 
-    run_dir: list[str] = Option("folder written by test-* --report", positional=True, nargs="*")([])
+    run_dir: list[str] = Option(
+        "folder written by test-* --report (or a folder of such, as iqeclip demo writes)",
+        positional=True,
+        nargs="*",
+    )([])
     top_k: int = Option("highest- and lowest-scoring examples to show", minimum=0)(8)
 
 

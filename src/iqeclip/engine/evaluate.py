@@ -146,7 +146,7 @@ def predict_samples(
     batches = iter(loader)
     rounds = -(-len(starts) // world)
     for round_ in tqdm(
-        range(rounds), desc=desc, unit="batch", leave=False, disable=not distributed.is_main()
+        range(rounds), desc=desc, unit="batch", leave=False, disable=distributed.no_progress_bar()
     ):
         local = None
         batch = next(batches, None)

@@ -52,13 +52,18 @@ class RunLog:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line: str, level: int = logging.INFO) -> None:
         if not self.active:
             return
-        logger.info(line)
+        logger.log(level, line)
         if self.file is not None:
             self.file.write(line + "\n")
             self.file.flush()
+
+    def detail(self, line: str) -> None:
+        """A line for the log file, shown on the console with ``-v`` only (the resolved options:
+        config.yaml beside every result holds them too)."""
+        self(line, logging.DEBUG)
 
     def metrics(self, name: str, metrics: dict[str, Any]) -> None:
         """The published ``<name> AUC : 0.xxxx`` (and ``pAUC``) lines."""
@@ -207,7 +212,7 @@ class Trainer:
         self.best = -float("inf")
         self.best_state: dict[str, torch.Tensor] | None = None
         for key, value in {**self.model.config.to_dict(), **dataclasses.asdict(run)}.items():
-            log(f"{key}: {value}")
+            log.detail(f"{key}: {value}")
         log(f"activation: {self.model.activation}")
         log(f"device: {self.device}")
         self.cache = open_cache(
@@ -316,8 +321,9 @@ class Trainer:
                 test_samples,
                 *scored[""],
                 metrics,
-                self.run,
+                dataclasses.replace(self.run, ckpt_path=str(self.ckpt)),
                 pixel_histograms=(histograms or {}).get(""),
+                selection=select,
             )
             self.log(f"report: {html}")
         self.log(f"checkpoint: {self.ckpt} (selected by {select})")
@@ -381,7 +387,7 @@ class Trainer:
             unit="batch",
             leave=False,
             dynamic_ncols=True,
-            disable=not distributed.is_main(),
+            disable=distributed.no_progress_bar(),
         )
 
     def shard(self, sampler: EpochBatchSampler) -> EpochBatchSampler | ShardedBatchSampler:

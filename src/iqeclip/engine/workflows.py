@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset, DataLoader
 
-from iqeclip.config import ModelConfig, RunConfig
+from iqeclip.config import DEFAULT_SELECT, ModelConfig, RunConfig
 from iqeclip.data.datasets import (
     HomogeneousBatchSampler,
     ImageDataset,
@@ -82,7 +82,7 @@ def _warn_target_test(log: RunLog) -> None:
 def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
     """Zero-shot training on the other datasets; returns the target test metrics."""
     run = dataclasses.replace(run, setting="zero")
-    select: Select = run.select or "source-val"
+    select: Select = run.select or DEFAULT_SELECT["zero"]
     if select not in ("last", "source-val", "target-test"):
         raise UserError(f"--select {select!r} must be last, source-val or target-test")
     check_outputs(run, training=True)
@@ -172,7 +172,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
 def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
     """Few-shot training on K abnormal + K normal support images; returns the test metrics."""
     run = dataclasses.replace(run, setting="few")
-    select: Select = run.select or "last"
+    select: Select = run.select or DEFAULT_SELECT["few"]
     if select not in ("last", "target-test"):
         raise UserError(
             f"--select {select!r}: few-shot training supports last or target-test (no source data)"

@@ -366,7 +366,7 @@ def scored_items(
 
     reads = _Reads(paths, model.config.img_size, reading, stems or {}, on_bad_input == "skip")
     loader = DataLoader(reads, batch_size=None, num_workers=workers, collate_fn=_as_read)
-    bar = tqdm(loader, desc="predict", unit="input", disable=not distributed.is_main())
+    bar = tqdm(loader, desc="predict", unit="input", disable=distributed.no_progress_bar())
     for items, bad, error in bar:
         if error is not None:
             raise UserError(error)

@@ -65,7 +65,8 @@ CSV_COLUMNS = (
     "outputs",
 )
 """``path`` is the input (a series folder; ``<folder>#<SeriesInstanceUID>`` for one of several
-series in a folder), ``source`` the file the row came from (a DICOM slice's own file), the UIDs
+series in a folder), ``score`` the image score (zero-shot in [0, 8], few-shot in [0, 2]; not a
+probability, see :func:`~iqeclip.model.scoring.score_range`), ``source`` the file the row came from (a DICOM slice's own file), the UIDs
 are empty for non-DICOM rows and ``outputs`` lists the files written for the row (``;``); the row
 of the slice that completed a volume also lists the volume's NIfTI files."""
 VOLUME_COLUMNS = ("path", "n_slices", "score", "decision", "threshold", "abnormal_slices")
@@ -94,8 +95,8 @@ def _resize_map(amap: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    """Lossless like every PNG; zlib level 1 encodes 2-4x faster than Pillow's default 6 for
-    files about 5 % larger (docs/performance.md)."""
+    """Lossless like every PNG; zlib level 1 encodes scan-like pictures 3.5-4x faster than
+    Pillow's default 6, for files about 6 % larger (docs/performance.md)."""
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=1))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from iqeclip.config import RunConfig
+from iqeclip.config import DEFAULT_SELECT, RunConfig
 from iqeclip.engine.cache import open_cache
 from iqeclip.engine.evaluate import evaluate, write_metrics_json
 from iqeclip.engine.sources import run_manifest, test_set
@@ -54,7 +54,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         bad.report(folder, f"test_{run.obj}", log)
         model = IQEClip.from_checkpoint(run.ckpt_path, device, **model_overrides)
         for key, value in {**model.config.to_dict(), **dataclasses.asdict(run)}.items():
-            log(f"{key}: {value}")
+            log.detail(f"{key}: {value}")
         cache = open_cache(
             model, len(samples), run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
         )
@@ -90,6 +90,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
                 metrics,
                 run,
                 pixel_histograms=(histograms or {}).get(""),
+                selection=meta.get("run", {}).get("select") or DEFAULT_SELECT[run.setting],
             )
             log(f"report: {html}")
         return metrics

@@ -9,7 +9,8 @@ Modules:
 - :mod:`~iqeclip.report.gallery`: the examples shown, their overlays and the PNG grid of them.
 - :mod:`~iqeclip.report.html`, :mod:`~iqeclip.report.markdown`: the text of ``report.html`` and
   ``report.md``.
-- :mod:`~iqeclip.report.write`: :func:`write_report`, the entry point that writes the reports.
+- :mod:`~iqeclip.report.write`: :func:`write_report` (one run folder) and :func:`write_reports`
+  (a run folder or a folder of them), the entry points that write the reports.
 - :mod:`~iqeclip.report.heatmaps`: colour maps, overlays, ground-truth contours, image grids.
 - :mod:`~iqeclip.report.run`: the run folder of ``test --report``
   (:func:`~iqeclip.report.run.write_test_report`).
@@ -27,7 +28,7 @@ from iqeclip.report.folder import (
     save_example,
 )
 from iqeclip.report.heatmaps import colorize, draw_contour, grid, overlay
-from iqeclip.report.write import write_report
+from iqeclip.report.write import write_report, write_reports
 
 __all__ = [
     "CURVE_BOX",
@@ -46,4 +47,5 @@ __all__ = [
     "roc_svg",
     "save_example",
     "write_report",
+    "write_reports",
 ]

@@ -25,6 +25,48 @@ __all__ = ["ReportContent", "count_rows", "read_content"]
 
 _DASH = "–"
 
+METRICS = {
+    "image_auroc": (
+        "Image AUROC",
+        "area under the ROC curve of the image scores: the chance that an anomalous image scores "
+        "above a normal one (0.5 is chance; below 0.5, the scores rank the classes the wrong way)",
+    ),
+    "image_ap": (
+        "Image AP",
+        "average precision of the image scores for the anomalous class (chance: the share of "
+        "anomalous images)",
+    ),
+    "image_f1_max": (
+        "Image F1-max",
+        "the best F1 score of calling an image anomalous, over every threshold on its score",
+    ),
+    "pixel_auroc": (
+        "Pixel AUROC",
+        "area under the ROC curve of the map values over all test pixels, the pixels inside the "
+        "ground-truth masks being the anomalous ones (0.5 is chance)",
+    ),
+    "pixel_ap": ("Pixel AP", "average precision of the map values for the anomalous pixels"),
+    "n_images": ("Images", "test images the metrics are computed on"),
+    "pixel_aupro": (
+        "Pixel AUPRO",
+        "area under the per-region-overlap curve up to a false-positive rate of 0.3, divided by "
+        "0.3: how much of each lesion the map covers, every lesion counting alike",
+    ),
+    "pixel_auroc_error_bound": (
+        "Pixel AUROC error bound",
+        "largest difference from the exact Pixel AUROC that the binned computation can make",
+    ),
+    "pixel_ap_error_bound": (
+        "Pixel AP error bound",
+        "largest difference from the exact Pixel AP that the binned computation can make",
+    ),
+    "pixel_aupro_error_bound": (
+        "Pixel AUPRO error bound",
+        "largest difference from the exact Pixel AUPRO that the binned computation can make",
+    ),
+}
+"""Each metric's readable name and one-line definition, shown wherever reports show it."""
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -38,15 +80,31 @@ def _fmt_value(v: Any) -> str:
     return f"{v:.4f}"
 
 
+def metric_name(key: str) -> tuple[str, str]:
+    """(readable name, definition) of a metric key; unknown keys are shown as they are."""
+    return METRICS.get(key, (key, ""))
+
+
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(k, _fmt_value(v)) for k, v in metrics.items() if v is None or _is_number(v)]
+    """The metrics shown: every number or null but the run's counts, and no error bound of 0
+    (the exact computation)."""
+    return [
+        (k, _fmt_value(v))
+        for k, v in metrics.items()
+        if (v is None or _is_number(v))
+        and k not in _NOT_METRICS
+        and not (k.endswith("_error_bound") and v == 0)
+    ]
+
+
+_NOT_METRICS = ("shot",)
 
 
 def _info_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return [
-        (k, str(v).lower() if isinstance(v, bool) else v)
+        (k, str(v).lower() if isinstance(v, bool) else _fmt_value(v) if k in _NOT_METRICS else v)
         for k, v in metrics.items()
-        if k != "note" and isinstance(v, (str, bool))
+        if k != "note" and (isinstance(v, (str, bool)) or k in _NOT_METRICS)
     ]
 
 
@@ -61,9 +119,11 @@ def _default_title(metrics: dict[str, Any], run_dir: Path) -> str:
 
 
 def count_rows(scores: Scores) -> list[tuple[str, str]]:
-    """(label, number of images) for normal, anomalous and unknown, then the total."""
+    """The test set's composition: (label, number of images) for normal and anomalous, unknown
+    where there are any, then the total."""
     c = scores.counts()
-    return [(LABEL_NAMES[k], str(c[k])) for k in (0, 1, -1)] + [("total", str(len(scores.scores)))]
+    shown = [k for k in (0, 1, -1) if k != -1 or c[k]]
+    return [(LABEL_NAMES[k], str(c[k])) for k in shown] + [("total", str(len(scores.scores)))]
 
 
 @dataclass

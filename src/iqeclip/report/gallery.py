@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from iqeclip.report.folder import Example
-from iqeclip.report.heatmaps import draw_contour, grid, overlay
+from iqeclip.report.heatmaps import draw_contour, grid, overlay, value_ticks
 
-__all__ = ["example_overlays", "examples_png", "split_examples"]
+__all__ = ["example_overlays", "examples_png", "map_range", "split_examples"]
 
 _GRID_TILE = 128
 
@@ -28,12 +28,19 @@ def split_examples(examples: list[Example], top_k: int) -> tuple[list[Example], 
     return highest, lowest
 
 
+def map_range(examples: Sequence[Example]) -> tuple[float, float]:
+    """The map values that the overlays' colours span: the lowest and highest over all examples."""
+    if not examples:
+        return 0.0, 1.0
+    return min(float(e.amap.min()) for e in examples), max(float(e.amap.max()) for e in examples)
+
+
 def example_overlays(examples: Sequence[Example]) -> list[np.ndarray]:
-    """Map overlays (+ ground-truth contours), the maps min-max normalised over all examples."""
+    """Map overlays (+ ground-truth contours), the maps min-max normalised over all examples
+    (:func:`map_range`)."""
     if not examples:
         return []
-    lo = min(float(e.amap.min()) for e in examples)
-    hi = max(float(e.amap.max()) for e in examples)
+    lo, hi = map_range(examples)
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
     out = []
     for e in examples:
@@ -62,7 +69,8 @@ def examples_png(
     groups: Sequence[tuple[str, Sequence[Example], Sequence[np.ndarray]]],
 ) -> Image.Image:
     """One picture of the examples: per (name, examples, overlays) group a row of inputs and a
-    row of overlays, each tile fitted into a square, with row labels and rank titles."""
+    row of overlays, each tile fitted into a square, with row labels, rank titles and the colour
+    bar of the map values."""
     rows: list[list[np.ndarray]] = []
     row_labels: list[str] = []
     for name, exs, overlays in groups:
@@ -72,4 +80,11 @@ def examples_png(
         rows.append([_fit(o) for o in overlays])
         row_labels += [f"{name}: input", f"{name}: map"]
     cols = max(len(r) for r in rows)
-    return grid(rows, labels=row_labels, titles=[f"#{i + 1}" for i in range(cols)])
+    lo, hi = map_range([e for _, exs, _ in groups for e in exs])
+    return grid(
+        rows,
+        labels=row_labels,
+        titles=[f"#{i + 1}" for i in range(cols)],
+        bar=value_ticks(lo, hi),
+        bar_title="map value",
+    )

@@ -71,19 +71,43 @@ def draw_contour(
     return out
 
 
+def colour_bar(height: int, ticks: Sequence[tuple[float, str]], width: int = 12) -> np.ndarray:
+    """A vertical bar of the map colours (0 at the bottom, 1 at the top) with tick labels to its
+    right: ``ticks`` are (position in [0, 1], text). RGB uint8 ``(height, width + 64, 3)``."""
+    canvas = Image.new("RGB", (width + 64, height), "white")
+    ramp = colorize(np.linspace(1.0, 0.0, height)[:, None].repeat(width, axis=1))
+    canvas.paste(Image.fromarray(ramp), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for position, text in ticks:
+        y = round((1 - position) * (height - 1))
+        draw.line([(width, y), (width + 3, y)], fill="black")
+        draw.text((width + 5, min(max(y - 5, 0), height - 11)), text, fill="black")
+    return np.asarray(canvas)
+
+
+def value_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """Ticks of a bar whose colours span map values ``lo`` (0) to ``hi`` (1)."""
+    return [(p, f"{lo + p * (hi - lo):.3g}") for p in (0.0, 0.5, 1.0)]
+
+
 def grid(
     rows: Sequence[Sequence[np.ndarray]],
     labels: Sequence[str] | None = None,
     titles: Sequence[str] | None = None,
     pad: int = 4,
+    bar: Sequence[tuple[float, str]] | None = None,
+    bar_title: str = "",
 ) -> Image.Image:
-    """Tile equally sized RGB uint8 images into a grid, with optional row labels (left) and
-    column titles (top)."""
+    """Tile equally sized RGB uint8 images into a grid, with optional row labels (left), column
+    titles (top) and, with ``bar`` ticks, a colour bar of the map colours at the right."""
     h, w = rows[0][0].shape[:2]
     left = 110 if labels else 0
-    top = 16 if titles else 0
+    top = 16 if titles or bar_title else 0
     cols = max(len(r) for r in rows)
-    size = (left + cols * (w + pad) + pad, top + len(rows) * (h + pad) + pad)
+    body = (h + pad) * len(rows) - pad
+    strip = colour_bar(max(body, 24), bar) if bar is not None else None
+    right = strip.shape[1] + 2 * pad if strip is not None else 0
+    size = (left + cols * (w + pad) + pad + right, top + len(rows) * (h + pad) + pad)
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     for j, title in enumerate(titles or []):
@@ -94,4 +118,8 @@ def grid(
             draw.text((4, y + h // 2 - 6), labels[i], fill="black")
         for j, tile in enumerate(row):
             canvas.paste(Image.fromarray(tile), (left + pad + j * (w + pad), y))
+    if strip is not None:
+        x = left + cols * (w + pad) + 2 * pad
+        canvas.paste(Image.fromarray(strip), (x, top + pad))
+        draw.text((x, 3), bar_title, fill="black")
     return canvas

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from iqeclip.report.content import ReportContent, count_rows
+from iqeclip.report.content import ReportContent, count_rows, metric_name
 from iqeclip.report.figures import histogram_svg, pr_svg, roc_svg
 from iqeclip.report.folder import Example, label_text
+from iqeclip.report.gallery import map_range
+from iqeclip.report.heatmaps import colour_bar, value_ticks
 
 __all__ = ["render_html"]
 
@@ -43,6 +45,9 @@ figure img{width:140px;height:auto;display:block;background:#000}
 figcaption{font-size:12px;margin-top:4px;max-width:284px;overflow-wrap:anywhere}
 .anomalous{color:#b00}.normal{color:#1f5fa0}.unknown{color:#666}
 .muted{color:#777}
+ol.defs{font-size:12px;color:#555;max-width:560px;padding-left:20px;margin:6px 0}
+.legend{display:flex;gap:12px;align-items:center}
+figure.bar img{width:auto;background:#fff}
 """
 
 
@@ -57,9 +62,37 @@ def _html_table(rows: Sequence[tuple[str, str]], head: tuple[str, str]) -> str:
     body = "".join(
         f'<tr><td>{html.escape(k)}</td><td class="num">{html.escape(v)}</td></tr>' for k, v in rows
     )
+    return _table(head, body)
+
+
+def _metrics_table(rows: Sequence[tuple[str, str]]) -> str:
+    """Readable metric names, their definition on hover and as numbered footnotes below."""
+    body, notes = [], []
+    for key, value in rows:
+        name, definition = metric_name(key)
+        cell = html.escape(name)
+        if definition:
+            notes.append(f"<li><b>{html.escape(name)}</b>: {html.escape(definition)}</li>")
+            cell = f'<span title="{html.escape(definition)}">{cell}</span><sup>{len(notes)}</sup>'
+
+        body.append(f'<tr><td>{cell}</td><td class="num">{html.escape(value)}</td></tr>')
+    footnotes = "".join(notes)
+    return _table(("metric", "value"), "".join(body)) + f'<ol class="defs">{footnotes}</ol>'
+
+
+def _table(head: tuple[str, str], body: str) -> str:
     return (
         f"<table><thead><tr><th>{html.escape(head[0])}</th><th>{html.escape(head[1])}</th></tr>"
         f"</thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _colour_bar(lo: float, hi: float) -> str:
+    """The colour bar of the example maps, with the map values its colours stand for."""
+    bar = colour_bar(150, value_ticks(lo, hi))
+    return (
+        f'<figure class="bar"><img alt="colour bar: map value {lo:.3g} to {hi:.3g}" '
+        f'src="{_png_uri(bar)}"><figcaption>map value</figcaption></figure>'
     )
 
 
@@ -105,7 +138,7 @@ def render_html(c: ReportContent) -> str:
     tables = [
         "<div><h2>Metrics</h2>"
         + (
-            _html_table(c.metric_rows, ("metric", "value"))
+            _metrics_table(c.metric_rows)
             if c.metric_rows
             else '<p class="muted">no numeric metrics</p>'
         )
@@ -113,7 +146,9 @@ def render_html(c: ReportContent) -> str:
     ]
     if scores is not None:
         tables.append(
-            "<div><h2>Scores</h2>" + _html_table(count_rows(scores), ("label", "images")) + "</div>"
+            "<div><h2>Test set</h2>"
+            + _html_table(count_rows(scores), ("label", "images"))
+            + "</div>"
         )
     parts.append(f'<div class="tables">{"".join(tables)}</div>')
     if scores is not None and len(scores.scores):
@@ -135,9 +170,11 @@ def render_html(c: ReportContent) -> str:
     parts.append(_html_examples("Highest-scoring examples", c.highest, c.hi_overlays))
     parts.append(_html_examples("Lowest-scoring examples", c.lowest, c.lo_overlays))
     if c.highest or c.lowest:
+        lo, hi = map_range([*c.highest, *c.lowest])
         parts.append(
-            '<p class="muted">Left: input; right: anomaly map (min-max normalised over all shown'
-            " examples), ground-truth contour in green where a mask exists.</p>"
+            f'<div class="legend">{_colour_bar(lo, hi)}<p class="muted">Left: input; right: '
+            "anomaly map, its colours spanning the lowest to the highest map value of all shown "
+            "examples (the bar), ground-truth contour in green where a mask exists.</p></div>"
         )
     parts.append(f'<p class="muted">Run directory: {html.escape(str(c.run_dir))}</p>')
     parts.append("</main></body></html>\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from iqeclip.report.content import ReportContent, count_rows
+from iqeclip.report.content import ReportContent, count_rows, metric_name
 from iqeclip.report.folder import label_text
 
 __all__ = ["render_markdown"]
@@ -34,23 +34,27 @@ def render_markdown(c: ReportContent) -> str:
     if c.info:
         md += [" · ".join(f"**{_md_escape(k)}**: {_md_escape(v)}" for k, v in c.info), ""]
     md += ["## Metrics", ""]
+    named = [(metric_name(k), v) for k, v in c.metric_rows]
     md += [
-        _md_table(c.metric_rows, ("metric", "value"), right=(1,))
+        _md_table([(name, v) for (name, _), v in named], ("metric", "value"), right=(1,))
         if c.metric_rows
         else "No numeric metrics.",
         "",
     ]
+    md += [f"- **{name}**: {definition}" for (name, definition), _ in named if definition]
+    md += [""] if any(d for (_, d), _ in named) else []
     if c.scores is not None:
         rows = count_rows(c.scores)
-        md += ["## Scores per label", "", _md_table(rows, ("label", "images"), right=(1,)), ""]
+        md += ["## Test set", "", _md_table(rows, ("label", "images"), right=(1,)), ""]
     if c.highest or c.lowest:
         md += [
             "## Examples",
             "",
             "![highest- and lowest-scoring examples](report_examples.png)",
             "",
-            "Rows: input and anomaly map (min-max normalised over all shown examples, ground-truth"
-            " contour in green) of the highest-scoring and lowest-scoring examples.",
+            "Rows: input and anomaly map (colours from the lowest to the highest map value of all"
+            " shown examples, the bar at the right; ground-truth contour in green) of the"
+            " highest-scoring and lowest-scoring examples.",
             "",
         ]
         rows = [

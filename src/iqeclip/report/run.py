@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from iqeclip.config import SELECTIONS
 from iqeclip.data.datasets import ImageDataset
 from iqeclip.data.layout import Sample
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
@@ -29,8 +30,11 @@ from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 RANDOM_NOTE = (
-    "The backbone is randomly initialised (--pretrain none): these numbers show that "
-    "the pipeline runs, not the accuracy of pretrained CLIP."
+    "The backbone is randomly initialised (--pretrain none): its features know nothing about "
+    "images, so these numbers show that the pipeline runs, not the accuracy of pretrained CLIP. "
+    "An AUROC near 0.5 is chance, and one below 0.5 (the scores ranking the classes the wrong "
+    "way round) is as possible as one above; run with --pretrain openai or a weights file for "
+    "real results."
 )
 
 
@@ -44,12 +48,14 @@ def write_test_report(
     run: Any,
     top_k: int = 8,
     pixel_histograms: np.ndarray | None = None,
+    selection: str | None = None,
 ) -> Path:
     """Write the run folder of a test and its report; returns the HTML path.
 
     ``pixel_histograms`` (per image, its map's histograms over normal and anomalous pixels, see
     :class:`~iqeclip.engine.evaluate.PixelHistograms`) are saved as ``pixel_histograms.npy``, for
-    bootstrap intervals of the pixel AUROC that resample images.
+    bootstrap intervals of the pixel AUROC that resample images. ``selection`` is the
+    ``--select`` rule that chose the checkpoint's weights, recorded with what it means.
     """
     run_dir = Path(run_dir)
     order = np.argsort(scores)
@@ -67,6 +73,8 @@ def write_test_report(
         "shot": run.shot if run.setting == "few" else 0,
         **{k: v for k, v in metrics.items() if not (isinstance(v, float) and v != v)},
     }
+    if selection is not None:
+        record["selection"] = f"{selection}: {SELECTIONS.get(selection, selection)}"
     if model.config.pretrain.lower() == "none":
         record["note"] = RANDOM_NOTE
     record["checkpoint"] = str(run.ckpt_path)

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iqeclip.errors import UserError
 from iqeclip.report.content import read_content
 from iqeclip.report.gallery import examples_png
 from iqeclip.report.html import render_html
 from iqeclip.report.markdown import render_markdown
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "write_reports"]
 
 
 def write_report(
@@ -78,3 +79,22 @@ def write_report(
     atomic_write_text(html_path, html_text)
     atomic_write_text(md_path, md_text)
     return html_path, md_path
+
+
+def write_reports(folder: str | Path, top_k: int = 8) -> list[tuple[Path, Path]]:
+    """:func:`write_report` of a run folder, or of every run folder directly inside ``folder``
+    (``iqeclip demo`` writes one per test), in name order.
+
+    Raises:
+        UserError: ``folder`` is missing, or holds neither ``metrics.json`` nor run folders.
+    """
+    folder = Path(folder)
+    if (folder / "metrics.json").is_file() or not folder.is_dir():
+        return [write_report(folder, top_k=top_k)]
+    runs = sorted(p for p in folder.iterdir() if (p / "metrics.json").is_file())
+    if not runs:
+        raise UserError(
+            f"{folder}: no metrics.json here or in its folders (a run folder is written by "
+            "test-* --report DIR, train-* --report_dir DIR or iqeclip demo)"
+        )
+    return [write_report(run, top_k=top_k) for run in runs]

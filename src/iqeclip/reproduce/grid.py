@@ -236,7 +236,7 @@ def run_grid(
     if jobs > 1 and distributed.is_distributed():
         raise UserError("--jobs runs cells as separate processes: not under torchrun")
     outcome: dict[str, list[Cell]] = {"done": [], "ran": [], "locked": []}
-    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not distributed.is_main())
+    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=distributed.no_progress_bar())
 
     def finished(cell: Cell, how: str) -> None:
         outcome[how].append(cell)

@@ -8,6 +8,7 @@ the CPU. Helpers here shard work by rank and gather results so that rank 0 sees 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +34,12 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def no_progress_bar() -> bool:
+    """Progress bars only on rank 0, and only on a terminal: redirected to a log file, a bar's
+    redraws would make one huge line."""
+    return not is_main() or not sys.stderr.isatty()
 
 
 def setup(device: str = "auto") -> torch.device | None:

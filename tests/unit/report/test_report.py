@@ -100,7 +100,7 @@ def test_full_report(run):
     assert 'class="roc-curve"' in text and 'class="pr-curve"' in text
     assert "AUROC" in text and "AP " in text
     # 6 examples, 2 images each, all inline
-    assert text.count('src="data:image/png;base64,') == 12
+    assert text.count('src="data:image/png;base64,') == 12 + 1  # and the colour bar
     assert "Highest-scoring" in text and "Lowest-scoring" in text
     # self-contained: nothing fetched from elsewhere, no script
     assert "http" not in text
@@ -110,9 +110,10 @@ def test_full_report(run):
     md = md_path.read_text(encoding="utf-8")
     assert md.startswith("# IQE-CLIP report: Brain (zero)")
     assert "| metric | value |" in md
-    assert "| image_auroc | 0.9123 |" in md
-    assert "| pixel_aupro | – |" in md
-    assert "| n_images | 60 |" in md
+    assert "| Image AUROC | 0.9123 |" in md
+    assert "| Pixel AUPRO | – |" in md
+    assert "- **Image AUROC**: area under the ROC curve" in md
+    assert "| Images | 60 |" in md
     assert "| normal | 30 |" in md and "| anomalous | 30 |" in md
     assert "![highest- and lowest-scoring examples](report_examples.png)" in md
     assert METRICS["note"] in md
@@ -123,7 +124,7 @@ def test_full_report(run):
 def test_examples_split_sorted_and_disjoint(run):
     text = write_report(run, top_k=2)[0].read_text(encoding="utf-8")
     hi, lo = text.split("Lowest-scoring")
-    assert text.count('src="data:image/png;base64,') == 8
+    assert text.count('src="data:image/png;base64,') == 8 + 1  # and the colour bar
     # highest: 0.7, 0.6; lowest: 0.2, 0.3
     assert re.findall(r"score (\d\.\d+)", hi) == ["0.7000", "0.6000"]
     assert re.findall(r"score (\d\.\d+)", lo) == ["0.2000", "0.3000"]
@@ -166,7 +167,7 @@ def test_metrics_only(tmp_path):
     assert "<svg" not in text and "data:image" not in text
     assert "0.5000" in text and "My &lt;run&gt;" in text
     md = md_path.read_text(encoding="utf-8")
-    assert "| image_auroc | 0.5000 |" in md and "report_examples.png" not in md
+    assert "| Image AUROC | 0.5000 |" in md and "report_examples.png" not in md
     assert not (run / "report_examples.png").exists()
 
 
@@ -254,3 +255,47 @@ def test_headless_chromium_renders_report(run, tmp_path):
     assert pixels.shape == (2000, 1280)
     assert pixels.std() > 10  # not a blank page
     assert (pixels < 100).mean() > 0.01  # text, axes and example images were drawn
+
+
+def test_metrics_have_names_definitions_and_no_zero_error_bounds(tmp_path):
+    metrics = {
+        "dataset": "Brain",
+        "setting": "few",
+        "shot": 4,
+        "selection": "last: the weights after the last epoch",
+        "pixel_auroc": 0.81,
+        "pixel_aupro": 0.0,
+        "pixel_auroc_error_bound": 0.0,
+        "pixel_ap_error_bound": 0.0,
+        "pixel_aupro_error_bound": 0.002,
+    }
+    run = make_run(tmp_path / "run", metrics=metrics)
+    html_path, md_path = write_report(run)
+    text, md = html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8")
+    for document in (text, md):
+        assert "Pixel AUROC" in document and "Pixel AUPRO" in document
+        assert "pixel_auroc" not in document.replace("pixel_auroc_", "")  # the raw key is gone
+        assert "Pixel AUROC error bound" not in document  # 0: the exact computation
+        assert "Pixel AUPRO error bound" in document  # not 0: shown
+        assert "per-region-overlap" in document  # AUPRO's definition
+        assert "last: the weights after the last epoch" in document  # the selection rule
+    assert 'title="area under the ROC curve of the map values' in text  # on hover, too
+    assert "| normal | 30 |" in md and "| anomalous | 30 |" in md and "unknown" not in md
+    assert "<h2>Test set</h2>" in text
+
+
+def test_every_map_figure_has_a_colour_bar(run):
+    from iqeclip.report.heatmaps import _ANCHORS
+
+    write_report(run)
+    picture = np.asarray(Image.open(run / "report_examples.png").convert("RGB"))
+    # the bar: a column whose top is the ramp's last colour and bottom its first
+    top, bottom = _ANCHORS[-1].astype(np.uint8), _ANCHORS[0].astype(np.uint8)
+    columns = [
+        x
+        for x in range(picture.shape[1])
+        if (picture[:, x] == top).all(axis=1).any() and (picture[:, x] == bottom).all(axis=1).any()
+    ]
+    assert columns and min(columns) > picture.shape[1] * 0.7  # at the right of the grid
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert 'alt="colour bar: map value' in text
