@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from iqeclip.cli.main import main
@@ -288,3 +289,13 @@ def test_demo_writes_table_report_and_figure(bench, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(out / "maps.png").size[0] > 3 * 64
+    from iqeclip.report.heatmaps import _ANCHORS
+
+    picture = np.asarray(Image.open(out / "maps.png").convert("RGB"))
+    top, bottom = _ANCHORS[-1].astype(np.uint8), _ANCHORS[0].astype(np.uint8)
+    bar = [  # the colour bar: a column running from the ramp's last colour to its first
+        x
+        for x in range(picture.shape[1])
+        if (picture[:, x] == top).all(axis=1).any() and (picture[:, x] == bottom).all(axis=1).any()
+    ]
+    assert bar and min(bar) > 3 * 64  # right of the input and the two map columns
