@@ -13,8 +13,8 @@ Outputs
     (inline SVG) and two example grids, "highest-scoring" and "lowest-scoring" (base64 PNG
     data URIs). Each example tile shows the input and the map overlay
     (:func:`iqeclip.report.heatmaps.overlay`) with the ground-truth contour in green when a mask
-    exists; the maps are min-max normalised over all shown examples, so that tiles are
-    comparable. The two grids never share an example: with ``n`` examples the highest-scoring
+    exists; the maps are min-max normalised over all shown examples (a colour bar gives the
+    scale), so that tiles are comparable. The two grids never share an example: with ``n`` examples the highest-scoring
     grid holds ``min(top_k, ceil(n / 2))`` of them and the lowest-scoring grid
     ``min(top_k, n - that)``.
 
