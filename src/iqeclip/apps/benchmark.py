@@ -191,8 +191,8 @@ def pipeline(model: IQEClip, n_images: int, batch_size: int, workers: int, seed:
             for batch in batches:
                 model.predict(as_input(batch, model.device), "zero")
 
-        def end_to_end(n: int, round_: int) -> Callable[[], None]:
-            out = Path(tmp) / f"out-{n}-{round_}"
+        def end_to_end(n: int, name: str) -> Callable[[], None]:
+            out = Path(tmp) / name  # a fresh folder per timed run
             return lambda: predict(
                 "benchmark", [folder], out, detector=model, batch_size=batch_size, workers=n
             )
@@ -204,8 +204,9 @@ def pipeline(model: IQEClip, n_images: int, batch_size: int, workers: int, seed:
             seconds: dict[str, list[float]] = {"model": [], "workers": [], "workers_0": []}
             for round_ in range(2):
                 seconds["model"].append(_timed(model_only, model.device))
-                seconds["workers"].append(_timed(end_to_end(workers, round_), model.device))
-                seconds["workers_0"].append(_timed(end_to_end(0, round_), model.device))
+                for name, n in (("workers", workers), ("workers_0", 0)):
+                    run = end_to_end(n, f"{name}-{round_}")
+                    seconds[name].append(_timed(run, model.device))
         finally:
             quiet.disabled = False
     rate = {k: n_images / min(v) for k, v in seconds.items()}

@@ -137,3 +137,11 @@ def test_bf16_runs_the_head_under_autocast_and_fp32_does_not():
     assert seen["fp32"] == torch.float32 and seen["bf16"] == torch.bfloat16
     assert np.isfinite(seen["bf16_loss"])
     np.testing.assert_allclose(seen["bf16_loss"], seen["fp32_loss"], rtol=5e-2)
+
+
+def test_the_pipeline_figure_with_readers_in_the_main_process(capsys):
+    """--workers 0 times the same predict twice a round: each timed run has its own folder."""
+    argv = ["benchmark", "--model_name", "iqe-tiny", "--img_size", "64", "--batch_size", "2"]
+    assert main([*argv, "--n_images", "2", "--workers", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pipeline_workers"] == 0 and result["pipeline_over_model_workers_0"] > 0
