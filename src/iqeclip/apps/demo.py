@@ -22,7 +22,6 @@ from iqeclip.data.layout import list_split
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.engine.workflows import train_few, train_zero
 from iqeclip.model.detector import IQEClip
-from iqeclip.report import write_reports
 from iqeclip.report.content import metric_name
 from iqeclip.report.heatmaps import draw_contour, grid, overlay
 from iqeclip.report.run import RANDOM_NOTE
@@ -178,8 +177,8 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     ):
         models[name] = IQEClip.from_checkpoint(ckpt, device, **model_overrides)
     _figure(models, data_path, args.obj, out / "maps.png")
-    reports = write_reports(out)
-    links = "\n".join(f"- [{path.parent.name}]({path.relative_to(out)})" for path, _ in reports)
+    reports = [Path(run.report_dir) / "report.html" for run in (zero_run, few_run)]
+    links = "\n".join(f"- [{path.parent.name}]({path.relative_to(out)})" for path in reports)
     definitions = "\n".join(f"- **{metric_name(c)[0]}**: {metric_name(c)[1]}" for c in COLUMNS)
     report = (
         f"# iqeclip demo: {args.obj}\n\n"
@@ -198,7 +197,7 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     for note in notes:
         print(note)
     print(
-        f"reports: {', '.join(str(html) for html, _ in reports)} (iqeclip report {out} rebuilds them)"
+        f"reports: {', '.join(map(str, reports))} (iqeclip report {out} rebuilds them)"
     )
     print(f"summary: {out / 'report.md'} (figure: {out / 'maps.png'})")
     return results
