@@ -196,8 +196,6 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     print()
     for note in notes:
         print(note)
-    print(
-        f"reports: {', '.join(map(str, reports))} (iqeclip report {out} rebuilds them)"
-    )
+    print(f"reports: {', '.join(map(str, reports))} (iqeclip report {out} rebuilds them)")
     print(f"summary: {out / 'report.md'} (figure: {out / 'maps.png'})")
     return results

@@ -135,7 +135,7 @@ def pretrained_tags(model_name: str) -> list[str]:
     try:
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(tags))
-    except OSError:
+    except (OSError, UserError):  # mkdir's error, or atomic_write_text's one-line one
         pass  # a cache only: the next call reads open_clip again
     return tags.get(model_name, [])
 

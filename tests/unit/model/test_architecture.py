@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -100,3 +101,15 @@ def test_a_wrong_tag_is_refused_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(UserError, match=r"--pretrain .opanai..*openai"):
         architecture.pretrain_source("ViT-L-14-336", "opanai")
+
+
+def test_an_unwritable_tag_cache_is_skipped(tmp_path, monkeypatch):
+    """The tag list is a cache only: where it cannot be written, the tags come from open_clip."""
+    import open_clip
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    version = importlib.metadata.version("open_clip_torch")
+    blocked = tmp_path / "iqeclip" / f"open_clip-{version}-pretrained-tags.json"
+    blocked.mkdir(parents=True)  # a folder where the cache file would go: the write fails
+    assert "openai" in open_clip.list_pretrained_tags_by_model("ViT-B-16")
+    assert architecture.pretrain_source("ViT-B-16", "openai") == "tag"
