@@ -307,13 +307,8 @@ class _Reads(Dataset):
         stems: dict[Path, str],
         skip: bool,
     ) -> None:
-        self.paths, self.size, self.reading, self.stems, self.skip = (
-            paths,
-            size,
-            reading,
-            stems,
-            skip,
-        )
+        self.paths, self.size, self.reading = paths, size, reading
+        self.stems, self.skip = stems, skip
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -371,7 +366,7 @@ def scored_items(
         if error is not None:
             raise UserError(error)
         if skipped is not None:
-            skipped.extend(Skipped(file, reason) for file, reason in bad or [])
+            skipped.extend(Skipped(file, reason) for file, reason in bad)
         for item in items:
             pending.append(item)
             if len(pending) == batch_size:

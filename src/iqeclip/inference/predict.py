@@ -66,9 +66,10 @@ CSV_COLUMNS = (
 )
 """``path`` is the input (a series folder; ``<folder>#<SeriesInstanceUID>`` for one of several
 series in a folder), ``score`` the image score (zero-shot in [0, 8], few-shot in [0, 2]; not a
-probability, see :func:`~iqeclip.model.scoring.score_range`), ``source`` the file the row came from (a DICOM slice's own file), the UIDs
-are empty for non-DICOM rows and ``outputs`` lists the files written for the row (``;``); the row
-of the slice that completed a volume also lists the volume's NIfTI files."""
+probability, see :func:`~iqeclip.model.scoring.score_range`), ``source`` the file the row came
+from (a DICOM slice's own file), the UIDs are empty for non-DICOM rows and ``outputs`` lists the
+files written for the row (``;``); the row of the slice that completed a volume also lists the
+volume's NIfTI files."""
 VOLUME_COLUMNS = ("path", "n_slices", "score", "decision", "threshold", "abnormal_slices")
 FILES = (
     ("overlay", "overlay.png"),

@@ -80,6 +80,9 @@ def _fmt_value(v: Any) -> str:
     return f"{v:.4f}"
 
 
+_NOT_METRICS = ("shot",)  # numbers of metrics.json that describe the run: shown as information
+
+
 def metric_name(key: str) -> tuple[str, str]:
     """(readable name, definition) of a metric key; unknown keys are shown as they are."""
     return METRICS.get(key, (key, ""))
@@ -95,9 +98,6 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         and k not in _NOT_METRICS
         and not (k.endswith("_error_bound") and v == 0)
     ]
-
-
-_NOT_METRICS = ("shot",)
 
 
 def _info_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:

@@ -38,8 +38,9 @@ _TABLE = _ramp(np.linspace(0.0, 1.0, _STEPS + 1)).astype(np.float32)
 def colorize(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] ``(H, W)`` to RGB uint8 ``(H, W, 3)`` (values outside are clipped).
 
-    Looked up in a table of 4,096 colours (within 0.06 of the exact ramp), ten times faster than
-    evaluating the ramp per pixel: predict colours every map it writes."""
+    Looked up in a table of 4,096 colours (within 0.11 of the exact ramp: half a step times the
+    steepest segment), 4x faster than evaluating the ramp per pixel: predict colours every map
+    it writes."""
     return np.rint(_colours(values)).astype(np.uint8)
 
 

@@ -74,7 +74,6 @@ def _metrics_table(rows: Sequence[tuple[str, str]]) -> str:
         if definition:
             notes.append(f"<li><b>{html.escape(name)}</b>: {html.escape(definition)}</li>")
             cell = f'<span title="{html.escape(definition)}">{cell}</span><sup>{len(notes)}</sup>'
-
         body.append(f'<tr><td>{cell}</td><td class="num">{html.escape(value)}</td></tr>')
     footnotes = "".join(notes)
     return _table(("metric", "value"), "".join(body)) + f'<ol class="defs">{footnotes}</ol>'
