@@ -25,7 +25,8 @@ def _rows(path):
 
 
 def _inputs(root):
-    """PNGs of two sizes, a 16-bit PNG, a NIfTI volume and a two-series DICOM folder."""
+    """PNGs of two sizes, a 16-bit PNG, an EXIF-rotated JPEG, a NIfTI volume stored in LPS
+    order (reoriented on reading) and a two-series DICOM folder."""
     nib = pytest.importorskip("nibabel")
     pydicom = pytest.importorskip("pydicom")
     rng = np.random.default_rng(0)
@@ -34,10 +35,21 @@ def _inputs(root):
         size = (48, 40) if i % 2 else (64, 64)
         Image.fromarray((rng.random(size) * 255).astype(np.uint8)).save(root / "png" / f"{i}.png")
     Image.fromarray((rng.random((32, 32)) * 65535).astype(np.uint16)).save(root / "deep.png")
+    photo = Image.fromarray((rng.random((24, 40)) * 255).astype(np.uint8)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    photo.save(root / "phone.jpg", exif=exif)
     volume = rng.random((30, 28, 4)).astype(np.float32)
-    nib.Nifti1Image(volume, np.diag([0.8, 0.8, 3.0, 1.0])).to_filename(root / "vol.nii.gz")
+    lps = np.diag([-0.8, -0.8, 3.0, 1.0])  # the first two axes run against RAS+
+    nib.Nifti1Image(volume, lps).to_filename(root / "vol.nii.gz")
     write_two_series(pydicom, root / "dicom")
-    return [root / "png", root / "deep.png", root / "vol.nii.gz", root / "dicom"]
+    return [
+        root / "png",
+        root / "deep.png",
+        root / "phone.jpg",
+        root / "vol.nii.gz",
+        root / "dicom",
+    ]
 
 
 def _outputs(out):
@@ -65,7 +77,8 @@ def test_workers_and_writer_threads_give_the_same_results(checkpoint, tmp_path):
         assert main([*argv, "--workers", str(workers)]) == 0
         runs[workers] = _outputs(out)
     assert runs[0].keys() == runs[2].keys()
-    assert len([n for n in runs[0] if n.endswith("_overlay.png")]) == 5 + 1 + 4 + 6
+    assert len([n for n in runs[0] if n.endswith("_overlay.png")]) == 5 + 1 + 1 + 4 + 6
+    assert runs[0]["phone_overlay.png"].shape[:2] == (40, 24)  # as displayed: EXIF applied
     for name, value in runs[0].items():
         if name == "config.yaml":  # records --workers
             continue
