@@ -201,3 +201,25 @@ def test_manifest_is_an_extra_zero_shot_source(bench, tmp_path):
     log = (out / "log").read_text()
     assert f"manifest ({SHAPE[2]})" in log  # every slice of the volume joined the sources
     assert "Liver (4)" in log  # beside the BMAD datasets
+
+
+def test_a_manifest_with_every_row_twice_is_refused_before_training(tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((16, 16), 70, np.uint8)).save(tmp_path / name)
+    manifest = tmp_path / "twice.csv"
+    manifest.write_text("path,label,split\n" + "a.png,normal,train\nb.png,abnormal,\n" * 2)
+    out = tmp_path / "ck"
+    argv = [
+        "train-few",
+        "--manifest",
+        str(manifest),
+        "--obj",
+        "Study",
+        "--data_path",
+        str(tmp_path),
+    ]
+    argv += [*MODEL, "--shot", "1", "--epoch", "1", "--on_bad_input", "skip", *output_argv(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: --manifest {manifest} line 4: a.png duplicates line 2\n" in err
+    assert not list(out.glob("*.pth"))

@@ -19,7 +19,7 @@ A manifest is a CSV file with a header row. Columns (names in any order, extra c
   (``calibrate``) or ``test`` (``test-*`` and the final test of a training run). An empty split
   puts the row in every split.
 - ``slice`` (optional): use only this slice of a volume (its position along ``--axis``, or in a
-  series) instead of all of them.
+  series) instead of all of them; ASCII digits. A 2-D input has one slice, 0.
 
 A volume (NIfTI, DICOM series, multi-frame DICOM; a multi-page TIFF, page by page) becomes one
 sample per slice along ``--axis``.
@@ -30,11 +30,21 @@ close to a lesion, are left out (counted). Without a label volume every slice ta
 label. Constant slices (empty background, e.g. the ends of a skull-stripped MRI) are left out and
 counted too. Each volume row is also one volume (its label: any labelled voxel, else the row's
 label) for calibrating the volume score.
+
+A manifest defines the experiment, so these are refused whatever ``--on_bad_input`` says (like a
+support list naming a missing file), before any input is read, in one line naming the manifest
+and the lines: a column named twice in the header; two rows of the same sample (the same file,
+compared as resolved paths, and the same slice; a row without ``slice`` holds every slice) with
+different labels or masks; and, with the same label and mask, two such rows whose splits overlap
+(equal, or one empty), which would count the sample twice. The same sample in rows of different
+splits (``train`` and ``test``) is allowed (a warning says the test is optimistic).
 """
 
 from __future__ import annotations
 
 import csv
+import io
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +132,26 @@ def _cell(row: dict[str, str | None], name: str) -> str:
     return (row.get(name) or "").strip()
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One manifest row, its fields checked (``path`` and ``mask`` also as written)."""
+
+    line: int
+    raw: str
+    item: Path
+    label_text: str
+    label: int | None
+    mask_text: str
+    mask: Path | None
+    split: str | None
+    chosen: int | None
+
+    @property
+    def name(self) -> str:
+        """The row's sample as written: its path, and its slice when it names one."""
+        return self.raw if self.chosen is None else f"{self.raw} slice {self.chosen}"
+
+
 def _label(text: str, line: int, where: Path) -> int | None:
     if not text:
         return None
@@ -130,6 +160,92 @@ def _label(text: str, line: int, where: Path) -> int | None:
             f"--manifest {where} line {line}: label {text!r} is not normal, abnormal, 0 or 1"
         )
     return LABELS[text.lower()]
+
+
+def _check_header(reader: csv.DictReader, where: Path) -> None:
+    """Strip the header's column names; refuse a name given twice, or no path or label column."""
+    names = [(c or "").strip() for c in reader.fieldnames or ()]
+    twice = sorted(name for name, n in Counter(names).items() if name and n > 1)
+    if twice:
+        raise UserError(
+            f"--manifest {where} line {reader.line_num}: the header names "
+            f"{' and '.join(map(repr, twice))} more than once (a column has one name)"
+        )
+    if not {"path", "label"} <= set(names):
+        raise UserError(
+            f"--manifest {where}: the header must name the columns path and label (and "
+            f"optionally mask, split, slice), got {', '.join(sorted(set(names))) or 'nothing'}"
+        )
+    reader.fieldnames = names
+
+
+def _parse(row: dict[str, str | None], line: int, where: Path) -> _Row:
+    """A record's fields, checked; paths are relative to the manifest's folder."""
+    raw = _cell(row, "path")
+    if not raw:
+        raise UserError(f"--manifest {where} line {line}: empty path")
+    label_text, mask_text = _cell(row, "label"), _cell(row, "mask")
+    label = _label(label_text, line, where)
+    split = _cell(row, "split").lower() or None
+    if split is not None and split not in MANIFEST_SPLITS:
+        raise UserError(
+            f"--manifest {where} line {line}: split {split!r} is not one of "
+            f"{', '.join(MANIFEST_SPLITS)} (or empty)"
+        )
+    chosen = _cell(row, "slice")
+    if chosen and not (chosen.isascii() and chosen.isdigit()):
+        raise UserError(f"--manifest {where} line {line}: slice {chosen!r} is not a number")
+    base = where.parent
+    return _Row(
+        line,
+        raw,
+        base / raw,
+        label_text,
+        label,
+        mask_text,
+        base / mask_text if mask_text else None,
+        split,
+        int(chosen) if chosen else None,
+    )
+
+
+def _refuse_overlaps(rows: Sequence[_Row], where: Path) -> None:
+    """Refuse two rows of one sample: the same file (resolved) and overlapping slices (a row
+    without ``slice`` holds them all) with different labels or masks, or with the same ones and
+    overlapping splits (equal, or one empty). Rows of different splits may share a sample."""
+    seen: dict[Path, list[_Row]] = {}
+    for row in rows:
+        same_file = seen.setdefault(_resolved(row.item), [])
+        for earlier in same_file:
+            if None not in (row.chosen, earlier.chosen) and row.chosen != earlier.chosen:
+                continue
+            differ = []
+            if row.label != earlier.label:
+                differ.append(f"label {row.label_text!r} vs {earlier.label_text!r}")
+            if not _same_file(row.mask, earlier.mask):
+                differ.append(f"mask {row.mask_text!r} vs {earlier.mask_text!r}")
+            if not differ and None not in (row.split, earlier.split) and row.split != earlier.split:
+                continue
+            also = f" ({earlier.name})" if earlier.name != row.name else ""
+            verb = "contradicts" if differ else "duplicates"
+            detail = f": {', '.join(differ)}" if differ else ""
+            raise UserError(
+                f"--manifest {where} line {row.line}: {row.name} {verb} line {earlier.line}"
+                f"{also}{detail}"
+            )
+        same_file.append(row)
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with its symbolic links followed (absolute, as given, on a link loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # Python < 3.13 raises RuntimeError on a loop
+        return path.absolute()
+
+
+def _same_file(a: Path | None, b: Path | None) -> bool:
+    return a == b if a is None or b is None else _resolved(a) == _resolved(b)
 
 
 def read_manifest(
@@ -153,8 +269,10 @@ def read_manifest(
         The :class:`Manifest`.
 
     Raises:
-        UserError: The manifest missing or malformed (naming the file and line), a bad option,
-            or (``error``) an unreadable input or label volume (naming the row).
+        UserError: The manifest missing or malformed (naming the file and line), a column
+            named twice, two rows of one sample (duplicated or contradicting, whatever
+            ``policy``), a bad option, or (``error``) an unreadable input or label volume
+            (naming the row).
     """
     where = Path(path)
     if min_lesion_px < 1:
@@ -162,76 +280,39 @@ def read_manifest(
     if margin < 0:
         raise UserError(f"--margin must be at least 0, got {margin}")
     text = read_text(where, "--manifest")
-    reader = csv.DictReader(text.splitlines())
-    columns = {(c or "").strip() for c in reader.fieldnames or ()}
-    if not {"path", "label"} <= columns:
-        raise UserError(
-            f"--manifest {where}: the header must name the columns path and label (and "
-            f"optionally mask, split, slice), got {', '.join(sorted(columns)) or 'nothing'}"
-        )
-    reader.fieldnames = [(c or "").strip() for c in reader.fieldnames or ()]
-    manifest = Manifest(where)
-    base = where.parent
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # only CSV records split
     try:
-        rows = [(reader.line_num, row) for row in reader]
+        _check_header(reader, where)
+        records = [(reader.line_num, row) for row in reader]
     except csv.Error as exc:
         raise UserError(f"--manifest {where} line {reader.line_num + 1}: {exc}") from None
-    for line, row in rows:
-        raw = _cell(row, "path")
-        if not raw:
-            raise UserError(f"--manifest {where} line {line}: empty path")
-        item = base / raw
-        label = _label(_cell(row, "label"), line, where)
-        mask = base / _cell(row, "mask") if _cell(row, "mask") else None
-        split = _cell(row, "split").lower() or None
-        if split is not None and split not in MANIFEST_SPLITS:
-            raise UserError(
-                f"--manifest {where} line {line}: split {split!r} is not one of "
-                f"{', '.join(MANIFEST_SPLITS)} (or empty)"
-            )
-        chosen = _cell(row, "slice")
-        if chosen and not chosen.isdigit():
-            raise UserError(f"--manifest {where} line {line}: slice {chosen!r} is not a number")
+    rows = [_parse(row, line, where) for line, row in records]
+    _refuse_overlaps(rows, where)
+    manifest = Manifest(where)
+    for row in rows:
         try:
-            _expand(
-                manifest,
-                item,
-                label,
-                mask,
-                split,
-                int(chosen) if chosen else None,
-                reading,
-                min_lesion_px,
-                margin,
-            )
+            _expand(manifest, row, reading, min_lesion_px, margin)
         except _RowError as bad:
             if policy != "skip":
                 raise UserError(
-                    f"--manifest {where} line {line}: {bad.path}: {bad.reason} "
+                    f"--manifest {where} line {row.line}: {bad.path}: {bad.reason} "
                     "(--on_bad_input skip leaves such rows out)"
                 ) from None
             manifest.skipped.append(Skipped(bad.path, bad.reason))
         except UserError as exc:
             if INSTALL_HINT in str(exc):
                 raise
-            raise UserError(f"--manifest {where} line {line}: {exc}") from None
+            raise UserError(f"--manifest {where} line {row.line}: {exc}") from None
     if not manifest.rows and not manifest.skipped:
         raise UserError(f"--manifest {where}: no rows")
     return manifest
 
 
 def _expand(
-    manifest: Manifest,
-    item: Path,
-    label: int | None,
-    mask: Path | None,
-    split: str | None,
-    chosen: int | None,
-    reading: Reading,
-    min_lesion_px: int,
-    margin: int,
+    manifest: Manifest, row: _Row, reading: Reading, min_lesion_px: int, margin: int
 ) -> None:
     """Add one row's samples (and volume) to ``manifest``; :class:`_RowError` for a bad file."""
+    item, label, mask, split, chosen = row.item, row.label, row.mask, row.split, row.chosen
     found = kind(item)
     if found is None:
         why = "no such file or folder" if not item.exists() else "unsupported file type"
@@ -249,7 +330,9 @@ def _expand(
         if INSTALL_HINT in str(exc):
             raise
         raise _RowError(item, strip_path(str(exc), item)) from None
-    if len(slices) == 1 and slices[0].index is None:  # a 2-D DICOM or NIfTI
+    if len(slices) == 1 and slices[0].index is None:  # a 2-D DICOM or NIfTI (or a 2-D image)
+        if chosen not in (None, 0):  # one slice, 0: rows of "other" slices would repeat it
+            raise _RowError(item, f"has no slice {chosen} (it is one 2-D image)")
         if label is None:
             raise UserError(f"{item}: a 2-D image needs a label")
         manifest.rows.append((split, Sample(item, label, mask, None, reading)))

@@ -3,6 +3,8 @@ slices), label volumes in another voxel order, and one-line errors naming file a
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +85,14 @@ def test_volume_slices_labelled_by_their_label_volume(tmp_path):
 def test_rows_without_label_volume_take_the_row_label(tmp_path):
     nib = pytest.importorskip("nibabel")
     image, _ = brats_case(nib, tmp_path, "p02", lesion=False)
+    other, _ = brats_case(nib, tmp_path, "p2b", lesion=False)
     png = tmp_path / "a.png"
     Image.fromarray(np.full((8, 8), 90, np.uint8)).save(png)
     csv = write_csv(
         tmp_path / "m.csv",
         "split,path,label",  # any column order; no mask column at all
         f"test,{image.name},normal",
-        f",{image.name},abnormal",
+        f",{other.name},abnormal",
         "valid,a.png,1",
     )
     manifest = read_manifest(csv, Reading(axis=2))
@@ -113,6 +116,8 @@ def test_rows_without_label_volume_take_the_row_label(tmp_path):
         (["path,label", "a.png,0", "gone.png,1"], "line 3: "),
         (["path,label", "a.png,"], "line 2: "),
         (["path,label,slice", "a.png,0,x"], "slice 'x' is not a number"),
+        (["path,label,slice", "a.png,0,²"], "line 2: slice '²' is not a number"),  # isdigit()
+        (["path,label,slice", "a.png,0,٣"], "line 2: slice '٣' is not a number"),  # int() 3
     ],
 )
 def test_errors_name_file_and_line(tmp_path, rows, message):
@@ -132,13 +137,15 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     moved = AFFINE.copy()
     moved[0, 3] = 5.0
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), moved), str(shifted))
+    for copy in ("p03_w_flair.nii.gz", "p03_s_flair.nii.gz"):  # one row per image
+        shutil.copy(image, tmp_path / copy)
     csv = write_csv(
         tmp_path / "m.csv",
         "path,label,mask",
         f"{image.name},,{mask.name}",
         "missing.nii.gz,1,",
-        f"{image.name},,{wrong.name}",
-        f"{image.name},,{shifted.name}",
+        f"p03_w_flair.nii.gz,,{wrong.name}",
+        f"p03_s_flair.nii.gz,,{shifted.name}",
     )
     with pytest.raises(UserError, match=r"line 3: .*missing.nii.gz: no such file"):
         read_manifest(csv, DEFAULT_READING)
@@ -172,3 +179,150 @@ def test_csv_problems_name_the_real_line(tmp_path):
     big = write_csv(tmp_path / "big.csv", "path,label", "a.png," + "x" * 200_000)
     with pytest.raises(UserError, match=r"big\.csv line 2: field larger than field limit"):
         read_manifest(big, DEFAULT_READING)
+
+
+def _pictures(folder: Path, *names: str) -> None:
+    for name in names:
+        Image.fromarray(np.full((8, 8), 60, np.uint8)).save(folder / name)
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_every_row_twice_is_refused_whatever_on_bad_input(tmp_path, policy):
+    _pictures(tmp_path, "a.png", "b.png")
+    twice = write_csv(
+        tmp_path / "m.csv", "path,label", "a.png,normal", "b.png,abnormal", "a.png,0", "b.png,1"
+    )
+    with pytest.raises(UserError) as info:  # not 4 samples out of 2 images
+        read_manifest(twice, DEFAULT_READING, policy=policy)
+    assert str(info.value) == f"--manifest {twice} line 4: a.png duplicates line 2"
+    # refused before any input is read: a missing file twice is not skipped
+    gone = write_csv(tmp_path / "g.csv", "path,label", "a.png,0", "gone.png,1", "gone.png,1")
+    with pytest.raises(
+        UserError, match=r"^--manifest \S*g\.csv line 4: gone\.png duplicates line 3$"
+    ):
+        read_manifest(gone, DEFAULT_READING, policy=policy)
+
+
+def test_one_file_under_two_names_is_one_file(tmp_path):
+    _pictures(tmp_path, "a.png")
+    (tmp_path / "scans").mkdir()
+    os.symlink(tmp_path / "a.png", tmp_path / "scans" / "link.png")
+    for written, shown in [
+        ("./a.png", "./a.png duplicates line 2 (a.png)"),
+        ("scans/../a.png", "scans/../a.png duplicates line 2 (a.png)"),
+        ("scans/link.png", "scans/link.png duplicates line 2 (a.png)"),
+    ]:
+        csv = write_csv(tmp_path / "m.csv", "path,label,split", "a.png,0,", f"{written},0,test")
+        with pytest.raises(UserError) as info:
+            read_manifest(csv, DEFAULT_READING)
+        assert str(info.value) == f"--manifest {csv} line 3: {shown}"
+    # a symbolic-link loop (no resolved path) is still compared, and no traceback
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    loop = write_csv(tmp_path / "l.csv", "path,label", "a.png,0", "loop_a,0", "./loop_a,0")
+    with pytest.raises(UserError, match=r"line 4: \./loop_a duplicates line 3 \(loop_a\)$"):
+        read_manifest(loop, DEFAULT_READING, policy="skip")
+
+
+def test_contradicting_rows_are_refused(tmp_path):
+    _pictures(tmp_path, "a.png", "m1.png", "m2.png")
+    for rows, message in [
+        (
+            ["a.png,normal,,train", "a.png,abnormal,,test"],
+            "a.png contradicts line 2: label 'abnormal' vs 'normal'",
+        ),  # even in different splits
+        (
+            ["a.png,1,m1.png,", "a.png,1,m2.png,"],
+            "a.png contradicts line 2: mask 'm2.png' vs 'm1.png'",
+        ),
+        (
+            ["a.png,1,m1.png,", "./a.png,0,,"],
+            "./a.png contradicts line 2 (a.png): label '0' vs '1', mask '' vs 'm1.png'",
+        ),
+    ]:
+        csv = write_csv(tmp_path / "m.csv", "path,label,mask,split", *rows)
+        with pytest.raises(UserError) as info:
+            read_manifest(csv, DEFAULT_READING, policy="skip")
+        assert str(info.value) == f"--manifest {csv} line 3: {message}"
+
+
+def test_volume_rows_and_rows_of_its_slices_overlap(tmp_path):
+    ramp = np.arange(64, dtype=np.uint8).reshape(8, 8)  # not constant: no slice is left out
+    pages = [Image.fromarray(ramp * k) for k in range(1, 4)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    header = "path,label,split,slice"
+    whole = write_csv(tmp_path / "m.csv", header, "stack.tif,normal,,", "stack.tif,normal,test,1")
+    with pytest.raises(UserError) as info:
+        read_manifest(whole, DEFAULT_READING)
+    assert (
+        str(info.value)
+        == f"--manifest {whole} line 3: stack.tif slice 1 duplicates line 2 (stack.tif)"
+    )
+    same = write_csv(tmp_path / "s.csv", header, "stack.tif,1,test,2", "stack.tif,1,test,2")
+    with pytest.raises(UserError, match=r"line 3: stack\.tif slice 2 duplicates line 2$"):
+        read_manifest(same, DEFAULT_READING)
+    last = write_csv(tmp_path / "l.csv", header, "stack.tif,1,,2", "stack.tif,0,,")
+    with pytest.raises(
+        UserError,
+        match=r"line 3: stack\.tif contradicts line 2 \(stack\.tif slice 2\): label '0' vs '1'$",
+    ):
+        read_manifest(last, DEFAULT_READING)
+    # a 2-D image holds one slice, 0
+    _pictures(tmp_path, "a.png")
+    flat = write_csv(tmp_path / "a.csv", header, "a.png,0,train,0", "a.png,0,,")
+    with pytest.raises(UserError, match=r"line 3: a\.png duplicates line 2 \(a\.png slice 0\)$"):
+        read_manifest(flat, DEFAULT_READING)
+    other = write_csv(tmp_path / "o.csv", header, "a.png,0,train,0", "a.png,0,train,1")
+    with pytest.raises(
+        UserError, match=r"line 3: \S*a\.png: has no slice 1 \(it is one 2-D image\)"
+    ):
+        read_manifest(other, DEFAULT_READING)
+    assert [
+        s.index for s in read_manifest(other, DEFAULT_READING, policy="skip").split("train")
+    ] == [None]
+    # other slices of one volume, and one sample in rows of different splits, are allowed
+    fine = write_csv(
+        tmp_path / "f.csv",
+        header,
+        "stack.tif,0,,0",
+        "stack.tif,1,,1",
+        "stack.tif,1,train,2",
+        "stack.tif,1,test,2",
+    )
+    manifest = read_manifest(fine, DEFAULT_READING)
+    assert [(s.index, s.label) for s in manifest.split("train")] == [(0, 0), (1, 1), (2, 1)]
+    assert [(s.index, s.label) for s in manifest.split("test")] == [(0, 0), (1, 1), (2, 1)]
+    assert [(s.index, s.label) for s in manifest.split("valid")] == [(0, 0), (1, 1)]
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    _pictures(tmp_path, "a.png")
+    for header in ["path,label,label", "path, label,mask,label ", "path,label,mask,path,mask"]:
+        csv = write_csv(tmp_path / "m.csv", header, "a.png,1,0" + ",a.png" * header.count("mask"))
+        with pytest.raises(UserError) as info:
+            read_manifest(csv, DEFAULT_READING, policy="skip")
+        twice = "'mask' and 'path'" if header.count("mask") == 2 else "'label'"
+        assert str(info.value) == (
+            f"--manifest {csv} line 1: the header names {twice} more than once (a column has "
+            "one name)"
+        )
+    # unnamed columns (trailing commas of a spreadsheet export) are not names
+    blank = write_csv(tmp_path / "b.csv", "path,label,,", "a.png,1,,")
+    assert [s.label for s in read_manifest(blank, DEFAULT_READING).split("test")] == [1]
+
+
+def test_only_csv_records_split_lines(tmp_path):
+    name = "a\u2028b\x0cc.png"  # a line separator and a form feed: str.splitlines splits there
+    _pictures(tmp_path, name)
+    csv = tmp_path / "m.csv"
+    csv.write_text(f'path,label\r\n"{name}",abnormal\r\n', encoding="utf-8")
+    (sample,) = read_manifest(csv, DEFAULT_READING).split("test")
+    assert sample.image == tmp_path / name and sample.label == 1
+    csv.write_text(f'path,label\n"{name}",abnormal\n"{name}",1\n', encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        read_manifest(csv, DEFAULT_READING)
+    # one record per row (UserError writes the path's separators as spaces: one line)
+    assert str(info.value) == f"--manifest {csv} line 3: a b c.png duplicates line 2"
+    csv.write_text(f'path,label\n"{name}",abnormal\nb.png,maybe\n', encoding="utf-8")
+    with pytest.raises(UserError, match="m\\.csv line 3: label 'maybe' is not"):
+        read_manifest(csv, DEFAULT_READING)
