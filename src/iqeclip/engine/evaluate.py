@@ -67,7 +67,7 @@ class StreamedMaps:
 class PixelHistograms:
     """Per image, the histograms of its map over its normal and anomalous pixels (``(n, 2, bins)``
     over [0, 1]): enough to recompute the pixel AUROC of any resample of the images
-    (:func:`iqeclip.reproduce.table.bootstrap_auroc`)."""
+    (:func:`iqeclip.reproduce.cells.bootstrap_pixel_auroc`)."""
 
     def __init__(self, n: int, bins: int = 1000) -> None:
         self.counts = np.zeros((n, 2, bins), np.int64)

@@ -1,9 +1,10 @@
 """``iqeclip reproduce``: the paper's whole result grid in one resumable command.
 
 :mod:`~iqeclip.reproduce.grid` plans and runs the cells (one training + test per target,
-setting and draw, each in its own folder, resumable and locked); :mod:`~iqeclip.reproduce.table`
-turns the finished cells into ``results.csv``, the paper-layout tables and the AUROC-against-K
-figure, beside the published references of ``references.yaml``.
+setting and draw, each in its own folder, resumable and locked); :mod:`~iqeclip.reproduce.cells`
+reads and checks the cells' files; :mod:`~iqeclip.reproduce.table` turns the finished cells into
+``results.csv``, the paper-layout tables (marking the cells not run or unreadable) and the
+AUROC-against-K figure, beside the published references of ``references.yaml``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from iqeclip.config import ModelConfig, ReproduceConfig, RunConfig
 from iqeclip.data.layout import dataset_root
 from iqeclip.errors import UserError
-from iqeclip.reproduce.grid import plan, run_grid
+from iqeclip.reproduce.grid import Cell, plan, run_grid
 from iqeclip.reproduce.table import write_tables
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import check_writable, load_yaml, save_yaml
@@ -74,6 +75,21 @@ def run_reproduce(
     if not distributed.is_main():
         return []
     seed = (stored.get("run") or {}).get("seed", base.seed)  # the grid's, for --table-only too
-    written = write_tables(out, cfg.bootstrap, seed, cfg.references, notes)
+    planned = _planned(stored, out / RECORD)
+    written = write_tables(out, cfg.bootstrap, seed, cfg.references, notes, planned)
     logger.info(f"results and tables written to {out} ({', '.join(p.name for p in written)})")
     return written
+
+
+def _planned(stored: dict[str, Any], path: Path) -> list[Cell]:
+    """The cells the grid's record asks for; none without a record (the tables then take the
+    cell folders found)."""
+    grid = stored.get("reproduce") or {}
+    targets, settings = grid.get("targets") or [], grid.get("settings") or []
+    draws = grid.get("draws") or 0
+    if not (isinstance(targets, list) and isinstance(settings, list) and isinstance(draws, int)):
+        raise UserError(f"{path}: reproduce: targets and settings must be lists, draws a number")
+    try:
+        return plan([str(t) for t in targets], [str(s) for s in settings], draws)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None

@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +37,16 @@ from iqeclip.errors import UserError
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_write_text, save_yaml
 
-__all__ = ["DONE", "TARGETS", "Cell", "parse_settings", "plan", "run_cell", "run_grid"]
+__all__ = [
+    "DONE",
+    "TARGETS",
+    "Cell",
+    "parse_settings",
+    "plan",
+    "read_json",
+    "run_cell",
+    "run_grid",
+]
 
 TARGETS: tuple[str, ...] = (
     "Histopathology",
@@ -49,6 +59,8 @@ TARGETS: tuple[str, ...] = (
 """The paper's six targets (:data:`~iqeclip.data.layout.CLASS_INDEX`), in its table order."""
 DONE = "cell.json"
 """Written last into a cell's folder: the cell is finished."""
+_SETTING = re.compile(r"zero|([0-9]+)-shot")
+_DRAW = re.compile(r"draw([0-9]+)")
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +85,18 @@ class Cell:
             / (f"draw{self.draw}")
         )
 
+    @classmethod
+    def parse(cls, folder: Path) -> Cell | None:
+        """The cell whose :attr:`folder` ends ``folder``; None for a folder of another name."""
+        if len(folder.parts) < 3:
+            return None
+        target, setting, draw = folder.parts[-3:]
+        shot, index = _SETTING.fullmatch(setting), _DRAW.fullmatch(draw)
+        if not (shot and index):
+            return None
+        cell = cls(target, int(shot[1] or 0), int(index[1]))
+        return cell if cell.folder == Path(target, setting, draw) else None
+
     def run_config(self, base: RunConfig, folder: Path) -> RunConfig:
         """The cell's run: the base options, its target, protocol, seed and folder."""
         return dataclasses.replace(
@@ -95,7 +119,7 @@ def parse_settings(settings: Sequence[str]) -> list[int]:
     for text in settings:
         if text == "zero":
             shots.append(0)
-        elif str(text).isdigit() and int(text) >= 1:
+        elif str(text).isascii() and str(text).isdigit() and int(text) >= 1:
             shots.append(int(text))
         else:
             raise UserError(f"--settings {text!r}: use zero or a shot count such as 4")
@@ -159,7 +183,7 @@ def run_cell(
         resume = state_path(checkpoint_path(run)).exists()
         run = dataclasses.replace(run, resume=resume, overwrite=not resume)
         seconds = None
-        if (folder / "metrics.json").exists() and checkpoint_path(run).exists() and not resume:
+        if checkpoint_path(run).exists() and not resume and _tested(folder, cell):
             pass  # killed after its results were written: nothing left to train or test
         else:
             if main:
@@ -178,7 +202,7 @@ def run_cell(
             seconds = time.perf_counter() - start
         if main:
             _write_support(folder, checkpoint_path(run), cell.shot)
-            metrics = _read_json(folder / "metrics.json")
+            metrics = read_json(folder / "metrics.json")
             done = {**dataclasses.asdict(cell), "setting": cell.setting, "seed": run.seed}
             done |= {"select": run.select, "seconds": seconds, "n_images": metrics.get("n_images")}
             done["resumed"] = resume
@@ -186,8 +210,32 @@ def run_cell(
     return "ran"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+def read_json(path: Path) -> dict[str, Any]:
+    """A cell's ``cell.json`` or ``metrics.json`` as a mapping; ``{}`` where it does not exist.
+
+    Raises:
+        UserError: Naming the file: it cannot be read, is not valid JSON (a truncated file) or is
+            not one JSON object.
+    """
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected one JSON object, got {type(record).__name__}")
+    return record
+
+
+def _tested(folder: Path, cell: Cell) -> bool:
+    """Whether the cell's test wrote its ``metrics.json``: a cell killed after that has nothing
+    left to run; one whose file cannot be read is logged and run again."""
+    try:
+        return bool(read_json(folder / "metrics.json"))
+    except UserError as exc:
+        logger.warning(f"cell {cell.folder}: {exc}; running the cell again")
+        return False
 
 
 def _write_support(folder: Path, ckpt: Path, shot: int) -> None:
@@ -264,7 +312,7 @@ def run_grid(
 
 
 def _summary(folder: Path) -> str:
-    metrics, done = _read_json(folder / "metrics.json"), _read_json(folder / DONE)
+    metrics, done = read_json(folder / "metrics.json"), read_json(folder / DONE)
     if "image_auroc" not in metrics:
         return "no test split to evaluate on"
     pixel = metrics.get("pixel_auroc")

@@ -1,14 +1,15 @@
-"""Everything ``iqeclip reproduce`` computes from the finished cells (``--table-only`` rebuilds it).
+"""Everything ``iqeclip reproduce`` computes from the cells (``--table-only`` rebuilds it).
 
-- ``results.csv``: one row per finished cell (:data:`RESULT_COLUMNS`), with seeded 95 % bootstrap
-  intervals of the cell's image and pixel AUROC (images resampled with replacement,
-  ``--bootstrap`` times; for the pixel AUROC each image keeps all its pixels, counted in 1000-bin
-  histograms of its map; resamples holding one class only are left out, as AUROC is undefined
-  for them).
+- ``results.csv``: one row per finished cell (:data:`~iqeclip.reproduce.cells.RESULT_COLUMNS`,
+  read and checked by :func:`~iqeclip.reproduce.cells.collect`), with the bootstrap intervals of
+  its image and pixel AUROC.
 - ``table.md``, ``table.tex``, ``table.html``: the paper's layout. Settings are rows (zero-shot,
   then K-shot), targets are columns with AC (image AUROC) and, where the target has masks, AS
   (pixel AUROC), in %, as mean ± standard deviation over the draws, then the average columns;
-  the reference methods of ``references.yaml`` are rows beside ours.
+  the reference methods of ``references.yaml`` are rows beside ours. A grid that is not finished
+  says so, and how many of its cells are (above the table, in the LaTeX table's last row and in
+  a warning); an entry with fewer draws than the grid asks says ``k of N draws``, one without a
+  finished draw ``not run`` or ``unreadable``.
 - ``curves.svg`` (inline in the HTML): AUROC against K per target, mean ± std band, references
   as markers.
 """
@@ -18,160 +19,70 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
+import logging
 import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
 
+from iqeclip.data.layout import CLASS_INDEX
 from iqeclip.errors import UserError
 from iqeclip.report.figures import _axes_svg, _legend_svg, _svg
-from iqeclip.reproduce.grid import DONE, TARGETS
+from iqeclip.reproduce.cells import RESULT_COLUMNS, Collected, collect
+from iqeclip.reproduce.grid import DONE, TARGETS, Cell
 from iqeclip.runtime.files import atomic_write_text, read_text
 
-__all__ = [
-    "RESULT_COLUMNS",
-    "aggregate",
-    "binned_auroc",
-    "bootstrap_auroc",
-    "bootstrap_pixel_auroc",
-    "collect",
-    "load_references",
-    "write_tables",
-]
+__all__ = ["NOT_RUN", "UNREADABLE", "aggregate", "curves_svg", "load_references", "write_tables"]
 
-RESULT_COLUMNS = (
-    "target",
-    "setting",
-    "shot",
-    "draw",
-    "seed",
-    "n_images",
-    "image_auroc",
-    "pixel_auroc",
-    "image_ap",
-    "pixel_ap",
-    "image_f1_max",
-    "pixel_aupro",
-    "image_auroc_ci_low",
-    "image_auroc_ci_high",
-    "pixel_auroc_ci_low",
-    "pixel_auroc_ci_high",
-    "selection_rule",
-    "seconds",
+NOT_RUN = "not run"
+"""An entry of ours without a finished draw, none of them unreadable."""
+UNREADABLE = "unreadable"
+"""An entry of ours without a finished draw, some of them unreadable."""
+LEGEND = (
+    "An entry from fewer draws than the grid asks says 'k of N draws' (an average over such "
+    f"entries '(partial)'); '{NOT_RUN}': no finished draw (never started, killed, or running "
+    f"elsewhere); '{UNREADABLE}': a file of the cell cannot be read (the log names it)."
 )
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
-
-def binned_auroc(counts: np.ndarray) -> float:
-    """The AUROC of pixels given as histograms ``(2, bins)`` (normal, anomalous) over one range:
-    P(anomalous > normal) + P(same bin) / 2."""
-    normal, anomalous = counts[0].astype(np.float64), counts[1].astype(np.float64)
-    below = np.concatenate([[0.0], np.cumsum(normal)[:-1]])
-    return float((anomalous * (below + 0.5 * normal)).sum() / (anomalous.sum() * normal.sum()))
+logger = logging.getLogger(__name__)
 
 
-def bootstrap_pixel_auroc(
-    histograms: np.ndarray, n: int, seed: int
-) -> tuple[float | None, float | None]:
-    """The 2.5 and 97.5 percentiles of the pixel AUROC over ``n`` resamples of the *images*
-    (each image's pixels stay together), from per-image histograms ``(images, 2, bins)``."""
-    if n < 1 or not (histograms[:, 0].sum() and histograms[:, 1].sum()):
-        return None, None
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        total = histograms[rng.integers(0, len(histograms), len(histograms))].sum(axis=0)
-        if total[0].sum() and total[1].sum():
-            values.append(binned_auroc(total))
-    if not values:
-        return None, None
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+class _Tally(NamedTuple):
+    """The draws of one (target, setting): asked by the grid, finished, unreadable."""
+
+    asked: int
+    finished: int
+    unreadable: int
 
 
-def bootstrap_auroc(
-    labels: np.ndarray, scores: np.ndarray, n: int, seed: int, chunk: int = 256
-) -> tuple[float | None, float | None]:
-    """The 2.5 and 97.5 percentiles of the image AUROC over ``n`` bootstrap resamples.
-
-    Each resample draws ``len(labels)`` images with replacement (``rng.integers`` of ``seed``);
-    resamples with one class only are left out. A resample's AUROC is the Mann-Whitney statistic
-    with its multiplicities as weights, ``w_pos @ C @ w_neg / (W_pos W_neg)`` with ``C[i, j]`` 1,
-    0.5 or 0 as positive ``i`` scores above, equal to or below negative ``j``: the value
-    ``roc_auc_score`` gives on the resample (tested), for ``chunk`` resamples per product.
-    """
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    if n < 1 or len(np.unique(labels)) < 2:
-        return None, None
-    pos, neg = scores[labels == 1], scores[labels != 1]
-    pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-    is_pos = labels == 1
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, n, chunk):
-        picks = rng.integers(0, len(labels), (min(chunk, n - start), len(labels)))
-        counts = np.stack([np.bincount(p, minlength=len(labels)) for p in picks]).astype(float)
-        w_pos, w_neg = counts[:, is_pos], counts[:, ~is_pos]
-        total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-        both = total > 0
-        values.append(((w_pos @ pairs) * w_neg).sum(axis=1)[both] / total[both])
-    values = np.concatenate(values)
-    if not len(values):
-        return None, None
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def _scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
-
-
-def collect(out: Path, bootstrap: int, seed: int) -> list[dict[str, Any]]:
-    """One row per finished cell under ``out`` (target, setting, draw order)."""
-    rows = []
-    for done in sorted(Path(out).glob(f"*/*/draw*/{DONE}")):
-        folder = done.parent
-        cell = json.loads(done.read_text())
-        if not (folder / "metrics.json").exists():
-            continue  # a target without a test split: nothing to tabulate
-        metrics = json.loads((folder / "metrics.json").read_text())
-        scores = folder / "report" / "scores.csv"
-        lo, hi = (
-            bootstrap_auroc(*_scores(scores), bootstrap, seed) if scores.exists() else (None,) * 2
+def _tallies(grid: Collected) -> dict[tuple[str, int], _Tally]:
+    """The tally of each (target, shot) of the grid."""
+    finished, unreadable = set(grid.finished), set(grid.unreadable)
+    out: dict[tuple[str, int], _Tally] = {}
+    for cell in grid.cells:
+        asked, done, broken = out.get((cell.target, cell.shot), _Tally(0, 0, 0))
+        out[(cell.target, cell.shot)] = _Tally(
+            asked + 1, done + (cell in finished), broken + (cell in unreadable)
         )
-        histograms = folder / "report" / "pixel_histograms.npy"
-        plo, phi = (
-            bootstrap_pixel_auroc(np.load(histograms), bootstrap, seed)
-            if histograms.exists()
-            else (None, None)
-        )
-        rows.append(
-            {
-                **{k: metrics.get(k) for k in RESULT_COLUMNS if k in metrics},
-                "target": cell["target"],
-                "setting": cell["setting"],
-                "shot": cell["shot"],
-                "draw": cell["draw"],
-                "seed": cell["seed"],
-                "n_images": cell["n_images"],
-                "image_auroc_ci_low": lo,
-                "image_auroc_ci_high": hi,
-                "pixel_auroc_ci_low": plo,
-                "pixel_auroc_ci_high": phi,
-                "selection_rule": cell["select"] or ("source-val" if not cell["shot"] else "last"),
-                "seconds": None if cell["seconds"] is None else round(cell["seconds"], 1),
-            }
-        )
-    order = {t: i for i, t in enumerate(TARGETS)}
-    rows.sort(key=lambda r: (order.get(r["target"], len(order)), r["target"], r["shot"], r["draw"]))
-    return rows
+    return out
+
+
+def _status(grid: Collected) -> str | None:
+    """The sentence saying how much of the grid is finished; None when all of it is."""
+    if len(grid.finished) == len(grid.cells):
+        return None
+    broken = ", ".join(c.folder.as_posix() for c in grid.unreadable)
+    return (
+        f"Incomplete grid: {len(grid.finished)} of {len(grid.cells)} cells finished "
+        f"({len(grid.not_run)} {NOT_RUN}, {len(grid.unreadable)} {UNREADABLE}"
+        + (f": {broken}" if broken else "")
+        + ")."
+    )
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -232,11 +143,19 @@ def _setting_name(shot: int) -> str:
     return "zero-shot" if shot == 0 else f"{shot}-shot"
 
 
-def _layout(agg: dict[tuple[str, int], dict[str, Any]]) -> tuple[list[str], list[int], list[str]]:
+def _layout(
+    cells: Sequence[Cell], agg: dict[tuple[str, int], dict[str, Any]]
+) -> tuple[list[str], list[int], list[str]]:
+    """The targets, shots and mask targets (with an AS value, or known to have masks) of the
+    grid's cells, finished or not."""
     order = {t: i for i, t in enumerate(TARGETS)}
-    targets = sorted({t for t, _ in agg}, key=lambda t: (order.get(t, len(order)), t))
-    shots = sorted({s for _, s in agg})
-    pixel = [t for t in targets if any("AS" in agg[k] for k in agg if k[0] == t)]
+    targets = sorted({c.target for c in cells}, key=lambda t: (order.get(t, len(order)), t))
+    shots = sorted({c.shot for c in cells})
+    pixel = [
+        t
+        for t in targets
+        if CLASS_INDEX.get(t, 0) > 0 or any("AS" in agg[k] for k in agg if k[0] == t)
+    ]
     return targets, shots, pixel
 
 
@@ -249,21 +168,38 @@ def _columns(targets: list[str], pixel: list[str]) -> list[tuple[str, str]]:
     return [*cols, ("average", "AC"), ("average", "AS")]
 
 
-def _ours(agg, shot: int, targets: list[str], pixel: list[str]) -> list[str]:
+def _value(value: tuple[float, float, int] | None, tally: _Tally) -> str:
+    """One entry of ours: mean ± std, with ``k of N draws`` where fewer draws than the grid asks
+    gave it; without a value, why."""
+    if value is None:
+        if tally.finished or not tally.asked:
+            return "–"
+        return UNREADABLE if tally.unreadable else NOT_RUN
+    mean, std, n = value
+    text = f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+    if n < tally.asked:
+        broken = f", {tally.unreadable} {UNREADABLE}" if tally.unreadable else ""
+        text += f" ({n} of {tally.asked} draws{broken})"
+    return text
+
+
+def _ours(agg, tallies, shot: int, targets: list[str], pixel: list[str]) -> list[str]:
     cells = []
     for target, metric in _columns(targets, pixel):
         if target == "average":
             names = targets if metric == "AC" else pixel
-            means = [agg[(t, shot)][metric][0] for t in names if metric in agg.get((t, shot), {})]
-            complete = len(means) == len(names) and means
-            cells.append(f"{np.mean(means):.2f}" if complete else "–")
+            values = [agg[(t, shot)][metric] for t in names if metric in agg.get((t, shot), {})]
+            if not names or len(values) < len(names):
+                cells.append("–")
+                continue
+            short = any(
+                n < tallies[(t, shot)].asked for t, (_, _, n) in zip(names, values, strict=True)
+            )
+            mean = np.mean([m for m, _, _ in values])
+            cells.append(f"{mean:.2f} (partial)" if short else f"{mean:.2f}")
             continue
-        value = agg.get((target, shot), {}).get(metric)
-        if value is None:
-            cells.append("–")
-        else:
-            mean, std, n = value
-            cells.append(f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}")
+        tally = tallies.get((target, shot), _Tally(0, 0, 0))
+        cells.append(_value(agg.get((target, shot), {}).get(metric), tally))
     return cells
 
 
@@ -280,11 +216,12 @@ def _reference(entry: dict[str, Any], targets: list[str], pixel: list[str]) -> l
     return cells
 
 
-def _rows(agg, refs, targets, shots, pixel) -> list[tuple[str, str, list[str]]]:
+def _rows(agg, tallies, refs, targets, shots, pixel) -> list[tuple[str, str, list[str]]]:
     """(setting, method, cells) in table order: ours, then the references of that setting."""
     out = []
     for shot in shots:
-        out.append((_setting_name(shot), "iqeclip (this run)", _ours(agg, shot, targets, pixel)))
+        ours = _ours(agg, tallies, shot, targets, pixel)
+        out.append((_setting_name(shot), "iqeclip (this run)", ours))
         for entry in refs:
             if int(entry["shot"]) == shot:
                 out.append(
@@ -325,23 +262,23 @@ def _md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
-def _markdown(rows, columns, notes, intervals) -> str:
+def _markdown(rows, columns, notes, intervals, status: str | None) -> str:
     head = ["setting", "method", *(f"{t} {m}" for t, m in columns)]
     lines = _md_table(head, [[s, m, *cells] for s, m, cells in rows])
     spans = _md_table(INTERVAL_HEAD, intervals)
-    return (
-        "\n".join(["# Reproduction table", "", *lines, "", *notes, "", "## Intervals", "", *spans])
-        + "\n"
-    )
+    top = ["# Reproduction table", ""] + ([f"**{status}** {LEGEND}", ""] if status else [])
+    return "\n".join([*top, *lines, "", *notes, "", "## Intervals", "", *spans]) + "\n"
 
 
-def _latex(rows, columns) -> str:
+def _latex(rows, columns, status: str | None) -> str:
     def esc(text: str) -> str:
         return text.replace("_", r"\_").replace("±", r"$\pm$").replace("–", "--")
 
     spec = "ll" + "r" * len(columns)
     head = " & ".join(["Setting", "Method", *(esc(f"{t} {m}") for t, m in columns)])
     body = [" & ".join(esc(c) for c in [s, m, *cells]) + r" \\" for s, m, cells in rows]
+    if status:  # inside the table, so that it goes wherever the table goes
+        body += [r"\hline", rf"\multicolumn{{{len(columns) + 2}}}{{l}}{{{esc(status)}}} \\"]
     return (
         "\n".join(
             [
@@ -423,10 +360,12 @@ def _html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{top}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _html(rows, columns, notes, figure: str, intervals) -> str:
+def _html(rows, columns, notes, figure: str, intervals, status: str | None) -> str:
     head = ["setting", "method", *(f"{t} {m}" for t, m in columns)]
     table = _html_table(head, [[s, m, *cells] for s, m, cells in rows])
     items = "".join(f"<li>{html.escape(n.lstrip('- '))}</li>" for n in notes)
+    if status:
+        table = f"<p><strong>{html.escape(status)}</strong> {html.escape(LEGEND)}</p>{table}"
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>iqeclip reproduce</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -438,16 +377,31 @@ def _html(rows, columns, notes, figure: str, intervals) -> str:
 
 
 def write_tables(
-    out: Path, bootstrap: int, seed: int, references: str | Path | None, notes: Sequence[str]
+    out: Path,
+    bootstrap: int,
+    seed: int,
+    references: str | Path | None,
+    notes: Sequence[str],
+    planned: Sequence[Cell] = (),
 ) -> list[Path]:
-    """Write ``results.csv`` and the tables from the finished cells under ``out``.
+    """Write ``results.csv`` and the tables from the finished cells under ``out``; the cells of
+    ``planned`` (or, without it, found there) that are not finished are marked as missing.
 
     Raises:
         UserError: No finished cell under ``out``.
     """
-    rows = collect(out, bootstrap, seed)
+    grid = collect(out, bootstrap, seed, planned)
+    rows = grid.rows
     if not rows:
-        raise UserError(f"--out {out}: no finished cell (no */*/draw*/{DONE}) to tabulate")
+        why = (
+            f"{len(grid.unreadable)} unreadable: see the warnings above"
+            if grid.unreadable
+            else f"no */*/draw*/{DONE}"
+        )
+        raise UserError(f"--out {out}: no finished cell to tabulate ({why})")
+    status = _status(grid)
+    if status:
+        logger.warning(f"{status} The tables mark the missing entries.")
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n", extrasaction="ignore"
@@ -457,14 +411,22 @@ def write_tables(
     atomic_write_text(out / "results.csv", buffer.getvalue())
     agg = aggregate(rows)
     refs = load_references(references)
-    targets, shots, pixel = _layout(agg)
+    targets, shots, pixel = _layout(grid.cells, agg)
     columns = _columns(targets, pixel)
-    table = _rows(agg, refs, targets, shots, pixel)
-    draws = sorted({int(r["draw"]) for r in rows})
+    tallies = _tallies(grid)
+    table = _rows(agg, tallies, refs, targets, shots, pixel)
+    asked = sorted({t.asked for t in tallies.values()})
+    per = f"{asked[0]}" if len(asked) == 1 else f"{asked[0]} to {asked[-1]}"
+    draws = (
+        f"{per} draw(s) per cell"
+        if status is None
+        else f"the finished draws of each cell ({len(grid.finished)} of the {len(grid.cells)} "
+        f"the grid asks, {per} per cell)"
+    )
     rules = sorted({r["selection_rule"] for r in rows})
     notes = [
         f"- AC: image AUROC, AS: pixel AUROC, in %; ours: mean ± standard deviation over "
-        f"{len(draws)} draw(s) per cell; an average needs every target's value.",
+        f"{draws}; an average needs every target's value.",
         f"- Checkpoint selection: {', '.join(rules)} (--select); 95 % bootstrap intervals of each "
         f"cell's image and pixel AUROC ({bootstrap} resamples of the images) are in the "
         "intervals table and results.csv.",
@@ -477,9 +439,9 @@ def write_tables(
     ]
     figure = curves_svg(agg, refs, targets, shots)
     written = {
-        "table.md": _markdown(table, columns, notes, _intervals(rows)),
-        "table.tex": _latex(table, columns),
-        "table.html": _html(table, columns, notes, figure, _intervals(rows)),
+        "table.md": _markdown(table, columns, notes, _intervals(rows), status),
+        "table.tex": _latex(table, columns, status),
+        "table.html": _html(table, columns, notes, figure, _intervals(rows), status),
         "curves.svg": figure + "\n",
     }
     for name, text in written.items():
