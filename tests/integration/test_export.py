@@ -1,6 +1,7 @@
 """``iqeclip export`` and ``--backend onnx``: the ONNX graph scores as PyTorch does (maps and
 both image scores within 1e-4, any batch size), carries the checkpoint's configuration and
-calibration, and predict runs it through the same readers and writers."""
+calibration, and predict runs it through the same readers and writers; a file whose metadata or
+graph was edited is refused in one line."""
 
 from __future__ import annotations
 
@@ -10,16 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from iqeclip.cli.main import main
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
+from iqeclip.model.checkpoint import save_checkpoint
 from iqeclip.model.detector import IQEClip
+from tests.conftest import build_tiny
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from iqeclip.inference.export import META_KEYS, OnnxDetector, export_onnx  # noqa: E402
+from iqeclip.inference.export import (  # noqa: E402
+    META_KEYS,
+    OnnxDetector,
+    export_onnx,
+    load_detector,
+)
 
 TOLERANCE = 1e-4
 
@@ -134,3 +143,122 @@ def test_benchmark_backend_onnx_reports_the_ratio_with_equal_threads(capsys):
     assert result["onnx_max_map_deviation"] <= TOLERANCE
     expected = result["onnx_ms_per_image"] / result["inference_ms_per_image"]
     assert result["onnx_over_inference"] == pytest.approx(expected, rel=0.02, abs=0.01)
+
+
+def test_export_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
+    model = build_tiny()
+    with torch.no_grad():
+        model.head.projections[0].weight[0, :2] = float("nan")
+    ckpt = save_checkpoint(tmp_path / "nan.pth", model)
+    out = tmp_path / "nan.onnx"
+    assert main(["export", "--ckpt_path", str(ckpt), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --ckpt_path {ckpt}: tensor projections.0.weight holds 2 non-finite values "
+        "(NaN/inf): the checkpoint is corrupt"
+    ]
+    assert not out.exists()
+
+
+def _edited(exported: Path, out: Path, config=None, meta=None, graph=None) -> Path:
+    """A copy of ``exported`` whose ``iqeclip.config``/``iqeclip.meta`` metadata are replaced
+    (a string as is, else as JSON of the stored value changed by the callable) and whose
+    graph ``graph`` edits."""
+    proto = onnx.load(str(exported))
+    for entry in proto.metadata_props:
+        change = {META_KEYS["config"]: config, META_KEYS["meta"]: meta}.get(entry.key)
+        if isinstance(change, str):
+            entry.value = change
+        elif change is not None:
+            entry.value = json.dumps(change(json.loads(entry.value)))
+    if graph is not None:
+        graph(proto.graph)
+    onnx.save(proto, str(out))
+    return out
+
+
+NOT_JSON = "not JSON (Expecting property name enclosed in double quotes)"
+
+
+def _dims(value_info) -> list:
+    return value_info.type.tensor_type.shape.dim
+
+
+def _calibration(**changes):
+    record = {"image": 0.5, "rule": "f1", "n_images": 4, "source": "x", **changes}
+    return lambda meta: {**meta, "thresholds": record}
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        (
+            {"config": "{img_size: 64"},
+            f"its iqeclip.config metadata is {NOT_JSON}",
+        ),
+        ({"config": "64"}, "its iqeclip.config metadata is not a JSON object (got int)"),
+        (
+            {"meta": "{'run': {}}"},
+            f"its iqeclip.meta metadata is {NOT_JSON}",
+        ),
+        ({"meta": '{"run": "few"}'}, "its iqeclip.meta.run is 'few', not a JSON object"),
+        (
+            {"config": lambda c: {**c, "img_size": 20000}},
+            "its stored model configuration is invalid: --img_size must be in [8, 1024], got 20000",
+        ),
+        (
+            {"config": lambda c: {**c, "img_size": "abc"}},
+            "its stored model configuration is invalid: img_size must be int, got 'abc'",
+        ),
+        (
+            {"config": lambda c: {**c, "img_size": 96}},
+            "the graph's images is tensor(float) (batch, 3, 64, 64), not float32 "
+            "(batch, 3, 96, 96) as its iqeclip.config (img_size 96) says",
+        ),
+        (
+            {"meta": _calibration(image=float("nan"))},
+            "the stored calibration is corrupt: thresholds.image is nan, not a finite number",
+        ),
+        (
+            {"meta": _calibration(pixel="0.3")},
+            "the stored calibration is corrupt: thresholds.pixel is '0.3', not a finite number",
+        ),
+        (
+            {"graph": lambda g: g.output.remove(g.output[2])},
+            "the graph has no output score_few (iqeclip export writes maps, score_zero, score_few)",
+        ),
+        (
+            {"graph": lambda g: _dims(g.output[0])[1].__setattr__("dim_value", 32)},
+            "the graph's maps is tensor(float) (batch, 32, 64), not float32 (batch, 64, 64) "
+            "as its iqeclip.config (img_size 64) says",
+        ),
+        (
+            {"graph": lambda g: _dims(g.input[0])[0].__setattr__("dim_value", 1)},
+            "the graph's images is tensor(float) (1, 3, 64, 64), not float32 "
+            "(batch, 3, 64, 64) as its iqeclip.config (img_size 64) says",
+        ),
+    ],
+)
+def test_an_edited_onnx_file_is_refused_in_one_line(exported, tmp_path, edits, message):
+    path = _edited(exported, tmp_path / "edited.onnx", **edits)
+    with pytest.raises(UserError) as caught:
+        OnnxDetector(path)
+    assert str(caught.value) == f"--model {path}: {message}"
+
+
+def test_predict_and_serve_refuse_an_onnx_file_whose_config_disagrees_with_its_graph(
+    exported, tmp_path, capsys
+):
+    """It tracebacked in predict, and serve started and answered every upload 500."""
+    path = _edited(exported, tmp_path / "240.onnx", config=lambda c: {**c, "img_size": 240})
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(image)
+    out = tmp_path / "out"
+    argv = ["predict", str(image), "--backend", "onnx", "--model", str(path), "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --model {path}: the graph's images is tensor(float) (batch, 3, 64, 64), not "
+        "float32 (batch, 3, 240, 240) as its iqeclip.config (img_size 240) says"
+    ]
+    assert not out.exists()
+    with pytest.raises(UserError, match="the graph's images is"):
+        load_detector("onnx", None, path, "cpu")  # what serve --backend onnx loads with

@@ -4,13 +4,14 @@ other spellings, choices, bounds), and the checks that every configuration runs 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from iqeclip.errors import UserError
 
-__all__ = ["Checked", "Option", "check_bounds", "option_of"]
+__all__ = ["Checked", "Option", "check_bounds", "check_types", "option_of"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,42 @@ def check_bounds(config: Any) -> None:
         option = option_of(field)
         if option is not None:
             option.check(field.name, getattr(config, field.name))
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "None": (type(None),),
+}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether ``value`` is one of the types of ``annotation`` (``int``, ``float``, ``str``,
+    ``bool``, ``list[...]`` of them, and unions with ``None``); a float must be finite."""
+    for kind in (k.strip() for k in annotation.split("|")):
+        if kind.startswith("list[") and kind.endswith("]"):
+            if isinstance(value, list) and all(_fits(v, kind[5:-1]) for v in value):
+                return True
+        elif isinstance(value, _TYPES.get(kind, ())) and (
+            (kind == "bool") == isinstance(value, bool)
+        ):
+            return not isinstance(value, float) or math.isfinite(value)
+    return False
+
+
+def check_types(cls: type, data: dict[str, Any]) -> None:
+    """Check stored values (a checkpoint's JSON) against the annotations of ``cls``'s fields,
+    before the dataclass is made (its bounds are checked then; they skip other types).
+
+    Raises:
+        UserError: ``<field> must be <type>, got <value>`` for the first value of another type
+            (a string for an int, a bool for a number, NaN for a float).
+    """
+    for field in dataclasses.fields(cls):
+        if field.name in data and not _fits(data[field.name], str(field.type)):
+            raise UserError(f"{field.name} must be {field.type}, got {data[field.name]!r}")
 
 
 class Checked:

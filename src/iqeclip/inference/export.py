@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from iqeclip import __version__
-from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError, first_line
+from iqeclip.inference.thresholds import check_thresholds
 from iqeclip.model.backbone import plain_attention
+from iqeclip.model.checkpoint import read_checkpoint, stored_config, stored_json, stored_meta
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import score
 from iqeclip.runtime.device import resolve_device
@@ -160,7 +161,10 @@ class OnnxDetector:
         threads: intra-op threads (None: as many as torch uses, so both backends compare fairly).
 
     Raises:
-        UserError: naming the file if it is missing, not ONNX, or not exported by iqeclip.
+        UserError: naming the file if it is missing, not ONNX, not exported by iqeclip, its
+            metadata is not what :func:`export_onnx` writes (a configuration out of the
+            command line's bounds, a corrupt calibration) or its graph's input and outputs do
+            not have the shapes its configuration says.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
@@ -190,11 +194,51 @@ class OnnxDetector:
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEYS["config"] not in props:
             raise UserError(f"--model {path}: not exported by iqeclip export (no iqeclip.config)")
+        where = f"--model {path}"
         self.path = path
-        self.config = ModelConfig.from_dict(json.loads(props[META_KEYS["config"]]))
-        self.meta: dict[str, Any] = json.loads(props.get(META_KEYS["meta"], "{}"))
+        self.config = stored_config(stored_json(props, META_KEYS["config"], where), where)
+        self.meta = stored_meta(props, META_KEYS["meta"], where)
+        check_thresholds(self.meta.get("thresholds"), where)
+        self._check_graph(where)
         self.version = props.get(META_KEYS["version"], "")
         self.device = torch.device("cpu")  # inputs are handed over as numpy arrays
+
+    def _check_graph(self, where: str) -> None:
+        """The graph takes ``images`` and gives :data:`OUTPUT_NAMES`, float32, with a dynamic
+        batch and the image size of ``iqeclip.config`` (else predict would fail on every batch).
+        """
+        size = self.config.img_size
+        wanted = {
+            INPUT_NAME: [3, size, size],
+            "maps": [size, size],
+            "score_zero": [],
+            "score_few": [],
+        }
+        inputs = self.session.get_inputs()
+        if [arg.name for arg in inputs] != [INPUT_NAME]:
+            names = ", ".join(arg.name for arg in inputs)
+            raise UserError(f"{where}: the graph's inputs are ({names}), not ({INPUT_NAME})")
+        outputs = {arg.name: arg for arg in self.session.get_outputs()}
+        missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        if missing:
+            raise UserError(
+                f"{where}: the graph has no output {missing[0]} (iqeclip export writes "
+                f"{', '.join(OUTPUT_NAMES)})"
+            )
+        for arg in [inputs[0], *(outputs[name] for name in OUTPUT_NAMES)]:
+            shape = list(arg.shape)
+            if (
+                arg.type != "tensor(float)"
+                or not shape
+                or isinstance(shape[0], int)
+                or shape[1:] != wanted[arg.name]
+            ):
+                given = ", ".join("?" if d is None else str(d) for d in shape)
+                expected = ", ".join(map(str, ["batch", *wanted[arg.name]]))
+                raise UserError(
+                    f"{where}: the graph's {arg.name} is {arg.type} ({given}), not float32 "
+                    f"({expected}) as its iqeclip.config (img_size {size}) says"
+                )
 
     def predict(self, images: torch.Tensor, setting: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps ``(B, S, S)`` and the ``setting``'s image scores ``(B,)``, as ``IQEClip.predict``."""
@@ -213,7 +257,8 @@ def load_detector(
     model_overrides: dict[str, Any] | None = None,
 ) -> IQEClip | OnnxDetector:
     """The detector a scoring command runs: a checkpoint (``torch``, on ``resolve_device(device)``)
-    or an exported model (``onnx``); each refuses the other's flags."""
+    or an exported model (``onnx``); each refuses the other's flags and a corrupt calibration
+    (:func:`~iqeclip.inference.thresholds.check_thresholds`) before a model is built."""
     if backend == "onnx":
         if model_path is None:
             raise UserError("--backend onnx needs --model FILE.onnx (made by iqeclip export)")
@@ -229,4 +274,8 @@ def load_detector(
         raise UserError("--model is an exported ONNX model: use it with --backend onnx")
     if ckpt_path is None:
         raise UserError("--ckpt_path is required (or --backend onnx --model FILE.onnx)")
-    return IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
+    stored = read_checkpoint(ckpt_path)
+    check_thresholds(stored[2].get("thresholds"), f"--ckpt_path {ckpt_path}")
+    return IQEClip.from_checkpoint(
+        ckpt_path, resolve_device(device), stored, **(model_overrides or {})
+    )

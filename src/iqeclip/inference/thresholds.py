@@ -6,13 +6,16 @@ Two rules, for image scores and (where masks exist) for pixel maps:
   it, i.e. the false-positive rate on the calibration normals is at most ``fpr``;
 * ``f1``: the threshold of maximal F1 on labelled calibration data.
 
-A score is called abnormal when ``score >= threshold``.
+A score is called abnormal when ``score >= threshold``. A volume's score is ``max`` or ``topk:K``
+of its slice scores (:func:`volume_aggregate`). A stored calibration is checked when a detector
+is loaded (:func:`check_thresholds`): a NaN threshold would call every input normal.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
@@ -59,7 +62,17 @@ def calibrate(
     rule: str,
     target_fpr: float = 0.05,
 ) -> float:
-    """Threshold by ``rule`` (``target_fpr`` uses the label-0 scores, ``f1`` all)."""
+    """Threshold by ``rule`` (``target_fpr`` uses the label-0 scores, ``f1`` all).
+
+    Raises:
+        UserError: a score is NaN or infinite (the threshold would be too).
+    """
+    bad = int((~np.isfinite(np.asarray(scores, np.float64))).sum())
+    if bad:
+        raise UserError(
+            f"calibrate: {bad} of the {np.size(scores)} calibration scores are NaN or infinite; "
+            "no threshold is stored"
+        )
     if rule == "target_fpr":
         return fpr_threshold(np.asarray(scores)[np.asarray(labels) == 0], target_fpr)
     if rule == "f1":
@@ -72,3 +85,60 @@ def describe(thresholds: dict[str, Any]) -> str:
     rule = thresholds["rule"]
     how = f"FPR <= {thresholds['target_fpr']:g}" if rule == "target_fpr" else "max F1"
     return f"{how} on {thresholds['n_images']} calibration images ({thresholds['source']})"
+
+
+def volume_aggregate(spec: str) -> Callable[[np.ndarray], float]:
+    """``max`` or ``topk:K`` (the mean of the K highest slice scores), checked before any work."""
+    if spec == "max":
+        return lambda scores: float(scores.max())
+    head, _, k = spec.partition(":")
+    if head == "topk" and k.isascii() and k.isdigit() and int(k) >= 1:
+        return lambda scores: float(np.sort(scores)[::-1][: int(k)].mean())
+    raise UserError(f"--volume_score {spec!r}: use max or topk:K with K >= 1 (e.g. topk:3)")
+
+
+def check_thresholds(thresholds: Any, where: str) -> None:
+    """Refuse a stored calibration (``meta["thresholds"]`` of a checkpoint or an ONNX model)
+    that predict could not decide or report with: every threshold (``image``, ``pixel``,
+    ``volume.threshold``) must be a finite number (not a string, not a bool), ``volume.score`` a
+    volume rule, and the fields :func:`describe` reads must be there. ``None``: not calibrated.
+
+    Raises:
+        UserError: ``<where>: the stored calibration is corrupt: thresholds.<key> ...``.
+    """
+    if thresholds is None:
+        return
+
+    def refuse(key: str, why: str) -> NoReturn:
+        raise UserError(f"{where}: the stored calibration is corrupt: thresholds{key} {why}")
+
+    def number(key: str, value: Any) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            refuse(key, f"is {value!r}, not a finite number")
+
+    if not isinstance(thresholds, dict):
+        refuse("", f"is {type(thresholds).__name__}, not a JSON object")
+    number(".image", thresholds.get("image"))
+    if thresholds.get("pixel") is not None:
+        number(".pixel", thresholds["pixel"])
+    volume = thresholds.get("volume")
+    if volume is not None:
+        if not isinstance(volume, dict):
+            refuse(".volume", f"is {type(volume).__name__}, not a JSON object")
+        number(".volume.threshold", volume.get("threshold"))
+        score = volume.get("score")
+        try:
+            volume_aggregate(score if isinstance(score, str) else "")
+        except UserError:
+            refuse(".volume.score", f"is {score!r}, not a volume rule (max or topk:K)")
+    if thresholds.get("rule") not in ("target_fpr", "f1"):
+        refuse(".rule", f"is {thresholds.get('rule')!r}, not target_fpr or f1")
+    if thresholds["rule"] == "target_fpr":
+        number(".target_fpr", thresholds.get("target_fpr"))
+    for key in ("n_images", "source"):
+        if key not in thresholds:
+            refuse(f".{key}", "is missing")

@@ -3,13 +3,16 @@
 A checkpoint is a safetensors file (whatever its extension, ``Brain.pth`` included): the head's
 tensors plus, in the metadata, the resolved :class:`~iqeclip.config.ModelConfig` and anything the
 trainer adds (epoch, metrics, thresholds). Loading never unpickles anything, so a checkpoint
-cannot run code. The configuration is also written beside it as ``<name>.yaml`` for people.
+cannot run code, and refuses, in one line naming the file, metadata that is not what
+:func:`save_checkpoint` writes (its configuration is checked as the command line's) and weights
+that are not finite. The configuration is also written beside it as ``<name>.yaml`` for people.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError
-from iqeclip.runtime.files import atomic_write, save_yaml
+from iqeclip.model.architecture import Architecture
+from iqeclip.runtime.files import atomic_write, locked, save_yaml
 
 FORMAT = "iqeclip-checkpoint/1"
 
@@ -44,11 +48,27 @@ def save_checkpoint(
     return _write(Path(path), state, model.config, meta or {})
 
 
-def update_checkpoint_meta(path: str | Path, **updates: Any) -> dict[str, Any]:
-    """Merge ``updates`` into a checkpoint's metadata (rewritten atomically); returns the result."""
-    config, state, meta = read_checkpoint(path)
-    meta = {**meta, **updates}
-    _write(Path(path), state, config, meta)
+def update_checkpoint_meta(
+    path: str | Path, update: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Merge ``update(meta)`` into a checkpoint's metadata (rewritten atomically).
+
+    The read, ``update`` and the write hold the lock ``<path>.lock``
+    (:func:`~iqeclip.runtime.files.locked`): a second update of the same checkpoint waits, then
+    reads and builds on the first's result.
+
+    Args:
+        path: the checkpoint.
+        update: given the stored metadata, returns the keys to change.
+
+    Returns:
+        The metadata written.
+    """
+    path = Path(path)
+    with locked(path, "--ckpt_path"):
+        config, state, meta = read_checkpoint(path)
+        meta = {**meta, **update(meta)}
+        _write(path, state, config, meta)
     return meta
 
 
@@ -88,8 +108,70 @@ def read_checkpoint(
         raise UserError(
             f"--ckpt_path {path}: not an iqeclip checkpoint (format {metadata.get('format')!r})"
         )
-    config = ModelConfig.from_dict(json.loads(metadata["config"]))
-    return config, state, json.loads(metadata.get("meta", "{}"))
+    where = f"--ckpt_path {path}"
+    config = stored_config(stored_json(metadata, "config", where), where, resolve=True)
+    meta = stored_meta(metadata, "meta", where)
+    for name, tensor in state.items():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise UserError(
+                f"{where}: tensor {name} holds {bad} non-finite values (NaN/inf): "
+                "the checkpoint is corrupt"
+            )
+    return config, state, meta
+
+
+def stored_json(
+    metadata: Mapping[str, str], key: str, where: str, required: bool = True
+) -> dict[str, Any]:
+    """The JSON object stored under ``key`` in a file's metadata (a checkpoint's, an ONNX
+    model's); ``{}`` when it is absent and not ``required``.
+
+    Raises:
+        UserError: ``<where>: ...`` naming ``key`` when it is missing, not JSON or not an object.
+    """
+    if key not in metadata:
+        if required:
+            raise UserError(f"{where}: its metadata holds no {key}")
+        return {}
+    try:
+        value = json.loads(metadata[key])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: its {key} metadata is not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError(
+            f"{where}: its {key} metadata is not a JSON object (got {type(value).__name__})"
+        )
+    return value
+
+
+def stored_meta(metadata: Mapping[str, str], key: str, where: str) -> dict[str, Any]:
+    """The extra metadata stored under ``key`` (``{}`` when absent), its ``run`` record checked.
+
+    Raises:
+        UserError: ``<where>: ...`` when it is not a JSON object or its ``run`` is not one.
+    """
+    meta = stored_json(metadata, key, where, required=False)
+    if not isinstance(meta.get("run", {}), dict):
+        raise UserError(f"{where}: its {key}.run is {meta['run']!r}, not a JSON object")
+    return meta
+
+
+def stored_config(data: dict[str, Any], where: str, resolve: bool = False) -> ModelConfig:
+    """A stored model configuration, checked as a command line's (types, each option's bounds,
+    and with ``resolve`` that it fits its backbone, as building the model would check it).
+
+    Raises:
+        UserError: ``<where>: its stored model configuration is invalid: <why>``.
+    """
+    try:
+        config = ModelConfig.from_dict(data)
+        if resolve:
+            arch = Architecture.from_name(config.model_name)
+            config.resolved(arch.vision_layers, arch.text_layers)
+    except UserError as exc:
+        raise UserError(f"{where}: its stored model configuration is invalid: {exc}") from None
+    return config
 
 
 def load_checkpoint(

@@ -148,13 +148,19 @@ class IQEClip(nn.Module):
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: torch.device | str = "cpu", **overrides: Any
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        stored: tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]] | None = None,
+        **overrides: Any,
     ) -> IQEClip:
         """The one way to get a trained detector: build the checkpoint's model and load it.
 
         Args:
             path: an iqeclip checkpoint (``save_checkpoint``).
             device: where to build it.
+            stored: what :func:`~iqeclip.model.checkpoint.read_checkpoint` returned for
+                ``path``, when the caller already read (and checked) it.
             **overrides: model fields that differ from the stored configuration, e.g. a moved
                 ``pretrain`` file or another ``precision``; architecture fields that do not fit
                 the stored weights are refused.
@@ -163,12 +169,13 @@ class IQEClip(nn.Module):
             The detector, its head loaded; the checkpoint's metadata is ``model.meta``.
 
         Raises:
-            UserError: one line naming the file if it cannot be read or was built for another
-                model.
+            UserError: one line naming the file, before the model is built, if it cannot be
+                read, its metadata or configuration is not what iqeclip writes or its weights
+                are not finite; after, if it was built for another model.
         """
         from iqeclip.model.checkpoint import load_checkpoint, read_checkpoint
 
-        stored = read_checkpoint(path)
+        stored = stored or read_checkpoint(path)
         model = cls.build(dataclasses.replace(stored[0], **overrides), device)
         model.meta = load_checkpoint(model, path, stored)
         return model

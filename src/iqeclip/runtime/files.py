@@ -4,11 +4,14 @@ bounded pool of writer threads writes them beside the computation."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,21 +31,22 @@ def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = Fals
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
     A crash leaves either the old file or the new one, never a half-written file. The file gets
-    the mode the umask gives new files (``mkstemp`` alone would make it 0600). ``durable``
-    fsyncs the file before the rename (checkpoints, cache entries). A failure to write (a full
-    disk, a read-only folder) is a one-line :class:`UserError` naming the file, and no
-    temporary file is left.
+    the mode the umask gives new files, set after ``write`` ran: ``mkstemp`` alone would make it
+    0600, and a writer that replaces the temporary file (safetensors does) would keep its own
+    mode. ``durable`` fsyncs the file before the rename (checkpoints, cache entries). A failure
+    to write (a full disk, a read-only folder) is a one-line :class:`UserError` naming the file,
+    and no temporary file is left.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
@@ -53,6 +57,63 @@ def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = Fals
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_ATOMIC_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+"""The name of :func:`atomic_write`'s temporary file: ``mkstemp`` puts 8 random characters
+(``tempfile``'s lower-case letters, digits and ``_``) between its prefix and suffix."""
+
+
+def atomic_target(name: str) -> str | None:
+    """The file an :func:`atomic_write` was writing when it left the temporary file ``name``
+    behind (a kill mid-write: ``.<file>.<8 random characters>.tmp``); None for any other name."""
+    found = _ATOMIC_TEMPORARY.fullmatch(name)
+    return found.group(1) if found else None
+
+
+LOCK_TIMEOUT = 120.0
+"""Seconds :func:`locked` waits for another process's lock before giving up."""
+
+
+@contextlib.contextmanager
+def locked(path: Path, flag: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (``fcntl.flock``) while the body runs.
+
+    Use it around a read-modify-write of ``path`` (a file replaced by :func:`atomic_write` cannot
+    be locked itself: each write is a new file). Another holder, a process or a thread, is waited
+    for. The lock file follows the umask and stays in place: removing it would let a process
+    that is waiting on it lock a file that is no longer there.
+
+    Args:
+        path: the file being updated.
+        flag: the option that named it (for the message).
+        timeout: seconds to wait for another holder.
+
+    Raises:
+        UserError: ``<flag> <path>: ...`` when the lock is still held after ``timeout`` seconds
+            or the lock file cannot be created.
+    """
+    lock = path.with_name(f"{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write {lock}: {exc.strerror or exc}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise UserError(
+                        f"{flag} {path}: another process has been updating it for {timeout:g} s "
+                        f"(it holds {lock.name}); try again when it is done"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_writable(flag: str, path: str | Path | None, folder: bool = False) -> None:
