@@ -123,7 +123,7 @@ def test_predict_keeps_rows_of_finished_inputs_and_resumes(bench, checkpoint, tm
     import numpy as np
     import pytest
 
-    from iqeclip.inference import predict as module
+    from iqeclip.inference import writers as module
     from tests.integration.conftest import predict_argv
 
     nib = pytest.importorskip("nibabel")
@@ -140,7 +140,7 @@ def test_predict_keeps_rows_of_finished_inputs_and_resumes(bench, checkpoint, tm
     assert nib.load(str(whole / "z_flat_anomaly.nii.gz")).shape == (30, 20)
 
     out = tmp_path / "out"
-    write = module._Writer.write
+    write = module.Writer.write
     calls = []
 
     def dies_on_the_third(self, item, amap, score):
@@ -149,11 +149,11 @@ def test_predict_keeps_rows_of_finished_inputs_and_resumes(bench, checkpoint, tm
             raise KeyboardInterrupt  # a kill mid-run
         write(self, item, amap, score)
 
-    module._Writer.write = dies_on_the_third
+    module.Writer.write = dies_on_the_third
     try:
         assert main(predict_argv(checkpoint, folder, out=out)) == 130
     finally:
-        module._Writer.write = write
+        module.Writer.write = write
     assert not (out / "predictions.csv").exists()
     kept = _rows(next(out.glob(".predictions.partial.*.csv")))
     assert [r["path"] or r["_group"] for r in kept] == [  # each input's rows, then its marker
@@ -212,6 +212,7 @@ def test_predict_never_overwrites_a_users_file(bench, checkpoint, tmp_path, caps
         "config.yaml",
         "predictions.csv",
         "scan_map.npy",
+        ".predict.lock",  # locked by a run, left in place
     }
     assert "scan_overlay.png" in first and (out / "notes.txt").read_text() == "mine"
 

@@ -16,7 +16,7 @@ from iqeclip.inference.predict import predict
 from iqeclip.model.checkpoint import read_checkpoint
 from iqeclip.model.detector import IQEClip
 from tests.integration.conftest import MODEL, few_shot_eval_argv, output_argv, predict_argv
-from tests.unit.data.readers.test_nifti import RAS_SHAPE, stored_orientations
+from tests.unit.data.readers.test_nifti import RAS_SHAPE, radiological_axial, stored_orientations
 
 
 def _rows(path):
@@ -134,8 +134,12 @@ def test_predict_nifti_volume_keeps_the_affine(checkpoint, tmp_path):
     np.testing.assert_allclose(maps.affine, affine)
     assert maps.shape == data.shape
     volume = maps.get_fdata()
-    np.testing.assert_allclose(volume[:, :, 1], np.load(out / "vol_s001_map.npy"), atol=1e-6)
-    assert Image.open(out / "vol_s002_overlay.png").size == (32, 40)
+    # the map of a slice is in the radiological view: back in the file, rows and columns are
+    # flipped and swapped (x runs R, y A in this RAS file)
+    np.testing.assert_allclose(
+        volume[:, :, 1], np.load(out / "vol_s001_map.npy")[::-1, ::-1].T, atol=1e-6
+    )
+    assert Image.open(out / "vol_s002_overlay.png").size == (40, 32)  # rows: the 32 y voxels
 
 
 def _map_is_the_input(self, images, setting):
@@ -152,7 +156,7 @@ def test_predict_nifti_orientation_maps_overlay_the_source(checkpoint, tmp_path,
     paths = [path for path, _ in files.values()]
     assert main([*predict_argv(checkpoint, *paths, out=out), "--window", "500,1000"]) == 0
     rows = _rows(out / "predictions.csv")
-    assert [r["slice"] for r in rows] == ["0", "1", "2", "3"] * 3  # axial slices of RAS+
+    assert [r["slice"] for r in rows] == ["0", "1", "2", "3"] * 3  # the files' axial slices
     canonical = {}
     for name, (path, lesion) in files.items():
         source = nib.load(path)
@@ -165,9 +169,11 @@ def test_predict_nifti_orientation_maps_overlay_the_source(checkpoint, tmp_path,
         assert np.unravel_index(np.argmax(volume), volume.shape) == lesion, name
         canonical[name] = nib.as_closest_canonical(maps).get_fdata()
         assert canonical[name].shape == RAS_SHAPE
-        # The per-slice maps are the axial slices of the RAS+ array.
+        # The per-slice maps are the axial slices in the radiological view.
         np.testing.assert_allclose(
-            canonical[name][:, :, 1], np.load(out / f"{name}_s001_map.npy"), atol=1e-6
+            radiological_axial(canonical[name], 1),
+            np.load(out / f"{name}_s001_map.npy"),
+            atol=1e-6,
         )
     for name in ("lps", "oblique"):
         np.testing.assert_allclose(canonical[name], canonical["ras"], atol=1e-6)
@@ -193,13 +199,13 @@ def test_predict_nifti_native_orientation_keeps_the_file_order(checkpoint, tmp_p
     with pytest.raises(SystemExit) as stop:  # not one of the choices
         main([*argv, "--overwrite", "--orientation", "sideways"])
     assert stop.value.code == 2
-    with pytest.raises(UserError, match="--orientation must be canonical or native"):
+    with pytest.raises(UserError, match="--orientation must be one of radiological"):
         predict(checkpoint, [path], tmp_path / "api", orientation="LPS")
 
 
 def test_predict_nifti_2d_image_writes_a_2d_map(checkpoint, tmp_path):
     nib = pytest.importorskip("nibabel")
-    affine = np.diag([-0.8, -0.8, 1.0, 1.0])  # 2-D images are not reoriented
+    affine = np.diag([-0.8, -0.8, 1.0, 1.0])  # voxel axis 0 runs L, 1 P: rows are axis 1
     picture = np.random.default_rng(2).random((20, 24)).astype(np.float32)
     nib.Nifti1Image(picture, affine).to_filename(tmp_path / "flat.nii.gz")
     out = tmp_path / "out"
@@ -207,7 +213,7 @@ def test_predict_nifti_2d_image_writes_a_2d_map(checkpoint, tmp_path):
     maps = nib.load(out / "flat_anomaly.nii.gz")
     assert maps.shape == (20, 24)
     np.testing.assert_allclose(maps.affine, affine)
-    np.testing.assert_allclose(maps.get_fdata(), np.load(out / "flat_map.npy"), atol=1e-6)
+    np.testing.assert_allclose(maps.get_fdata(), np.load(out / "flat_map.npy").T, atol=1e-6)
 
 
 def test_predict_nifti_orientation_gives_the_same_maps_with_the_model(checkpoint, tmp_path):
@@ -216,7 +222,7 @@ def test_predict_nifti_orientation_gives_the_same_maps_with_the_model(checkpoint
     out = tmp_path / "out"
     assert main(predict_argv(checkpoint, files["ras"][0], files["lps"][0], out=out)) == 0
     rows = {(r["path"], r["slice"]): float(r["score"]) for r in _rows(out / "predictions.csv")}
-    for k in range(4):  # the same canonical slices, so the same scores
+    for k in range(4):  # the same pictures, so the same scores
         ras_score = rows[(str(files["ras"][0]), str(k))]
         assert rows[(str(files["lps"][0]), str(k))] == pytest.approx(ras_score, abs=1e-5)
     ras = nib.load(out / "ras_anomaly.nii.gz").get_fdata()

@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from iqeclip.cli.main import main
-from iqeclip.inference.inputs import unique_stems
+from iqeclip.inference.listing import unique_stems
 from iqeclip.inference.predict import CSV_COLUMNS
 from tests.integration.conftest import predict_argv
 from tests.unit.data.readers.test_registry import (
@@ -42,7 +42,15 @@ def test_predict_splits_a_folder_by_series_with_provenance(checkpoint, tmp_path,
 
     with open(out / "predictions.csv", newline="") as f:
         assert tuple(next(csv.reader(f))) == CSV_COLUMNS
-    assert CSV_COLUMNS[:6] == ("path", "slice", "score", "decision", "threshold", "rule")
+    assert CSV_COLUMNS[:7] == (
+        "path",
+        "slice",
+        "slice_mm",
+        "score",
+        "decision",
+        "threshold",
+        "rule",
+    )
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 6
     by_series = {AXIAL_UID: rows[:3], OBLIQUE_UID: rows[3:]}
@@ -97,8 +105,9 @@ def test_series_maps_and_masks_as_nifti_in_the_series_geometry(checkpoint, tmp_p
     assert main([*predict_argv(checkpoint, folder, out=out), "--outputs", "npy"]) == 0
     written = nib.load(str(out / "ct_anomaly.nii.gz"))
     assert written.shape == (128, 128, 3)
-    np.testing.assert_allclose(written.affine, read_dicom_series(folder)[0].meta["series_affine"])
-    np.testing.assert_allclose(written.affine @ [4, 9, 2, 1], [*world_ras(4, 9, 2), 1], atol=1e-4)
+    np.testing.assert_allclose(written.affine, read_dicom_series(folder)[0].meta["affine"])
+    # voxel (column 9, row 4, slice 2) is where that pixel lies, by the DICOM definition
+    np.testing.assert_allclose(written.affine @ [9, 4, 2, 1], [*world_ras(4, 9, 2), 1], atol=1e-4)
     data = np.asarray(written.dataobj)
-    for k in range(3):  # slice k of the volume is slice k's map
-        assert np.array_equal(data[:, :, k], np.load(out / f"ct_s{k:03d}_map.npy"))
+    for k in range(3):  # slice k of the volume is slice k's map, on the (column, row) grid
+        assert np.array_equal(data[:, :, k], np.load(out / f"ct_s{k:03d}_map.npy").T)

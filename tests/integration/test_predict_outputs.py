@@ -45,7 +45,8 @@ def test_outputs_choose_the_files(bench, checkpoint, tmp_path, capsys):
     images = bench / "Brain_AD" / "test" / "good" / "img"
     only = tmp_path / "only"
     assert main([*predict_argv(checkpoint, images, out=only), "--outputs", "overlay"]) == 0
-    written = {p.name.split("_")[-1] for p in only.iterdir()} - {"predictions.csv", "config.yaml"}
+    fixed = {"predictions.csv", "config.yaml", ".predict.lock"}
+    written = {p.name.split("_")[-1] for p in only.iterdir()} - fixed
     assert written == {"overlay.png"}
     default = tmp_path / "default"
     assert main(predict_argv(checkpoint, images, out=default)) == 0

@@ -1,4 +1,5 @@
-"""Interruption and determinism: SIGKILL mid-epoch, resume, identical weights."""
+"""Interruption and determinism: SIGKILL mid-epoch, resume, identical weights; a predict run
+resumed after a kill writes the same files as one never interrupted."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from iqeclip.cli.main import main
+from iqeclip.errors import UserError
+from iqeclip.inference import predict as predict_module
+from iqeclip.inference import writers as writers_module
+from iqeclip.inference.outputs import Partial
 from tests.integration.conftest import predict_argv, train_few_argv
+from tests.integration.test_predict_pipeline import _loaded
 
 
 def _args(bench, out):
@@ -123,10 +131,63 @@ def test_predict_skips_unreadable_files(checkpoint, tmp_path, capsys):
     (inputs / "notes.png").write_text("not an image")
     from PIL import Image
 
-    Image.new("L", (40, 30), 128).save(inputs / "good scan ä.png")
+    good = Image.linear_gradient("L").resize((40, 30))  # not constant: a blank gets no overlay
+    good.save(inputs / "good scan ä.png")
     out = tmp_path / "out"
     assert main(["predict", "--ckpt_path", str(checkpoint), str(inputs), "--out", str(out)]) == 2
     assert "notes.png" in capsys.readouterr().err
     assert main([*predict_argv(checkpoint, inputs, out=out), "--on_bad_input", "skip"]) == 0
     assert "notes.png" in (out / "skipped_inputs.csv").read_text()
     assert (out / "good scan ä_overlay.png").is_file()
+
+
+def _scans(root):
+    """PNGs of several sizes around a 4-slice NIfTI volume: 9 items, so batches of 3 cut
+    through the volume."""
+    nib = pytest.importorskip("nibabel")
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for name, size in (("a", (48, 40)), ("b", (64, 64)), ("d", (40, 56)), ("e", (64, 64))):
+        Image.fromarray((rng.random(size) * 255).astype(np.uint8)).save(root / f"{name}.png")
+    Image.fromarray((rng.random((32, 48)) * 255).astype(np.uint8)).save(root / "f.png")
+    volume = rng.random((30, 28, 4)).astype(np.float32)
+    nib.Nifti1Image(volume, np.diag([0.8, 0.8, 3.0, 1.0])).to_filename(root / "c.nii.gz")
+    return [root / n for n in ("a.png", "b.png", "c.nii.gz", "d.png", "e.png", "f.png")]
+
+
+def _files(out):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.mark.parametrize("cut", ["b", "c", "d", "f"])
+def test_predict_resumed_after_a_kill_equals_an_uninterrupted_run_byte_for_byte(
+    checkpoint, tmp_path, monkeypatch, cut
+):
+    scans = _scans(tmp_path / "in")
+    detector = _loaded(checkpoint)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    predict_module.predict(checkpoint, [tmp_path / "in"], straight, batch_size=3, detector=detector)
+    save = writers_module._save_npy
+
+    def killed(path, array):  # the run stops while writing the maps of input `cut`
+        if path.name.startswith(f"{cut}_"):
+            raise UserError(f"cannot write {path}: No space left on device")
+        save(path, array)
+
+    monkeypatch.setattr(writers_module, "_save_npy", killed)
+    with pytest.raises(UserError, match="No space left"):
+        predict_module.predict(
+            checkpoint, [tmp_path / "in"], resumed, batch_size=3, detector=detector
+        )
+    done = {r["_input"] for r in Partial(resumed, predict_module.CSV_COLUMNS).load()}
+    before = [str(p) for p in scans[: [p.name[0] for p in scans].index(cut)]]
+    assert done == set(before)
+    monkeypatch.setattr(writers_module, "_save_npy", save)
+    predict_module.predict(
+        checkpoint, [tmp_path / "in"], resumed, batch_size=3, detector=detector, resume=True
+    )
+    reference, files = _files(straight), _files(resumed)
+    assert files.keys() == reference.keys()
+    assert {"predictions.csv", "volumes.csv", "c_s003_map.npy", "f_map.png"} <= files.keys()
+    for name, data in reference.items():
+        assert files[name] == data, name

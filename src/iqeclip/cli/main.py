@@ -20,6 +20,7 @@ from typing import Any
 
 from iqeclip import __version__
 from iqeclip.cli import options
+from iqeclip.cli.console import setup_logging
 from iqeclip.cli.options import Section, Values
 from iqeclip.config import (
     BENCH_MODEL,
@@ -212,6 +213,7 @@ def cmd_predict(command: str, values: Values) -> Path:
         fields.pop("out"),
         **fields,
         model_overrides=values["model"],
+        applied=values["predict"],  # config.yaml records the reading in use, not None
     )
     return Path(cfg.out)
 
@@ -444,30 +446,10 @@ def resolve(name: str, args: argparse.Namespace) -> Values:
     return values
 
 
-class _ConsoleHandler(logging.Handler):
-    """Log records to the console above any progress bar (tqdm), to the current stdout."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-        tqdm.write(self.format(record), file=stream)
-
-
-def _setup_logging(verbosity: int) -> logging.Handler:
-    handler = _ConsoleHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("iqeclip")
-    logger.addHandler(handler)
-    logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
-    logger.propagate = False
-    return handler
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iqeclip`` console script."""
     args = build_parser().parse_args(argv)
-    handler = _setup_logging(args.verbosity)
+    handler = setup_logging(args.verbosity)
     distributed = None  # imported (with torch) only under torchrun, once the options are good
     try:
         values = resolve(args.command, args)
@@ -482,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             distributed.setup(next((v["device"] for v in values.values() if "device" in v), "auto"))
         folder = command.run(args.command, values)
         if folder is not None and (distributed is None or distributed.is_main()):
+            resolved = options.record(args.command, command.sections, values)  # as applied
             save_yaml(resolved, folder / "config.yaml")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

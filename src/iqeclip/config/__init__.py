@@ -34,7 +34,7 @@ from iqeclip.config.apps import (
     ServeConfig,
     SynthConfig,
 )
-from iqeclip.config.option import Checked, Option, check_bounds, option_of
+from iqeclip.config.option import Checked, Option, check_bounds, check_types, option_of
 from iqeclip.config.shared import (
     AXIS,
     BACKEND,
@@ -107,6 +107,11 @@ ARCHITECTURE_FIELDS = (
 )
 
 
+MAX_IMG_SIZE = 1024
+"""The largest ``--img_size``: twice the largest native input of open_clip's ViTs (512), so
+that a stored or mistyped size cannot build a backbone of many gigabytes."""
+
+
 def parse_features_list(tokens: Any) -> list[int] | None:
     """Accept ``6 12 18 24``, ``[6,12,18,24]``, ``6,12,18,24`` and a YAML list."""
     if tokens is None:
@@ -158,7 +163,7 @@ class ModelConfig(Checked):
 
     model_name: str = MODEL_NAME("ViT-L-14-336")
     pretrain: str = PRETRAIN("openai")
-    img_size: int = Option("input side in pixels", minimum=8)(240)
+    img_size: int = Option("input side in pixels", minimum=8, maximum=MAX_IMG_SIZE)(240)
     features_list: list[int] | None = Option(
         "1-based tapped blocks, '6 12 18 24' or '[6,12,18,24]' (None: the quartile blocks)",
         nargs="+",
@@ -237,11 +242,20 @@ class ModelConfig(Checked):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        """Inverse of :meth:`to_dict`: a stored configuration, checked as the command line's.
+
+        Raises:
+            UserError: naming the key that is unknown, missing (every architecture field must
+                be stored), of another type or out of its option's bounds.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise UserError(f"unknown model configuration keys: {', '.join(unknown)}")
+        missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
+        if missing:
+            raise UserError(f"missing model configuration keys: {', '.join(missing)}")
+        check_types(cls, data)
         return cls(**data)
 
     def mismatches(self, other: ModelConfig) -> list[str]:
@@ -303,8 +317,9 @@ class RunConfig(Checked):
         margin: manifest volumes: normal slices this close to a lesion are left out.
         window: intensity window ``CENTRE,WIDTH`` (recorded in the checkpoint).
         percentile: intensity percentiles ``LOW,HIGH`` (recorded in the checkpoint).
-        axis: NIfTI slicing axis.
-        orientation: NIfTI voxel order before slicing (``canonical`` or ``native``).
+        axis: the plane volumes are sliced across.
+        orientation: how volume slices face the model (``radiological``, ``canonical``,
+            ``native``).
     """
 
     obj: str = OBJ("Brain", help="target dataset ('custom' for --normal/--abnormal data)")
@@ -360,7 +375,7 @@ class RunConfig(Checked):
     window: str | None = WINDOW(None)
     percentile: str | None = PERCENTILE(None)
     axis: int = AXIS(2)
-    orientation: str = ORIENTATION("canonical")
+    orientation: str = ORIENTATION("radiological")
 
 
 @dataclass

@@ -68,15 +68,16 @@ PERCENTILE = Option(
     "like --window"
 )
 AXIS = Option(
-    "slicing axis 0, 1 or 2 of NIfTI volumes (of the --orientation array; canonical RAS+: 0 "
-    "sagittal, 1 coronal, 2 axial slices)",
+    "the plane volumes are sliced across: 0 sagittal, 1 coronal, 2 axial (NIfTI: the file's "
+    "voxel axis closest to it; with --orientation native: voxel axis 0, 1 or 2)",
     minimum=0,
     maximum=2,
 )
 ORIENTATION = Option(
-    "NIfTI volumes: canonical (RAS+, the closest canonical orientation, before slicing) or "
-    "native (the file's voxel order)",
-    choices=("canonical", "native"),
+    "how volume slices face the model: radiological (as a DICOM viewer shows them, for NIfTI, "
+    "DICOM and every volume format), canonical (the RAS+ array order of checkpoints trained "
+    "before it) or native (the file's voxel order)",
+    choices=("radiological", "canonical", "native"),
 )
 MANIFEST = Option(
     "CSV file with columns path,label,mask (+ split, slice): images, DICOM files or series "

@@ -26,9 +26,9 @@ from iqeclip.data.validate import validate_samples
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.engine.trainer import sample_key
 from iqeclip.errors import UserError
-from iqeclip.inference.inputs import checkpoint_reading, expand_inputs, scored_items
-from iqeclip.inference.predict import volume_aggregate
-from iqeclip.inference.thresholds import calibrate, describe
+from iqeclip.inference.inputs import checkpoint_reading, scored_items
+from iqeclip.inference.listing import expand_inputs
+from iqeclip.inference.thresholds import calibrate, describe, volume_aggregate
 from iqeclip.model.checkpoint import update_checkpoint_meta
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device
@@ -85,14 +85,14 @@ def calibrate_checkpoint(
         skipped: list = []
         items = scored_items(
             model,
-            expand_inputs([normal]),
+            expand_inputs([normal], unreadable=skipped if on_bad_input == "skip" else None),
             setting,
             batch_size,
             reading,
             skipped=skipped,
             on_bad_input=on_bad_input,
         )
-        found = list(items)
+        found = [(item, amap, score) for item, amap, score in items if not item.blank]
         scores = np.array([s for _, _, s in found])
         keys = [sample_key(Sample(i.source, 0, None, i.index)) for i, _, _ in found]
         if skipped:
@@ -152,9 +152,17 @@ def calibrate_checkpoint(
         "source": source,
         "setting": setting,
     }
-    earlier = model.meta.get("thresholds")
-    history = [*model.meta.get("calibration_history", []), *([earlier] if earlier else [])]
-    update_checkpoint_meta(ckpt_path, thresholds=record, calibration_history=history)
+    earlier: dict[str, Any] | None = None
+
+    def keep_earlier(meta: dict[str, Any]) -> dict[str, Any]:
+        """Read under the checkpoint's lock: the calibration stored now, that of a run that
+        finished meanwhile included, moves to the history."""
+        nonlocal earlier
+        earlier = meta.get("thresholds")
+        history = [*meta.get("calibration_history", []), *([earlier] if earlier else [])]
+        return {"thresholds": record, "calibration_history": history}
+
+    history = update_checkpoint_meta(ckpt_path, keep_earlier)["calibration_history"]
     if earlier:
         logger.info(
             f"the earlier calibration ({describe(earlier)}) is kept in the checkpoint's "
@@ -188,10 +196,26 @@ def _volume_threshold(
     items = scored_items(model, list(labels_of), setting, batch_size, reading)
     for item, _, score in items:
         key = item.key or str(item.source)
-        found.setdefault(key, (labels_of[item.source], []))[1].append(score)
-    scores = np.array([aggregate(np.array(slices)) for _, slices in found.values()])
-    labels = np.array([label for label, _ in found.values()], np.int64)
-    return {"threshold": calibrate(scores, labels, rule, target_fpr), "n_volumes": len(found)}
+        slices = found.setdefault(key, (labels_of[item.source], []))[1]
+        if not item.blank:  # constant slices enter no volume score, as in predict
+            slices.append(score)
+    blank = [key for key, (_, slices) in found.items() if not slices]
+    if blank:
+        logger.warning(
+            f"warning: {len(blank)} calibration volumes hold only blank (constant) slices and "
+            f"are left out (first: {blank[0]})"
+        )
+    kept = [(label, slices) for label, slices in found.values() if slices]
+    scores = np.array([aggregate(np.array(slices)) for _, slices in kept])
+    labels = np.array([label for label, _ in kept], np.int64)
+    n_normal = int((labels == 0).sum())
+    if rule == "target_fpr" and target_fpr > 0 and n_normal < math.ceil(1 / target_fpr):
+        logger.warning(
+            f"warning: {n_normal} normal calibration volumes cannot resolve --target_fpr "
+            f"{target_fpr:g} (it needs at least {math.ceil(1 / target_fpr)}); the volume "
+            "threshold is the highest normal volume score or near it"
+        )
+    return {"threshold": calibrate(scores, labels, rule, target_fpr), "n_volumes": len(kept)}
 
 
 def _warn_small_or_overlapping(

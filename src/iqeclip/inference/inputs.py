@@ -1,14 +1,15 @@
 """The inputs of predict and calibrate: files to 2-D items, items to scores in batches.
 
-:func:`expand_inputs` lists image files, folders (recursively), DICOM files and series folders and
-NIfTI volumes (the reader registry decides each file's type); :func:`read_items` turns one input
-into :class:`Item` s (one per slice); :func:`scored_items` scores them in batches.
+:func:`read_items` turns one input (listed, checked and named by
+:mod:`iqeclip.inference.listing`) into :class:`Item` s (one per slice); :func:`scored_items`
+scores them in batches; :func:`checkpoint_reading` is the reading a checkpoint asks for.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from iqeclip.data.layout import MASK_FOLDER, Sample
 from iqeclip.data.readers import (
     DEFAULT_READING,
-    DICOM_SUFFIXES,
-    IMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
     Reading,
     Slice,
     as_input,
@@ -36,10 +33,10 @@ from iqeclip.data.readers import (
     slice_to_uint8_rgb,
 )
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
-from iqeclip.data.readers.pil import display_rgb, page_count
-from iqeclip.data.validate import Skipped, validate_samples
+from iqeclip.data.readers.pil import display_rgb, page_count, to_uint8
+from iqeclip.data.validate import Skipped
 from iqeclip.errors import UserError
-from iqeclip.inference.outputs import is_output_name
+from iqeclip.inference.listing import input_stem, series_stems
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime import distributed
 from iqeclip.runtime.device import pin
@@ -54,15 +51,21 @@ class Item:
     Attributes:
         name: output file stem.
         source: the file (or series folder) it came from.
-        index: slice index within a volume / series / multi-frame file, else ``None``.
-        display: ``(H, W, 3)`` uint8 picture at the input's resolution.
+        index: the slice's index in its file: the voxel index along a NIfTI volume's slicing
+            axis, the slice of a DICOM series (in position order), the frame of a multi-frame
+            file or the page of a TIFF; ``None`` for a 2-D input.
+        display: ``(H, W, 3)`` uint8 picture at the input's resolution, as the model sees it.
         model_input: ``(3, S, S)`` uint8 model input.
         volume: for slices of a NIfTI volume or a DICOM series with geometry, what predict
-            needs to write the volume's maps as NIfTI (affine, header, sliced shape, axis, the
-            orientation transform back to the source's voxel order; see :func:`_volume`).
+            needs to write the volume's maps as NIfTI (the file grid, its affine and header,
+            the :class:`~iqeclip.data.readers.orientation.View` back; see :func:`_volume`).
         file: the file the item itself came from (a DICOM slice's own file); ``source`` if None.
         key: the ``path`` of its CSV rows: ``str(source)``, or ``<folder>#<SeriesInstanceUID>``
-            for one series of a folder holding several (so each series is its own volume).
+            for one volume of a folder holding several (so each is its own volume; ``#2``...
+            for the parts of a series split by patient, study or plane).
+        slice_mm: where the slice lies along its slicing axis (RAS mm), None without geometry.
+        blank: a constant slice (empty background): it gets no score and no decision, and
+            enters no volume score or threshold.
         group: the series' place within its folder (0 otherwise), for the row order.
         sop_uid: a DICOM item's SOPInstanceUID, else "".
         series_uid: a DICOM item's SeriesInstanceUID, else "".
@@ -79,165 +82,30 @@ class Item:
     group: int = 0
     sop_uid: str = ""
     series_uid: str = ""
-
-
-def expand_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
-    """Files and DICOM series folders to read, in a stable order.
-
-    A folder is searched recursively: images and NIfTI files are taken one by one, and every
-    folder holding DICOM files is one input (:func:`read_items` splits it by series). The
-    ``exclude`` folder (predict's ``--out``) is not searched when it lies inside a walked
-    folder, and where it *is* the walked folder its files named like predict's outputs
-    (``*_overlay.png``, ``*_map.png``, ...) are left out, so an earlier run's outputs are never
-    read back as inputs. Below a walked folder, the ground-truth masks of the BMAD layout
-    (``.../anomaly_mask/*``) are left out and counted in a log line; a mask folder given itself
-    is read.
-    """
-    skip = Path(exclude).resolve() if exclude is not None else None
-    masks_left_out = 0
-
-    def wanted(p: Path, root: Path, top: Path) -> bool:
-        nonlocal masks_left_out
-        if not p.is_file() or p.name.startswith("."):
-            return False
-        if MASK_FOLDER in p.relative_to(root).parts[:-1]:
-            masks_left_out += 1
-            return False
-        if skip is None or not p.resolve().is_relative_to(skip):
-            return True
-        if skip == top or top.is_relative_to(skip):  # --out is the walked folder (or above it)
-            return not is_output_name(p.name) or p.parent.resolve() != skip
-        return False  # inside an --out below the walked folder
-
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
-            series: set[Path] = set()
-            top = path.resolve()
-            for f in sorted(p for p in path.rglob("*") if wanted(p, path, top)):
-                found_kind = kind(f)
-                if found_kind in ("image", "nifti"):
-                    found.append(f)
-                elif found_kind == "dicom" and f.parent not in series:
-                    series.add(f.parent)
-                    found.append(f.parent)
-        else:
-            raise UserError(f"input {path}: no such file or folder")
-    if masks_left_out:
-        logger.info(
-            f"left out {masks_left_out} ground-truth masks in {MASK_FOLDER}/ folders (the BMAD "
-            "layout; pass such a folder itself to score it, or --masks to draw them)"
-        )
-    if not found:
-        raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
-    return found
-
-
-def check_inputs(
-    paths: Sequence[Path], masks: Path | None, size: int, policy: str
-) -> tuple[list[Path], list[Skipped]]:
-    """The checks training applies, run over every predict input before the first batch.
-
-    Each input is checked as :func:`~iqeclip.data.validate.check_sample` checks a training
-    image (header size first, then one decode: too small, too large, corrupt, unreadable); with
-    ``masks`` each 2-D image needs its mask there, of its size and binary. DICOM series folders
-    are read whole under ``error`` (the first bad file stops the run); under ``skip`` their bad
-    files are left out one by one while scoring.
-
-    Returns:
-        The usable inputs in order, and the skipped ones (empty under ``error``).
-
-    Raises:
-        UserError: Under ``error``, the first unusable input or mask.
-    """
-    good: list[Path] = []
-    skipped: list[Skipped] = []
-    for path in paths:
-        if policy == "skip" and kind(path) == "series":
-            good.append(path)
-            continue
-        mask = masks / path.name if masks is not None and kind(path) == "image" else None
-        if mask is not None and not mask.is_file():
-            reason = f"no mask {mask.name} in --masks {masks}"
-            if policy == "error":
-                raise UserError(
-                    f"image {path}: {reason} (--on_bad_input skip leaves such inputs out)"
-                )
-            skipped.append(Skipped(path, reason))
-            continue
-        usable, bad = validate_samples([Sample(path, 0, mask)], size, policy)
-        good += [s.image for s in usable]
-        skipped += bad
-    return good, skipped
-
-
-def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:
-    """Output stems of the inputs, made unique (``name``, ``name-2``, ...) in input order."""
-    stems: dict[Path, str] = {}
-    taken: set[str] = set()
-    for path in paths:
-        stem, n = _stem(path), 1
-        while (stem if n == 1 else f"{stem}-{n}") in taken:
-            n += 1
-        stems[path] = stem if n == 1 else f"{stem}-{n}"
-        taken.add(stems[path])
-    return stems
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES, *IMAGE_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    slice_mm: float | None = None
+    blank: bool = False
 
 
 def _grey_to_rgb(image: np.ndarray) -> np.ndarray:
-    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    """The picture of a slice as the model sees it (:func:`~iqeclip.data.readers.pil.to_uint8`),
+    at its own size, in RGB."""
+    u8 = to_uint8(image)
+    return u8 if u8.ndim == 3 else np.repeat(u8[..., None], 3, axis=2)
 
 
-def _series_stems(stem: str, groups: list[list[Any]]) -> list[str]:
-    """Stems of a folder's series: ``stem`` for one; else ``stem_series<N>`` (SeriesNumber, when
-    the folder's are distinct) or ``stem_<last 8 UID characters>``, made unique with ``-2``."""
-    if len(groups) == 1:
-        return [stem]
-    numbers = [g[0].meta.get("series_number") for g in groups]
-    if None not in numbers and len(set(numbers)) == len(numbers):
-        labels = [f"series{n:g}" for n in numbers]
-    else:
-        labels = [(g[0].meta.get("series_uid") or "nouid").replace(".", "")[-8:] for g in groups]
-    stems: list[str] = []
-    for label in labels:
-        name, n = f"{stem}_{label}", 1
-        while (name if n == 1 else f"{name}-{n}") in stems:
-            n += 1
-        stems.append(name if n == 1 else f"{name}-{n}")
-    return stems
-
-
-def _volume(found: Any, members: list[Slice], stem: str) -> dict[str, Any] | None:
-    """What predict needs to write a volume's maps as NIfTI: a NIfTI volume's own geometry, or
-    a DICOM series stacked as ``(rows, columns, slices)`` with its affine (from the series
-    geometry; None for a series without it, which then gets no NIfTI)."""
+def _volume(members: list[Slice], stem: str) -> dict[str, Any] | None:
+    """What predict needs to write a volume's maps as NIfTI: the file grid the slices were taken
+    from (a NIfTI file's own; a DICOM series' ``(columns, rows, slices)`` grid, ITK's), its
+    affine and header, and the view that turns a map back; None for an input without one."""
     meta = members[0].meta
-    if found == "nifti":
-        return {**meta, "n_slices": len(members), "stem": stem}
-    affine = meta.get("series_affine")
-    if found != "series" or affine is None or any(s.image.ndim != 2 for s in members):
-        return None
-    rows, cols = members[0].image.shape
-    if any(s.image.shape != (rows, cols) for s in members):
+    if meta.get("grid") is None or meta.get("view") is None:
         return None
     return {
-        "affine": affine,
-        "header": None,
-        "shape": (rows, cols, len(members)),
-        "axis": 2,
-        "to_source": None,
+        "affine": np.asarray(meta["affine"]),
+        "header": meta.get("header"),
+        "grid": tuple(meta["grid"]),
+        "source_shape": tuple(meta.get("source_shape") or meta["grid"]),
+        "view": meta["view"],
         "n_slices": len(members),
         "stem": stem,
     }
@@ -257,26 +125,26 @@ def read_items(
     DICOM series gives each series its own stem and row ``key`` (see :class:`Item`); with
     ``bad`` a list, a folder's unreadable files are appended to it instead.
     """
-    stem = stem or _stem(path)
+    stem = stem or input_stem(path)
     found = kind(path)
     if found == "image" and reading.intensity == DEFAULT_INTENSITY and page_count(path) == 1:
         tensor = model_input(path, None, size, reading)  # load_image: the BMAD pre-processing
         display = display_rgb(path)
-        yield Item(stem, path, None, display, tensor)
+        yield Item(stem, path, None, display, tensor, blank=bool(display.min() == display.max()))
         return
     if found == "series":
-        slices = read(path, intensity=reading.intensity, bad=bad)
+        slices = read(path, intensity=reading.intensity, orientation=reading.orientation, bad=bad)
     else:
         slices = list(read_slices(path, reading))
     groups: dict[Any, list[Any]] = {}
     for s in slices:
-        groups.setdefault(s.meta.get("series_uid") if found == "series" else None, []).append(s)
+        groups.setdefault(s.meta.get("volume_id") if found == "series" else None, []).append(s)
     series = list(groups.values())
-    names = _series_stems(stem, series)
+    names = series_stems(stem, series)
     for group, (members, name_stem) in enumerate(zip(series, names, strict=True)):
-        uid = members[0].meta.get("series_uid") or ""
+        uid = members[0].meta.get("volume_id") or ""
         key = str(path) if len(series) == 1 else f"{path}#{uid}"
-        volume = _volume(found, members, name_stem)
+        volume = _volume(members, name_stem)
         for s in members:
             name = name_stem if s.index is None else f"{name_stem}_s{s.index:03d}"
             dicom = found in ("series", "dicom")
@@ -292,6 +160,8 @@ def read_items(
                 group=group,
                 sop_uid=(s.meta.get("sop_instance_uid") or "") if dicom else "",
                 series_uid=(s.meta.get("series_uid") or "") if dicom else "",
+                slice_mm=s.meta.get("slice_mm"),
+                blank=bool(s.meta.get("constant")),
             )
 
 
@@ -340,6 +210,8 @@ def scored_items(
     skipped: list[Skipped] | None = None,
     on_bad_input: str = "error",
     workers: int = 0,
+    start: int = 0,
+    written: Collection[str] = (),
 ) -> Iterator[tuple[Item, torch.Tensor, float]]:
     """Score the items of ``paths`` in batches: yields ``(item, map (S, S), image score)``.
 
@@ -347,21 +219,30 @@ def scored_items(
     scores, in order; on CUDA the batches are pinned so that the copy overlaps too. With
     ``on_bad_input="skip"`` an unreadable input is left out and appended to ``skipped``, and so
     is each unreadable file of a DICOM series folder (the rest of the folder is scored).
+
+    The items of the run are numbered in order and a batch ends after every ``batch_size``-th,
+    so an item's batch does not depend on where reading began: ``start`` is the number of the
+    first item of ``paths``. The items of the ``written`` inputs (``str`` paths: an interrupted
+    run wrote them) are never yielded, and scored only to fill a batch that holds other items
+    as it was (:func:`~iqeclip.inference.outputs.resume_point` chooses all three).
     """
     device = model.device
     pending: list[Item] = []
 
     def flush() -> Iterator[tuple[Item, torch.Tensor, float]]:
-        images = torch.stack([item.model_input for item in pending])
-        if pin(device):
-            images = images.pin_memory()
-        maps, scores = model.predict(as_input(images, device), setting)
-        yield from zip(pending, maps, scores.tolist(), strict=True)
+        new = [str(item.source) not in written for item in pending]
+        if any(new):
+            images = torch.stack([item.model_input for item in pending])
+            if pin(device):
+                images = images.pin_memory()
+            maps, scores = model.predict(as_input(images, device), setting)
+            yield from itertools.compress(zip(pending, maps, scores.tolist(), strict=True), new)
         pending.clear()
 
     reads = _Reads(paths, model.config.img_size, reading, stems or {}, on_bad_input == "skip")
     loader = DataLoader(reads, batch_size=None, num_workers=workers, collate_fn=_as_read)
     bar = tqdm(loader, desc="predict", unit="input", disable=distributed.no_progress_bar())
+    number = start  # of the next item
     for items, bad, error in bar:
         if error is not None:
             raise UserError(error)
@@ -369,7 +250,8 @@ def scored_items(
             skipped.extend(Skipped(file, reason) for file, reason in bad)
         for item in items:
             pending.append(item)
-            if len(pending) == batch_size:
+            number += 1
+            if number % batch_size == 0:
                 yield from flush()
     if pending:
         yield from flush()
@@ -383,9 +265,10 @@ def checkpoint_reading(
     orientation: str | None = None,
 ) -> Reading:
     """The reading of a test, calibrate or predict run: the intensity rule, slicing axis and
-    NIfTI orientation recorded in the checkpoint at training, each unless given (then a warning
-    names both when they differ). Checkpoints from before these were recorded read with the
-    defaults."""
+    orientation recorded in the checkpoint at training, each unless given (then a warning names
+    both when they differ). A checkpoint that recorded no orientation was trained with the
+    older ``canonical`` rule, and one that recorded ``canonical`` keeps it: both with a warning
+    that its volumes are not read in the radiological view."""
     trained = meta.get("run", {})
     stored = reading_from(
         trained.get("window"),
@@ -417,4 +300,10 @@ def checkpoint_reading(
                 f"warning: {what} {mine} overrides the checkpoint's {theirs} (what it was "
                 "trained with)"
             )
+    if orientation is None and stored.orientation == "canonical":
+        logger.warning(
+            "warning: this checkpoint was trained with the older orientation rule (canonical: "
+            "NIfTI slices in RAS+ array order, DICOM as stored); it is kept, so its volumes are "
+            "not read in the radiological view (docs/workflows.md, 'One scan, one orientation')"
+        )
     return reading

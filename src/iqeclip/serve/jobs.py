@@ -198,8 +198,11 @@ class Jobs:
         out, view = folder / "out", folder / "view"
         view.mkdir()
         url = f"/api/results/{rid}"
-        slices = []
+        slices, blank = [], []
         for row in _read_csv(out / "predictions.csv"):
+            if row["decision"] == "blank":  # a constant slice: no score, no pictures
+                blank.append(int(row["slice"]) if row["slice"] else None)
+                continue
             files = {f.rsplit("_", 1)[-1]: f for f in row["outputs"].split(";") if f}
             stem = files["input.png"][: -len("_input.png")]
             amap = np.load(out / files["map.npy"])
@@ -232,7 +235,8 @@ class Jobs:
             {
                 "path": Path(v["path"]).name,
                 "n_slices": int(v["n_slices"]),
-                "score": float(v["score"]),
+                "n_blank": int(v["n_blank"]),
+                "score": _number(v["score"]),
                 "decision": v["decision"] or None,
                 "threshold": _number(v["threshold"]),
                 "abnormal_slices": [int(s) for s in v["abnormal_slices"].split(";") if s],
@@ -241,7 +245,7 @@ class Jobs:
         ]
         # the headline: the one volume, or the one image (a zip of several inputs has none)
         head = {}
-        if len(volumes) == 1 and volumes[0]["n_slices"] == len(slices):
+        if len(volumes) == 1 and volumes[0]["n_slices"] == len(slices) + len(blank):
             head = volumes[0]
         elif not volumes and len(slices) == 1:
             head = slices[0]
@@ -253,6 +257,7 @@ class Jobs:
             "decision": head.get("decision"),
             "threshold": head.get("threshold"),
             "slices": slices,
+            "blank_slices": blank,
             "volumes": volumes,
             "download": f"{url}/download",
         }

@@ -73,11 +73,13 @@ def test_volume_slices_labelled_by_their_label_volume(tmp_path):
     assert manifest.split("test") == [] and has_pixel_masks(samples)
     assert [(v.path, v.label) for v in manifest.volumes] == [(image, 1)]
 
+    # the lesion of slice 2 (voxels x 2-3, y 3-4), although the labels are stored LPS, in the
+    # radiological view: row 7 - y (anterior at the top), column 7 - x (the right on the left)
     want = np.zeros((8, 8), bool)
-    want[2:4, 3:5] = True  # the lesion of slice 2, although the labels are stored LPS
+    want[3:5, 4:6] = True
     assert torch.equal(mask_input(mask, image, 2, 8), torch.from_numpy(want))
-    # the model input is the slice, min-max normalised, as predict reads it
-    plane = nib.load(str(image)).get_fdata()[:, :, 2]
+    # the model input is the slice, min-max normalised, in the same view, as predict reads it
+    plane = nib.load(str(image)).get_fdata()[:, :, 2].T[::-1, ::-1]
     grey = np.rint((plane - plane.min()) / (plane.max() - plane.min()) * 255).astype(np.uint8)
     assert torch.equal(model_input(image, 2, 8)[0], torch.from_numpy(grey))
 

@@ -398,7 +398,7 @@ def test_nifti_full_of_nan_reads_as_zeros(tmp_path: Path) -> None:
     slices = read(path)
     assert len(slices) == 3
     for s in slices:
-        assert s.image.shape == (6, 5) and not s.image.any()
+        assert s.image.shape == (5, 6) and not s.image.any()  # rows: the A-P axis
         assert s.meta["nonfinite"] == 30 and s.meta["constant"]
     sample = Sample(path, 0, None)
     check_sample(sample, 16)

@@ -33,6 +33,7 @@ from iqeclip.data.readers.model_input import (
     model_input,
     read_slices,
     reading_from,
+    reading_options,
 )
 from iqeclip.data.readers.nifti import read_nifti
 from iqeclip.data.readers.pil import (
@@ -84,6 +85,7 @@ __all__ = [
     "read_slices",
     "read_wide_image",
     "reading_from",
+    "reading_options",
     "slice_to_uint8_rgb",
     "to_float",
 ]

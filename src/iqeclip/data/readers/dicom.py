@@ -19,9 +19,11 @@ YBR_ICT) or planar configuration. Which files are DICOM is decided by
 from __future__ import annotations
 
 import importlib
+import logging
 import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -38,9 +40,49 @@ from iqeclip.data.readers.intensity import (
     normalise,
     sigmoid_window,
 )
+from iqeclip.data.readers.orientation import ORIENTATIONS, View, view_of
 from iqeclip.errors import UserError, first_line
 
-__all__ = ["read_dicom", "read_dicom_files", "series_affine"]
+__all__ = ["read_dicom"]
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""DICOM's patient space is LPS, NIfTI's world RAS: the first two world axes change sign."""
+NON_IMAGE_MODALITIES = frozenset({"RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SEG", "SR", "PR"})
+"""Modalities whose pixel data, if any, is not a picture of the patient (a dose grid, labels)."""
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom's own log lines off while we read: a failure is reported once, by us, in one line
+    (pydicom logs each decoder plugin's traceback before raising)."""
+    log = logging.getLogger("pydicom")  # its decoders log on child loggers: silence them all
+    before = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
+def _not_an_image(ds: Any) -> str | None:
+    """Why a dataset with pixel data is no image (an RT dose grid, a segmentation), or None.
+
+    Only image storage SOP classes are images: a SOP class that pydicom knows and whose name
+    lacks "Image Storage", or a modality of :data:`NON_IMAGE_MODALITIES`, is refused. An unknown
+    (private) SOP class with pixel data is read.
+    """
+    uid = ds.get("SOPClassUID")
+    if uid is not None:
+        try:
+            name = str(uid.name)
+        except AttributeError:
+            name = str(uid)
+        if name != str(uid) and "Image Storage" not in name:
+            return f"not an image: its SOP class is {name}"
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality in NON_IMAGE_MODALITIES:
+        return f"not an image: its modality is {modality}"
+    return None
 
 
 def _pydicom(path: Path) -> tuple[ModuleType, ModuleType]:
@@ -65,10 +107,11 @@ def _dcmread(pydicom: ModuleType, path: Path) -> Any:
         raise UserError(f"cannot read DICOM {path}: no such file")
     errors = importlib.import_module("pydicom.errors")
     try:
-        try:
-            return pydicom.dcmread(path)
-        except errors.InvalidDicomError:
-            return pydicom.dcmread(path, force=True)
+        with _quiet():
+            try:
+                return pydicom.dcmread(path)
+            except errors.InvalidDicomError:
+                return pydicom.dcmread(path, force=True)
     except Exception as exc:  # any parser failure is a problem with the user's file
         raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from None
 
@@ -186,14 +229,15 @@ def _decode_failure(ds: Any, exc: BaseException) -> str:
     return reason
 
 
-def _dataset_slices(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
+def _dataset_slices(ds: Any, path: Path, intensity: Intensity, orientation: str) -> list[Slice]:
     """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame).
 
     pydicom converts element values only when they are accessed, so a corrupt attribute can
     raise anywhere in the conversion: any failure is a ``cannot read DICOM`` :class:`UserError`.
     """
     try:
-        return _convert_dataset(ds, path, intensity)
+        with _quiet():
+            return _convert_dataset(ds, path, intensity, orientation)
     except UserError:
         raise
     except Exception as exc:  # a corrupt element of the user's file
@@ -208,11 +252,80 @@ def _position(value: Any) -> tuple[float, ...] | None:
         return None
 
 
-def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
+def _numbers(value: Any, count: int) -> np.ndarray | None:
+    """``count`` finite floats of a multi-valued element, or None."""
+    found = _position(value)
+    if found is None or len(found) != count or not all(math.isfinite(v) for v in found):
+        return None
+    return np.asarray(found, dtype=np.float64)
+
+
+def _frame_tag(ds: Any, frame: int, sequence: str, keyword: str) -> Any:
+    """A geometry element of one frame: its functional group (per-frame, then shared), then the
+    dataset's top level."""
+    item = _functional_item(ds, frame, sequence)
+    if item is not None and keyword in item:
+        return item.get(keyword)
+    return ds.get(keyword)
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """One frame's plane in RAS world coordinates (DICOM PS3.3 C.7.6.2.1.1)."""
+
+    origin: np.ndarray  # centre of the first pixel
+    column_step: np.ndarray  # one column to the right (ImageOrientationPatient[:3] x spacing)
+    row_step: np.ndarray  # one row down
+    normal: np.ndarray  # unit, column_step x row_step in LPS
+
+    @property
+    def directions(self) -> np.ndarray:
+        """The RAS directions of a DICOM grid's voxel axes: column index, row index, slice."""
+        return np.stack([self.column_step, self.row_step, self.normal], axis=1)
+
+    def centre(self, rows: int, columns: int) -> np.ndarray:
+        return self.origin + self.column_step * (columns - 1) / 2 + self.row_step * (rows - 1) / 2
+
+
+def _plane(ds: Any, frame: int) -> _Plane | None:
+    """A frame's plane from ImageOrientationPatient, ImagePositionPatient and PixelSpacing, or
+    None where one is missing or degenerate (a radiograph, a secondary capture)."""
+    iop = _numbers(_frame_tag(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    ipp = _numbers(_frame_tag(ds, frame, "PlanePositionSequence", "ImagePositionPatient"), 3)
+    spacing = _numbers(_frame_tag(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    if iop is None or ipp is None:
+        return None
+    if spacing is None or not (spacing > 0).all():
+        spacing = np.ones(2)
+    flip = LPS_TO_RAS[:3, :3]
+    normal = np.cross(iop[:3], iop[3:])
+    length = float(np.linalg.norm(normal))
+    if not length > 1e-6:
+        return None
+    return _Plane(
+        origin=flip @ ipp,
+        column_step=flip @ (iop[:3] * spacing[1]),
+        row_step=flip @ (iop[3:] * spacing[0]),
+        normal=flip @ (normal / length),
+    )
+
+
+def _view(plane: _Plane | None, orientation: str, path: Path) -> View:
+    """How a frame (taken as the grid slice ``pixels.T``) is turned: the radiological view from
+    its plane; as stored under the older rules or without geometry."""
+    if plane is None or orientation != "radiological":
+        return View(transpose=True)  # the transpose of the grid slice: the pixel array as stored
+    return view_of(plane.directions, orientation, None, f"DICOM {path}")
+
+
+def _convert_dataset(ds: Any, path: Path, intensity: Intensity, orientation: str) -> list[Slice]:
     """The work of :func:`_dataset_slices`."""
     pydicom, processing = _pydicom(path)
     if not _has_pixels(ds):
         raise UserError(f"cannot read DICOM {path}: no pixel data (not an image)")
+    refused = _not_an_image(ds)
+    if refused is not None:
+        raise UserError(f"cannot read DICOM {path}: {refused}")
     try:
         arr = np.asarray(ds.pixel_array)
     except Exception as exc:
@@ -242,13 +355,16 @@ def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
         "frames": int(frames.shape[0]),
         "instance": _first_number(ds.get("InstanceNumber")),
         "position": _position(position),
-        "orientation": _position(ds.get("ImageOrientationPatient")),
+        "iop": _position(ds.get("ImageOrientationPatient")),
+        "orientation": orientation,
         "series_uid": str(ds.get("SeriesInstanceUID", "")) or None,
         "series_number": _first_number(ds.get("SeriesNumber")),
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
     }
     out: list[Slice] = []
     for f, raw in enumerate(frames):
+        plane = _plane(ds, f)
+        view = _view(plane, orientation, path)
         if colour:
             image, info = normalise(raw, Intensity(percentile=intensity.percentile))
             rescale = None
@@ -260,183 +376,55 @@ def _convert_dataset(ds: Any, path: Path, intensity: Intensity) -> list[Slice]:
                 info["constant"] and info["intensity"] in ("minmax", "none")
             ):
                 image = np.ascontiguousarray(1.0 - image, dtype=np.float32)
-        meta = {**common, "rescale": rescale, "frame": f if multi else None, **info}
+        meta = {
+            **common,
+            "rescale": rescale,
+            "frame": f if multi else None,
+            "view": view,
+            "slice_mm": _slice_mm(plane, raw.shape[:2]),
+            **info,
+        }
+        image = view.to_view(np.swapaxes(image, 0, 1))
         out.append(Slice(image=image, source=Path(path), index=f if multi else None, meta=meta))
     return out
 
 
-def read_dicom(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+def _slice_mm(plane: _Plane | None, shape: tuple[int, ...]) -> float | None:
+    """The RAS coordinate (mm) of a frame's centre along the world axis closest to its normal,
+    as :func:`~iqeclip.data.readers.orientation.slice_position_mm` gives a NIfTI slice's."""
+    if plane is None:
+        return None
+    centre = plane.centre(int(shape[0]), int(shape[1]))
+    return float(centre[int(np.argmax(np.abs(plane.normal)))])
+
+
+def read_dicom(
+    path: Path, intensity: Intensity = DEFAULT_INTENSITY, orientation: str = "radiological"
+) -> list[Slice]:
     """Read a DICOM file: one slice per frame.
 
     Args:
         path: The DICOM file (with or without the 128-byte preamble).
         intensity: Window / percentile options (default: the file's window or VOI LUT, else
             min-max).
+        orientation: One of :data:`~iqeclip.data.readers.orientation.ORIENTATIONS`: with
+            ``radiological`` each frame with a plane (ImageOrientationPatient) is turned into the
+            radiological view; else (and without a plane) frames keep the stored pixel order.
 
     Returns:
         One :class:`Slice` per frame: (H, W) grey or (H, W, 3) colour, float32 in [0, 1];
-        ``index`` is the frame number for multi-frame files, None otherwise.
+        ``index`` is the frame number for multi-frame files, None otherwise; ``meta["view"]``
+        turned the grid slice (the pixel array transposed) into ``image``, ``meta["slice_mm"]``
+        is where the frame lies (None without geometry).
 
     Raises:
         UserError: pydicom missing, or ``cannot read DICOM <path>: <reason>`` for a missing,
             garbage, truncated or non-image file or undecodable (compressed) pixel data; for a
             compressed transfer syntax the reason names it and every decoder's failure.
     """
+    if orientation not in ORIENTATIONS:
+        raise UserError(
+            f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
+        )
     pydicom, _ = _pydicom(path)
-    return _dataset_slices(_dcmread(pydicom, path), Path(path), intensity)
-
-
-def _normal(ds: Any) -> np.ndarray | None:
-    """The slice normal (row x column direction of ImageOrientationPatient), or None."""
-    cosines = _position(ds.get("ImageOrientationPatient"))
-    if cosines is None or len(cosines) != 6:
-        return None
-    normal = np.cross(np.asarray(cosines[:3]), np.asarray(cosines[3:]))
-    length = float(np.linalg.norm(normal))
-    return normal / length if length > 0 and math.isfinite(length) else None
-
-
-def _sorted_series(items: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
-    """One series' files in slice order.
-
-    By ImagePositionPatient projected on the slice normal (from the first file with a usable
-    ImageOrientationPatient; the z axis when none has one) when every file has a position, then
-    InstanceNumber, then name; else by InstanceNumber, then name (missing values last).
-    """
-    normal = next((n for n in (_normal(ds) for _, ds in items) if n is not None), None)
-    normal = np.array([0.0, 0.0, 1.0]) if normal is None else normal
-    positions = [_position(ds.get("ImagePositionPatient")) for _, ds in items]
-    by_position = all(p is not None and len(p) == 3 for p in positions)
-
-    def key(pair: tuple[tuple[Path, Any], tuple[float, ...] | None]) -> tuple[Any, ...]:
-        (path, ds), position = pair
-        along = round(float(np.dot(position, normal)), 4) if by_position else 0.0
-        instance = _first_number(ds.get("InstanceNumber"))
-        return (along, instance is None, instance or 0.0, path.name)
-
-    return [item for item, _ in sorted(zip(items, positions, strict=True), key=key)]
-
-
-SPACING_TOLERANCE_MM = 0.01
-"""How far consecutive slice steps of a series may differ for it to get one affine."""
-
-
-def series_affine(datasets: Sequence[Any]) -> np.ndarray | None:
-    """The RAS+ affine of a series stacked as an array ``(rows, columns, slices)`` in reading order.
-
-    nibabel's DICOM wrapper gives the in-plane part from the first slice (ImageOrientationPatient,
-    PixelSpacing, ImagePositionPatient; its array axes are the pixel array's rows and columns);
-    the slice axis is the step between consecutive ImagePositionPatient (nibabel's slice normal
-    times the slice spacing for a single slice); a series whose steps differ by more than
-    :data:`SPACING_TOLERANCE_MM` (uneven spacing, a missing or skipped slice) gets None, since
-    no single affine describes it. DICOM's
-    patient space is LPS, NIfTI's world RAS: the first two world axes are negated.
-
-    Args:
-        datasets: The series' single-frame datasets in slice order.
-
-    Returns:
-        The (4, 4) affine, or None when a dataset is multi-frame or the geometry is missing or
-        degenerate (then no world position is claimed for the series).
-    """
-    if not datasets or any(
-        int(_first_number(ds.get("NumberOfFrames")) or 1) > 1 for ds in datasets
-    ):
-        return None
-    try:
-        with warnings.catch_warnings():  # nibabel.nicom warns about its readers on import
-            warnings.simplefilter("ignore")
-            from nibabel.nicom.dicomwrappers import wrapper_from_data
-
-            lps = np.array(wrapper_from_data(datasets[0]).affine, dtype=np.float64)
-    except Exception:  # nibabel missing, or geometry tags missing or unreadable
-        return None
-    if len(datasets) > 1:
-        positions = [_position(ds.get("ImagePositionPatient")) for ds in datasets]
-        if any(p is None or len(p) != 3 for p in positions):
-            return None
-        steps = np.diff(np.asarray(positions, dtype=np.float64), axis=0)
-        step = steps.mean(axis=0)
-        if np.abs(steps - step).max() > SPACING_TOLERANCE_MM:  # uneven, or a slice missing
-            return None
-        lps[:3, 2] = step
-    if not np.isfinite(lps).all() or abs(float(np.linalg.det(lps[:3, :3]))) < 1e-12:
-        return None
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
-def _series_order(group: list[tuple[Path, Any]]) -> tuple[Any, ...]:
-    ds = group[0][1]
-    number = _first_number(ds.get("SeriesNumber"))
-    return (number is None, number or 0.0, str(ds.get("SeriesInstanceUID", "")))
-
-
-def read_dicom_files(
-    folder: Path,
-    files: Sequence[Path],
-    intensity: Intensity = DEFAULT_INTENSITY,
-    bad: list[tuple[Path, str]] | None = None,
-) -> list[Slice]:
-    """Read the DICOM files of a folder, one series per SeriesInstanceUID.
-
-    This is the reading half of :func:`iqeclip.data.readers.registry.read_dicom_series`, which
-    finds the folder's DICOM files. Files without pixel data (DICOMDIR, reports) are skipped.
-    Files are grouped by SeriesInstanceUID (files without one form one group); the series come
-    in SeriesNumber order (then UID), and within a series the files are ordered by
-    ImagePositionPatient along the slice normal (see :func:`_sorted_series`), else by
-    InstanceNumber, then name.
-
-    Args:
-        folder: The series folder.
-        files: Its DICOM files.
-        intensity: As for :func:`read_dicom`.
-        bad: If a list, an unreadable or undecodable file is left out and appended to it as
-            ``(file, one-line reason)``; if None (default) it raises.
-
-    Returns:
-        The slices, series by series; ``index`` runs 0..N-1 within each series, ``source`` is
-        each slice's file, ``meta["series"]`` the folder, ``meta["series_uid"]`` the series and
-        ``meta["frame"]`` the frame within a multi-frame file (None otherwise), and
-        ``meta["series_affine"]`` the series' RAS+ affine (:func:`series_affine`; None for a
-        series with a multi-frame file or without usable geometry).
-
-    Raises:
-        UserError: pydicom missing, no files or no readable DICOM image among them, or (without
-            ``bad``) any DICOM file unreadable (named).
-    """
-    pydicom, _ = _pydicom(folder)
-    if not files:
-        raise UserError(f"cannot read DICOM series {folder}: no DICOM files in it")
-    groups: dict[str, list[tuple[Path, Any]]] = {}
-    for path in files:
-        try:
-            ds = _dcmread(pydicom, path)
-        except UserError as exc:
-            if bad is None:
-                raise
-            bad.append((Path(path), str(exc)))
-            continue
-        if _has_pixels(ds):
-            groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((Path(path), ds))
-    out: list[Slice] = []
-    for group in sorted(groups.values(), key=_series_order):
-        series: list[Slice] = []
-        decoded: list[Any] = []
-        for path, ds in _sorted_series(group):
-            try:
-                slices = _dataset_slices(ds, path, intensity)
-            except UserError as exc:
-                if bad is None:
-                    raise
-                bad.append((path, str(exc)))
-                continue
-            decoded.append(ds)
-            series += slices
-        affine = series_affine(decoded) if len(series) == len(decoded) else None
-        for index, s in enumerate(series):
-            s.index = index
-            s.meta.update(series=folder, series_affine=affine)
-        out += series
-    if not out:
-        raise UserError(f"cannot read DICOM series {folder}: none of its DICOM files is an image")
-    return out
+    return _dataset_slices(_dcmread(pydicom, path), Path(path), intensity, orientation)

@@ -23,6 +23,7 @@ once.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from iqeclip.data.readers.intensity import (
     parse_percentile,
     parse_window,
 )
-from iqeclip.data.readers.nifti import ORIENTATIONS
+from iqeclip.data.readers.orientation import ORIENTATIONS, View
 from iqeclip.data.readers.pil import check_size, load_image, load_mask, slice_to_uint8_rgb
 from iqeclip.data.readers.registry import kind, read
 from iqeclip.errors import UserError, first_line
@@ -52,6 +53,7 @@ __all__ = [
     "model_input",
     "read_slices",
     "reading_from",
+    "reading_options",
 ]
 
 CACHED_VOLUMES = 16
@@ -67,26 +69,29 @@ class Reading:
     Attributes:
         intensity: The intensity rule (``--window`` / ``--percentile``; default: each input
             kind's own rule, see :mod:`~iqeclip.data.readers.intensity`).
-        axis: The slicing axis of NIfTI volumes (``--axis``).
-        orientation: ``canonical`` or ``native`` NIfTI voxel order (``--orientation``).
+        axis: The plane NIfTI volumes are sliced across (``--axis``).
+        orientation: How volume slices are turned to face the model (``--orientation``,
+            :mod:`~iqeclip.data.readers.orientation`).
     """
 
     intensity: Intensity = DEFAULT_INTENSITY
     axis: int = 2
-    orientation: str = "canonical"
+    orientation: str = ORIENTATIONS[0]
 
     def __post_init__(self) -> None:
         if isinstance(self.axis, bool) or self.axis not in (0, 1, 2):
             raise UserError(f"--axis must be 0, 1 or 2, got {self.axis!r}")
         if self.orientation not in ORIENTATIONS:
-            raise UserError(f"--orientation must be canonical or native, got {self.orientation!r}")
+            raise UserError(
+                f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {self.orientation!r}"
+            )
 
 
 DEFAULT_READING = Reading()
 
 
 def reading_from(
-    window: str | None, percentile: str | None, axis: int = 2, orientation: str = "canonical"
+    window: str | None, percentile: str | None, axis: int = 2, orientation: str = ORIENTATIONS[0]
 ) -> Reading:
     """The :class:`Reading` of the options ``--window``, ``--percentile``, ``--axis``,
     ``--orientation`` (checked: a one-line error naming the flag)."""
@@ -95,6 +100,20 @@ def reading_from(
         percentile=parse_percentile(percentile) if percentile else None,
     )
     return Reading(intensity, axis, orientation)
+
+
+def reading_options(reading: Reading) -> dict[str, Any]:
+    """A reading as the options that give it (``window``, ``percentile``, ``axis``,
+    ``orientation``), for a run's recorded configuration."""
+    intensity = reading.intensity
+    return {
+        "window": None if intensity.window is None else "{:g},{:g}".format(*intensity.window),
+        "percentile": (
+            None if intensity.percentile is None else "{:g},{:g}".format(*intensity.percentile)
+        ),
+        "axis": reading.axis,
+        "orientation": reading.orientation,
+    }
 
 
 def describe_intensity(intensity: Intensity) -> str:
@@ -170,30 +189,34 @@ def mask_input(
     return torch.from_numpy(np.asarray(picture.resize((size, size), Image.NEAREST)) > 0)
 
 
-def _geometry(image: Path, slices: tuple[Slice, ...]) -> tuple[tuple[int, ...], np.ndarray, int]:
-    """``(shape, affine, axis)`` of the array an image's slices are taken from."""
+def volume_geometry(
+    image: Path, slices: Sequence[Slice]
+) -> tuple[tuple[int, ...], np.ndarray, View]:
+    """``(grid, affine, view)`` of the volume one input's slices come from.
+
+    Raises:
+        UserError: The input is no volume (a 2-D image, several DICOM volumes in one folder, a
+            DICOM series without usable geometry).
+    """
     meta = slices[0].meta
-    found = kind(image)
-    if found == "nifti" and meta.get("axis") is not None:
-        return tuple(meta["shape"]), np.asarray(meta["array_affine"]), int(meta["axis"])
-    if found == "series":
-        uids = {s.meta.get("series_uid") for s in slices}
-        if len(uids) > 1:
-            raise UserError(
-                f"{image} holds {len(uids)} DICOM series: give each series its own folder to "
-                "pair it with a label volume"
-            )
-        if meta.get("series_affine") is None:
+    volumes = {s.meta.get("volume_id") for s in slices}
+    if len(volumes) > 1:
+        raise UserError(
+            f"{image} holds {len(volumes)} DICOM volumes: give each series its own folder to "
+            "pair it with a label volume"
+        )
+    if meta.get("grid") is None:
+        if meta.get("series") is not None:
             raise UserError(
                 f"DICOM series {image} has no usable geometry (ImageOrientationPatient, "
-                "PixelSpacing, ImagePositionPatient), so a label volume cannot be aligned to it"
+                "PixelSpacing, ImagePositionPatient, one size, even spacing), so a label volume "
+                "cannot be aligned to it"
             )
-        rows, cols = slices[0].image.shape[:2]
-        return (rows, cols, len(slices)), np.asarray(meta["series_affine"]), 2
-    raise UserError(
-        f"a label volume needs a volume to label: {image} is a 2-D {found or 'input'}; give an "
-        "image mask"
-    )
+        raise UserError(
+            f"a label volume needs a volume to label: {image} is a 2-D {kind(image) or 'input'}; "
+            "give an image mask"
+        )
+    return tuple(meta["grid"]), np.asarray(meta["affine"]), meta["view"]
 
 
 @functools.lru_cache(maxsize=CACHED_VOLUMES)
@@ -202,9 +225,10 @@ def _labels(
 ) -> tuple[np.ndarray, ...]:
     del stamps
     mask_path, image_path = Path(mask), Path(image)
-    shape, affine, axis = _geometry(image_path, read_slices(image_path, reading))
-    data = aligned_labels(mask_path, shape, affine, image_path)
-    return tuple(np.take(data, i, axis=axis) for i in range(shape[axis]))
+    slices = read_slices(image_path, reading)
+    grid, affine, view = volume_geometry(image_path, slices)
+    data = aligned_labels(mask_path, grid, affine, image_path)
+    return tuple(view.take(data, s.index or 0) for s in slices)
 
 
 def label_slices(
@@ -212,10 +236,10 @@ def label_slices(
 ) -> tuple[np.ndarray, ...]:
     """A label volume's bool slices, parallel to ``read_slices(image, reading)`` (cached).
 
-    The image is a NIfTI volume (its labels are reoriented like the image: same slices, whatever
-    voxel order either file is stored in) or a single DICOM series (the label volume is in world
-    space; it is aligned to the series stacked as ``(rows, columns, slices)`` with
-    :func:`~iqeclip.data.readers.dicom.series_affine`, the layout ``predict`` writes).
+    The image is a NIfTI volume or a single DICOM series: the label volume is put in the voxel
+    order of the image's grid (a NIfTI file's own; a series' ``(columns, rows, slices)`` grid of
+    :func:`~iqeclip.data.readers.dicom_series.series_affine`, the grid ``predict`` writes and ITK
+    reads), whatever order it is stored in, and each slice turned as the image's is.
 
     Raises:
         UserError: Naming the label volume, when it cannot be read, is not 3-D, or does not have

@@ -257,6 +257,19 @@ def read_wide_image(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> lis
     return [_page_slice(im, path, i, intensity) for i, im in enumerate(pages)]
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A [0, 1] slice image as 8 bits, ``round(255 x)`` in double precision: the one rounding of
+    the model input and of every picture shown of it (overlays, ``input.png``).
+
+    Raises:
+        ValueError: An image that is neither (H, W) nor (H, W, 3).
+    """
+    image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"slice image must be (H, W) or (H, W, 3), got shape {image.shape}")
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def slice_to_uint8_rgb(s: Slice, size: int) -> torch.Tensor:
     """Model input from a slice: the same pre-processing as :func:`load_image`.
 
@@ -276,10 +289,6 @@ def slice_to_uint8_rgb(s: Slice, size: int) -> torch.Tensor:
         ValueError: An image that is neither (H, W) nor (H, W, 3).
     """
     check_size(size)
-    image = np.nan_to_num(np.asarray(s.image, dtype=np.float64), nan=0.0)
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ValueError(f"slice image must be (H, W) or (H, W, 3), got shape {image.shape}")
-    u8 = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    rgb = Image.fromarray(u8).convert("RGB").resize((size, size), Image.BICUBIC)
+    rgb = Image.fromarray(to_uint8(s.image)).convert("RGB").resize((size, size), Image.BICUBIC)
     array = np.asarray(rgb, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -3,8 +3,7 @@
 - a folder is a DICOM series folder: the DICOM files directly inside it (by the rules below;
   hidden files and sub-folders are ignored), read by :func:`read_dicom_series` as one series per
   SeriesInstanceUID;
-- a name ending in ``.nii`` / ``.nii.gz`` is NIfTI (:mod:`iqeclip.data.readers.nifti`; volumes
-  are reoriented to RAS+ before slicing unless ``orientation="native"``);
+- a name ending in ``.nii`` / ``.nii.gz`` is NIfTI (:mod:`iqeclip.data.readers.nifti`);
 - ``.dcm`` / ``.dicom`` is DICOM (:mod:`iqeclip.data.readers.dicom`);
 - ``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.jpeg`` and ``.bmp`` are PIL images
   (:mod:`iqeclip.data.readers.pil`);
@@ -12,7 +11,8 @@
   files without a suffix), else it is not supported.
 
 Suffixes are compared case-insensitively and are checked before the magic. :func:`kind` gives a
-path's type and :func:`read` reads a path by it.
+path's type and :func:`read` reads a path by it. Every volume's slices reach the model in one
+view, whatever the format (:mod:`iqeclip.data.readers.orientation`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from iqeclip.data.readers.base import Slice
-from iqeclip.data.readers.dicom import read_dicom, read_dicom_files
+from iqeclip.data.readers.dicom import read_dicom
+from iqeclip.data.readers.dicom_series import read_dicom_files
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.nifti import read_nifti
 from iqeclip.data.readers.pil import read_wide_image
@@ -91,27 +92,28 @@ def read_dicom_series(
     folder: Path,
     intensity: Intensity = DEFAULT_INTENSITY,
     bad: list[tuple[Path, str]] | None = None,
+    orientation: str = "radiological",
 ) -> list[Slice]:
     """Read the DICOM files directly inside a folder, one series per SeriesInstanceUID.
 
     Files are DICOM by suffix (``.dcm``, ``.dicom``) or by the ``DICM`` magic; other files,
     hidden files and sub-folders are ignored, and DICOM files without pixel data (DICOMDIR,
-    reports) are skipped. Several series (or patients) in one folder are kept apart: the slices
-    come series by series (SeriesNumber order, then UID), each series ordered by
-    ImagePositionPatient along the slice normal of its ImageOrientationPatient (oblique series
-    too), falling back to InstanceNumber, then file name.
+    reports) and non-image DICOM (an RT dose grid) are skipped. Several series, patients or
+    planes in one folder are kept apart (:func:`~iqeclip.data.readers.dicom_series.read_dicom_files`):
+    the slices come volume by volume (SeriesNumber order), each ordered by ImagePositionPatient
+    along the slice normal of its ImageOrientationPatient (oblique series too), falling back to
+    InstanceNumber, then file name.
 
     Args:
         folder: The series folder.
         intensity: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
         bad: If a list, an unreadable file is left out and appended to it as ``(file, reason)``
             instead of failing the folder.
+        orientation: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
 
     Returns:
-        The slices, series by series; ``index`` runs 0..N-1 within each series, ``source`` is
-        each slice's file, ``meta["series"]`` the folder, ``meta["series_uid"]`` its series,
-        ``meta["sop_instance_uid"]`` its SOPInstanceUID and ``meta["frame"]`` the frame within
-        a multi-frame file (None otherwise).
+        The slices, volume by volume, as
+        :func:`~iqeclip.data.readers.dicom_series.read_dicom_files` describes them.
 
     Raises:
         UserError: pydicom missing, the folder missing or holding no readable DICOM image, or
@@ -120,25 +122,24 @@ def read_dicom_series(
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"cannot read DICOM series {folder}: no such folder")
-    return read_dicom_files(folder, _series_files(folder), intensity, bad)
+    return read_dicom_files(folder, _series_files(folder), intensity, bad, orientation)
 
 
 def read(
     path: Path,
     axis: int = 2,
     intensity: Intensity = DEFAULT_INTENSITY,
-    orientation: str = "canonical",
+    orientation: str = "radiological",
     bad: list[tuple[Path, str]] | None = None,
 ) -> list[Slice]:
     """Read any supported input by its :func:`kind`.
 
     Args:
         path: File or series folder.
-        axis: Slicing axis for NIfTI volumes (of the RAS+ array with ``"canonical"``).
+        axis: The plane NIfTI volumes are sliced across (0 sagittal, 1 coronal, 2 axial).
         intensity: Window / percentile options.
-        orientation: NIfTI volumes: ``"canonical"`` (reoriented to the closest RAS+
-            orientation before slicing) or ``"native"`` (the file's voxel order); see
-            :func:`~iqeclip.data.readers.nifti.read_nifti`.
+        orientation: How volume slices are turned
+            (:data:`~iqeclip.data.readers.orientation.ORIENTATIONS`).
         bad: Series folders only: as for :func:`read_dicom_series` (unreadable files are
             listed there instead of failing the folder).
 
@@ -153,11 +154,11 @@ def read(
         raise UserError(f"cannot read {path}: no such file or folder")
     found = kind(path)
     if found == "series":
-        return read_dicom_series(path, intensity, bad)
+        return read_dicom_series(path, intensity, bad, orientation)
     if found == "nifti":
         return read_nifti(path, axis=axis, intensity=intensity, orientation=orientation)
     if found == "dicom":
-        return read_dicom(path, intensity)
+        return read_dicom(path, intensity, orientation)
     if found == "image":
         return read_wide_image(path, intensity)
     raise UserError(

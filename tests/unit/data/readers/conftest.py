@@ -56,3 +56,20 @@ def save_nifti(nib: Any, path: Path, data: np.ndarray, affine: np.ndarray | None
     affine = np.diag([0.8, 0.9, 2.5, 1.0]) if affine is None else affine
     nib.save(nib.Nifti1Image(data, affine), str(path))
     return path
+
+
+SC_MULTIFRAME_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
+"""Multi-frame Grayscale Word Secondary Capture Image Storage: an image storage SOP class."""
+
+
+def image_copy(pydicom: Any, path: Path, folder: Path) -> Path:
+    """A copy of a pydicom sample relabelled as an image storage SOP class (modality OT), pixel
+    data and transfer syntax untouched: the RT dose samples are the wheel's only 32-bit
+    multi-frame files, and an RT dose file itself is refused as no image."""
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = SC_MULTIFRAME_WORD
+    ds.file_meta.MediaStorageSOPClassUID = SC_MULTIFRAME_WORD
+    ds.Modality = "OT"
+    out = folder / f"image_{Path(path).name}"
+    ds.save_as(out)
+    return out

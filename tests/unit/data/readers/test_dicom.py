@@ -14,7 +14,7 @@ from iqeclip.data.readers.base import INSTALL_HINT
 from iqeclip.data.readers.dicom import read_dicom
 from iqeclip.data.readers.intensity import Intensity
 from iqeclip.errors import UserError
-from tests.unit.data.readers.conftest import ct_hu, dicom_sample, minmax, write_ct
+from tests.unit.data.readers.conftest import ct_hu, dicom_sample, image_copy, minmax, write_ct
 
 RNG = np.random.default_rng(0)
 
@@ -65,8 +65,8 @@ def test_mr_uses_file_window_unless_overridden(pydicom: Any) -> None:
     np.testing.assert_allclose(p.image, (np.clip(raw, lo, hi) - lo) / (hi - lo), atol=1e-6)
 
 
-def test_multiframe_one_slice_per_frame(pydicom: Any) -> None:
-    path = dicom_sample(pydicom, "rtdose.dcm")
+def test_multiframe_one_slice_per_frame(tmp_path: Path, pydicom: Any) -> None:
+    path = image_copy(pydicom, dicom_sample(pydicom, "rtdose.dcm"), tmp_path)
     frames = pydicom.dcmread(path).pixel_array
     assert frames.ndim == 3 and frames.shape[0] > 1
     slices = read_dicom(path)
@@ -77,7 +77,7 @@ def test_multiframe_one_slice_per_frame(pydicom: Any) -> None:
 
 
 def test_enhanced_per_frame_rescale_and_window(tmp_path: Path, pydicom: Any) -> None:
-    ds = pydicom.dcmread(dicom_sample(pydicom, "rtdose.dcm"))
+    ds = pydicom.dcmread(image_copy(pydicom, dicom_sample(pydicom, "rtdose.dcm"), tmp_path))
     frames = ds.pixel_array.astype(np.float64)
     Dataset, Sequence = pydicom.Dataset, pydicom.Sequence
     rescale = Dataset()
@@ -99,6 +99,20 @@ def test_enhanced_per_frame_rescale_and_window(tmp_path: Path, pydicom: Any) -> 
     assert slices[1].meta["window"] == (centre, 1e5)  # first value of a multi-valued window
     expected = np.clip((frames[1] * 2 - 5 - (centre - 5e4)) / 1e5, 0, 1)
     np.testing.assert_allclose(slices[1].image, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["rtdose.dcm", "rtdose_1frame.dcm"])
+def test_non_image_dicom_is_refused(tmp_path: Path, pydicom: Any, name: str) -> None:
+    """An RT dose grid has pixel data but is no picture of the patient: refused by its SOP
+    class, and by its modality when the SOP class is a private one."""
+    path = dicom_sample(pydicom, name)
+    with pytest.raises(UserError, match=r"not an image: its SOP class is RT Dose Storage"):
+        read_dicom(path)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = "1.2.826.0.1.3680043.9.9999.1"  # private: read unless the modality says no
+    ds.save_as(tmp_path / "private.dcm")
+    with pytest.raises(UserError, match=r"not an image: its modality is RTDOSE"):
+        read_dicom(tmp_path / "private.dcm")
 
 
 def test_monochrome1_is_inverted(tmp_path: Path, pydicom: Any) -> None:
@@ -223,13 +237,16 @@ def _syntax(pydicom: Any, path: Path) -> Any:
 
 @pytest.mark.parametrize(("name", "reference", "module"), LOSSLESS, ids=[c[0] for c in LOSSLESS])
 def test_lossless_syntax_decodes_exactly(
-    pydicom: Any, name: str, reference: str, module: str | None
+    tmp_path: Path, pydicom: Any, name: str, reference: str, module: str | None
 ) -> None:
     _needs(module)
-    path = dicom_sample(pydicom, name)
+    path, reference_path = dicom_sample(pydicom, name), dicom_sample(pydicom, reference)
+    if name.startswith("rtdose"):  # a dose grid is no image: relabelled, pixels untouched
+        path = image_copy(pydicom, path, tmp_path)
+        reference_path = image_copy(pydicom, reference_path, tmp_path)
     assert _syntax(pydicom, path).is_compressed
     slices = _read_quiet(path)
-    expected = read_dicom(dicom_sample(pydicom, reference))
+    expected = read_dicom(reference_path)
     assert len(slices) == len(expected)
     for s, e in zip(slices, expected, strict=True):
         assert s.image.dtype == np.float32 and s.index == e.index

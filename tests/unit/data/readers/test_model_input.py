@@ -20,7 +20,8 @@ from iqeclip.data.readers import (
     read_dicom_series,
     reading_from,
 )
-from iqeclip.data.readers.dicom import series_affine
+from iqeclip.data.readers.dicom_series import series_affine
+from iqeclip.data.readers.orientation import View
 from iqeclip.data.readers.pil import read_wide_image, slice_to_uint8_rgb
 from iqeclip.errors import UserError
 from tests.unit.data.readers.conftest import write_ct
@@ -59,12 +60,18 @@ def world_ras(r: int, c: int, k: int) -> np.ndarray:
 
 
 def test_series_affine_from_constructed_geometry(tmp_path, pydicom):
+    """The grid ITK reads: voxel (i, j, k) is column i, row j of slice k."""
     folder = write_series(pydicom, tmp_path / "series")
     slices = read_dicom_series(folder)
-    affine = slices[0].meta["series_affine"]
-    assert all(np.array_equal(s.meta["series_affine"], affine) for s in slices)
+    affine = slices[0].meta["affine"]
+    assert slices[0].meta["grid"] == (128, 128, 4)
+    assert all(np.array_equal(s.meta["affine"], affine) for s in slices)
     for r, c, k in [(0, 0, 0), (5, 0, 0), (0, 7, 0), (0, 0, 3), (127, 64, 2)]:
-        np.testing.assert_allclose(affine @ [r, c, k, 1], [*world_ras(r, c, k), 1], atol=1e-9)
+        np.testing.assert_allclose(affine @ [c, r, k, 1], [*world_ras(r, c, k), 1], atol=1e-9)
+    assert np.linalg.det(affine[:3, :3]) > 0  # right-handed, as ITK's direction
+    # this series is axial-ish (normal mostly S), its rows run P and its columns L: the
+    # radiological view is the pixel array as stored (the grid slice transposed)
+    assert all(s.meta["view"] == View(axis=2, transpose=True) for s in slices)
     datasets = [pydicom.dcmread(folder / f"{4 - k:02d}.dcm") for k in range(4)]
     del datasets[0].ImageOrientationPatient
     assert series_affine(datasets) is None  # no geometry claimed without the tags
@@ -72,15 +79,16 @@ def test_series_affine_from_constructed_geometry(tmp_path, pydicom):
 
 def test_label_volume_aligned_to_a_series(tmp_path, pydicom, nib):
     folder = write_series(pydicom, tmp_path / "series", n=3)
-    affine = read_dicom_series(folder)[0].meta["series_affine"]
-    labels = np.zeros((128, 128, 3), np.uint8)
+    affine = read_dicom_series(folder)[0].meta["affine"]
+    labels = np.zeros((128, 128, 3), np.uint8)  # (columns, rows, slices)
     labels[10:20, 30:35, 1] = 1
     stored = nib.Nifti1Image(labels, affine).as_reoriented([[2, -1], [0, 1], [1, -1]])
     mask = tmp_path / "seg.nii.gz"
     nib.save(stored, str(mask))
     assert nib.load(str(mask)).shape == (128, 3, 128)  # stored in another voxel order
     got = label_slices(mask, folder)
-    assert len(got) == 3 and all(np.array_equal(g, labels[:, :, k]) for k, g in enumerate(got))
+    # each slice as the image is viewed: rows down the columns of the grid
+    assert len(got) == 3 and all(np.array_equal(g, labels[:, :, k].T) for k, g in enumerate(got))
     moved = affine.copy()
     moved[:3, 3] += 0.5  # half a millimetre off
     nib.save(nib.Nifti1Image(labels, moved), str(mask))
@@ -109,7 +117,7 @@ def test_fast_path_equals_the_slice_path(tmp_path):
 def test_reading_options_checked():
     with pytest.raises(UserError, match="--axis must be 0, 1 or 2"):
         Reading(axis=3)
-    with pytest.raises(UserError, match="--orientation must be canonical or native"):
+    with pytest.raises(UserError, match="--orientation must be one of radiological, canonical"):
         reading_from(None, None, 2, "lps")
     with pytest.raises(UserError, match="--window and --percentile cannot be used together"):
         reading_from("40,400", "1,99")
@@ -120,7 +128,7 @@ def test_reading_options_checked():
 def test_uneven_or_gapped_series_claims_no_affine(tmp_path, pydicom):
     folder = write_series(pydicom, tmp_path / "series", n=4)
     (folder / "02.dcm").unlink()  # slice 2 of 4 is missing: steps 2.5, 5.0
-    assert read_dicom_series(folder)[0].meta["series_affine"] is None
+    assert read_dicom_series(folder)[0].meta["affine"] is None
 
 
 def test_display_of_a_16_bit_image_is_not_clipped(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from iqeclip.data.readers.intensity import Intensity
-from iqeclip.data.readers.nifti import read_nifti, to_source_order
+from iqeclip.data.readers.nifti import read_nifti
 from iqeclip.data.readers.registry import read
 from iqeclip.errors import UserError
 from tests.unit.data.readers.conftest import minmax, save_nifti
@@ -27,7 +27,7 @@ def test_nifti_3d_slices_along_each_axis(tmp_path: Path, nib: Any) -> None:
         assert [s.index for s in slices] == list(range(len(slices)))
         s = slices[0]
         assert s.image.shape == shape and s.image.dtype == np.float32
-        assert s.meta["axis"] == axis % 3 and s.meta["shape"] == (5, 6, 7)
+        assert s.meta["view"].axis == axis % 3 and s.meta["grid"] == (5, 6, 7)
         np.testing.assert_allclose(s.meta["affine"], affine, atol=1e-6)  # stored as float32
         assert isinstance(s.meta["header"], nib.Nifti1Header)
         # Round trip: stacking along the axis gives the volume's layout (per-slice min-max
@@ -43,7 +43,7 @@ def test_nifti_shipped_samples(nib: Any) -> None:
     data_path = Path(pytest.importorskip("nibabel.testing").data_path)
     slices = read_nifti(data_path / "standard.nii.gz", axis=2)
     shape = nib.load(str(data_path / "standard.nii.gz")).shape
-    assert len(slices) == shape[2] and slices[0].image.shape == shape[:2]
+    assert len(slices) == shape[2] and slices[0].image.shape == shape[:2][::-1]  # rows: A-P
     assert len(read_nifti(data_path / "standard.nii.gz", axis=0)) == shape[0]
     with pytest.raises(UserError, match=r"cannot read NIfTI .*example4d.*4-D"):
         read_nifti(data_path / "example4d.nii.gz")
@@ -55,16 +55,16 @@ def test_nifti_scaling_window_4d_single_volume_and_2d(tmp_path: Path, nib: Any) 
     img.header.set_slope_inter(2.0, -100.0)
     path = tmp_path / "scaled.nii"
     nib.save(img, str(path))
-    slices = read_nifti(path, intensity=Intensity(window=(300, 400)))
+    slices = read_nifti(path, intensity=Intensity(window=(300, 400)), orientation="native")
     assert len(slices) == 3 and slices[0].meta["file_shape"] == (4, 5, 3, 1)
-    assert slices[0].meta["shape"] == (4, 5, 3)
+    assert slices[0].meta["grid"] == (4, 5, 3)
     values = stored[..., 0] * 2.0 - 100.0  # scl_slope / scl_inter applied
     stacked = np.stack([s.image for s in slices], axis=2)
     np.testing.assert_allclose(stacked, np.clip((values - 100) / 400, 0, 1), atol=1e-6)
 
     flat = save_nifti(nib, tmp_path / "flat.nii.gz", RNG.random((8, 9)).astype(np.float32))
-    (s,) = read(flat)
-    assert s.index is None and s.image.shape == (8, 9) and s.meta["axis"] is None
+    (s,) = read(flat, orientation="native")
+    assert s.index is None and s.image.shape == (8, 9) and s.meta["grid"] == (8, 9, 1)
     with pytest.raises(UserError, match="--axis"):
         read_nifti(save_nifti(nib, tmp_path / "v.nii", np.zeros((2, 2, 2), np.float32)), axis=3)
 
@@ -77,7 +77,7 @@ def test_nifti_nonfinite_and_constant_slices(tmp_path: Path, nib: Any) -> None:
     volume[:, :, 1] = np.nan  # no finite value at all
     volume[:, :, 2] = 3.0  # constant
     path = save_nifti(nib, tmp_path / "bad.nii.gz", volume)
-    slices = read_nifti(path)
+    slices = read_nifti(path, orientation="native")
     assert all(np.isfinite(s.image).all() for s in slices)
     s0, s1, s2, s3 = slices
     assert s0.meta["nonfinite"] == 3 and not s0.meta["constant"]
@@ -148,93 +148,128 @@ def stored_orientations(nib: Any, folder: Path) -> dict[str, tuple[Path, tuple[i
 
 
 def _stack(slices: list[Any]) -> np.ndarray:
-    return np.stack([s.image for s in slices], axis=slices[0].meta["axis"])
+    """The slices put back into the file's voxel grid by their views."""
+    meta = slices[0].meta
+    grid = np.zeros(meta["grid"], np.float32)
+    for s in slices:
+        meta["view"].put(grid, s.index or 0, s.image)
+    return grid
 
 
-def test_nifti_canonical_slices_are_the_same_for_every_stored_orientation(
-    tmp_path: Path, nib: Any
-) -> None:
+def reoriented(nib: Any, folder: Path, codes: str) -> tuple[Path, tuple[int, ...]]:
+    """:func:`lesion_volume` stored with voxel axes ``codes`` (e.g. "PIR"), by nibabel's own
+    orientation tools: (file, the lesion's voxel in that file)."""
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(tuple(codes))
+    )
+    data = nib.orientations.apply_orientation(lesion_volume(), ornt)
+    affine = RAS_AFFINE @ nib.orientations.inv_ornt_aff(ornt, RAS_SHAPE)
+    path = save_nifti(nib, folder / f"{codes}.nii.gz", np.ascontiguousarray(data), affine)
+    return path, tuple(int(i) for i in np.unravel_index(np.argmax(data), data.shape))
+
+
+def radiological_axial(volume: np.ndarray, k: int) -> np.ndarray:
+    """Axial slice ``k`` of a RAS+ volume as a DICOM viewer shows it, by hand: row ``r`` is
+    voxel ``y = ny - 1 - r`` (anterior at the top), column ``c`` is ``x = nx - 1 - c`` (the
+    patient's right on the left)."""
+    nx, ny = volume.shape[:2]
+    rows, cols = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    return volume[nx - 1 - cols, ny - 1 - rows, k]
+
+
+def test_nifti_slices_reach_the_model_in_the_radiological_view(tmp_path: Path, nib: Any) -> None:
+    files = {name: path for name, (path, _) in stored_orientations(nib, tmp_path).items()}
+    for codes in ("PIR", "LPI", "ASL"):
+        files[codes] = reoriented(nib, tmp_path, codes)[0]
+    expected = np.clip(lesion_volume() / 1000, 0, 1)
+    x, y, z = LESION
+    nx, ny, nz = RAS_SHAPE
+    for name, path in files.items():
+        slices = read_nifti(path, intensity=LESION_WINDOW)  # axis 2: axial, radiological
+        assert slices[0].meta["orientation"] == "radiological"
+        codes = nib.aff2axcodes(nib.load(str(path)).affine)
+        along = next(i for i, c in enumerate(codes) if c in "SI")
+        assert slices[0].meta["view"].axis == along, name
+        assert [s.index for s in slices] == list(range(nz))  # the file's own slice numbers
+        for s in slices:
+            k = s.index if codes[along] == "S" else nz - 1 - s.index  # its RAS slice
+            np.testing.assert_allclose(s.image, radiological_axial(expected, k), atol=1e-6)
+            # where it lies: the S coordinate of its centre, from the RAS affine
+            assert s.meta["slice_mm"] == pytest.approx(RAS_AFFINE[2, 2] * k + RAS_AFFINE[2, 3])
+        # world check: the lesion's anterior neighbour (600) lies one row above it
+        lesion_slice = next(
+            s
+            for s in slices
+            if s.meta["slice_mm"] == pytest.approx(RAS_AFFINE[2, 2] * z + RAS_AFFINE[2, 3])
+        )
+        r, c = np.unravel_index(np.argmax(lesion_slice.image), lesion_slice.image.shape)
+        assert (r, c) == (ny - 1 - y, nx - 1 - x), name
+        assert lesion_slice.image[r - 1, c] == pytest.approx(0.6), name
+
+
+def test_nifti_slice_numbers_are_the_file_voxel_index(tmp_path: Path, nib: Any) -> None:
+    path, lesion = reoriented(nib, tmp_path, "PIR")  # axial slices run along the file's axis 1
+    slices = read_nifti(path, intensity=LESION_WINDOW)
+    hit = max(slices, key=lambda s: s.image.max())
+    assert hit.meta["view"].axis == 1 and hit.index == lesion[1]
+    assert hit.index != LESION[2]  # the RAS+ array would have numbered it otherwise
+
+
+def test_nifti_maps_go_back_to_the_source_voxel_order(tmp_path: Path, nib: Any) -> None:
+    files = {name: entry for name, entry in stored_orientations(nib, tmp_path).items()}
+    files["PIR"] = reoriented(nib, tmp_path, "PIR")
+    for name, (path, lesion) in files.items():
+        stored = nib.load(str(path)).get_fdata(dtype=np.float32)
+        for orientation in ("radiological", "canonical", "native"):
+            for axis in (0, 1, 2):
+                slices = read_nifti(path, axis, LESION_WINDOW, orientation)
+                back = _stack(slices)
+                assert back.shape == stored.shape == slices[0].meta["source_shape"]
+                np.testing.assert_allclose(back, np.clip(stored / 1000, 0, 1), atol=1e-6)
+                assert np.unravel_index(np.argmax(back), back.shape) == lesion, (name, axis)
+
+
+def test_nifti_canonical_rule_keeps_the_older_pictures(tmp_path: Path, nib: Any) -> None:
+    """Checkpoints trained before the radiological view saw RAS+ array slices: the rule that
+    they keep gives exactly those (nibabel's closest canonical image), numbered by the file."""
     files = stored_orientations(nib, tmp_path)
-    assert [nib.aff2axcodes(nib.load(str(p)).affine) for p, _ in files.values()] == [
-        ("R", "A", "S"),
-        ("L", "P", "S"),
-        ("S", "R", "A"),
-    ]
-    for axis in (0, 1, 2):
-        reads = {name: read_nifti(path, axis=axis) for name, (path, _) in files.items()}
-        ras = _stack(reads["ras"])
-        for name, slices in reads.items():
-            assert len(slices) == RAS_SHAPE[axis], name
-            assert slices[0].meta["orientation"] == "canonical"
-            assert slices[0].meta["shape"] == RAS_SHAPE
-            np.testing.assert_array_equal(_stack(slices), ras, err_msg=f"{name} axis {axis}")
     for name, (path, _) in files.items():
-        slices = read_nifti(path, intensity=LESION_WINDOW)  # axis 2: axial slices
-        meta = slices[0].meta
-        assert np.unravel_index(np.argmax(_stack(slices)), RAS_SHAPE) == LESION, name
-        # What nibabel itself calls the closest canonical image.
         canonical = nib.as_closest_canonical(nib.load(str(path)))
-        np.testing.assert_allclose(meta["array_affine"], canonical.affine, atol=1e-5)
-        expected = np.clip(canonical.get_fdata(dtype=np.float32) / 1000, 0, 1)
-        np.testing.assert_allclose(_stack(slices), expected, atol=1e-6)
-        # The source's own affine, header and shape are kept for writing back.
-        np.testing.assert_allclose(meta["affine"], nib.load(str(path)).affine, atol=1e-5)
-        assert meta["source_shape"] == nib.load(str(path)).shape
-    for name in ("ras", "lps"):
-        meta = read_nifti(files[name][0])[0].meta
-        np.testing.assert_allclose(meta["array_affine"], RAS_AFFINE, atol=1e-5)
+        data = np.clip(canonical.get_fdata(dtype=np.float32) / 1000, 0, 1)
+        for axis in (0, 1, 2):
+            slices = read_nifti(path, axis, LESION_WINDOW, "canonical")
+            assert len(slices) == RAS_SHAPE[axis], name
+            images = [s.image for s in slices]
+            expected = [np.take(data, i, axis=axis) for i in range(RAS_SHAPE[axis])]
+            # the file order along this axis may run the other way from RAS+
+            codes = nib.aff2axcodes(nib.load(str(path)).affine)
+            if codes[slices[0].meta["view"].axis] in "LPI":
+                expected = expected[::-1]
+            for got, want in zip(images, expected, strict=True):
+                np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"{name} {axis}")
 
 
 def test_nifti_native_slices_follow_the_file_order(tmp_path: Path, nib: Any) -> None:
     files = stored_orientations(nib, tmp_path)
-    stacks = {}
     for name, (path, lesion) in files.items():
         slices = read_nifti(path, intensity=LESION_WINDOW, orientation="native")
-        meta = slices[0].meta
         stored = nib.load(str(path)).get_fdata(dtype=np.float32)
-        assert meta["orientation"] == "native" and meta["shape"] == stored.shape
+        assert slices[0].meta["orientation"] == "native" and slices[0].meta["grid"] == stored.shape
         assert len(slices) == stored.shape[2]
-        stacks[name] = _stack(slices)
-        np.testing.assert_allclose(stacks[name], np.clip(stored / 1000, 0, 1), atol=1e-6)
-        assert np.unravel_index(np.argmax(stacks[name]), stored.shape) == lesion, name
-        np.testing.assert_array_equal(meta["ornt"], [[0, 1], [1, 1], [2, 1]])
-        assert to_source_order(stacks[name], meta) is stacks[name]  # nothing to undo
-    # LPS in its own order is RAS flipped left-right and front-back.
-    np.testing.assert_array_equal(stacks["lps"], stacks["ras"][::-1, ::-1, :])
-    assert not np.array_equal(stacks["lps"], stacks["ras"])
-
-
-def test_nifti_canonical_maps_go_back_to_the_source_voxel_order(tmp_path: Path, nib: Any) -> None:
-    for name, (path, lesion) in stored_orientations(nib, tmp_path).items():
-        stored = nib.load(str(path)).get_fdata(dtype=np.float32)
-        for axis in (0, 1, 2):
-            slices = read_nifti(path, axis=axis, intensity=LESION_WINDOW)
-            back = to_source_order(_stack(slices), slices[0].meta)
-            assert back.shape == stored.shape == slices[0].meta["source_shape"]
-            np.testing.assert_allclose(back, np.clip(stored / 1000, 0, 1), atol=1e-6)
-            assert np.unravel_index(np.argmax(back), back.shape) == lesion, (name, axis)
-        # The recorded transforms are nibabel's: source -> RAS+ and back.
-        meta = slices[0].meta
-        source = nib.orientations.io_orientation(nib.load(str(path)).affine)
-        np.testing.assert_array_equal(meta["ornt"], source)
-        canonical = nib.orientations.axcodes2ornt("RAS")
-        np.testing.assert_array_equal(
-            meta["to_source"], nib.orientations.ornt_transform(canonical, source)
-        )
+        for s in slices:
+            np.testing.assert_allclose(s.image, np.clip(stored[:, :, s.index] / 1000, 0, 1))
+        assert np.unravel_index(np.argmax(_stack(slices)), stored.shape) == lesion, name
 
 
 def test_nifti_orientation_through_the_registry_and_errors(tmp_path: Path, nib: Any) -> None:
     files = stored_orientations(nib, tmp_path)
     lps = files["lps"][0]
-    assert read(lps)[0].meta["orientation"] == "canonical"  # the default
+    assert read(lps)[0].meta["orientation"] == "radiological"  # the default
     native = read(lps, intensity=LESION_WINDOW, orientation="native")
     assert native[0].meta["orientation"] == "native"
-    np.testing.assert_array_equal(
-        _stack(native), _stack(read_nifti(lps, intensity=LESION_WINDOW, orientation="native"))
-    )
-    with pytest.raises(UserError, match="--orientation must be canonical or native"):
+    with pytest.raises(UserError, match="--orientation must be one of radiological, canonical"):
         read_nifti(lps, orientation="RAS")
-    # An affine that gives one voxel axis no direction cannot be made canonical.
+    # An affine that gives one voxel axis no direction cannot be turned.
     header = nib.Nifti1Header()
     header.set_sform(np.diag([1.0, 0, 1, 1]), code="scanner")  # nibabel writes it as it is
     flat_axis = tmp_path / "flat.nii"
@@ -242,29 +277,32 @@ def test_nifti_orientation_through_the_registry_and_errors(tmp_path: Path, nib: 
     with pytest.raises(UserError, match=r"cannot read NIfTI .*flat\.nii.*--orientation native"):
         read_nifti(flat_axis)
     assert len(read_nifti(flat_axis, orientation="native")) == RAS_SHAPE[2]
-    # 2-D images are not reoriented.
+    # A 2-D image is one slice across its third voxel axis, turned like a volume's.
     picture = RNG.random((8, 9)).astype(np.float32)
-    flipped = save_nifti(nib, tmp_path / "lp.nii.gz", picture, np.diag([-1.0, -1, 1, 1]))
-    (s,) = read(flipped)
-    assert s.meta["orientation"] == "native" and s.meta["shape"] == (8, 9)
-    np.testing.assert_allclose(s.image, minmax(picture), atol=1e-6)
+    las = save_nifti(nib, tmp_path / "las.nii.gz", picture, np.diag([-1.0, 1, 1, 1]))
+    (s,) = read(las)
+    assert s.index is None and s.meta["source_shape"] == (8, 9)
+    # voxel axis 0 runs to the left (already as viewed), axis 1 anterior (rows flip)
+    np.testing.assert_allclose(s.image, minmax(picture).T[::-1, :], atol=1e-6)
+    (old,) = read(las, orientation="canonical")  # the older rule never turned 2-D images
+    np.testing.assert_allclose(old.image, minmax(picture), atol=1e-6)
 
 
-def test_nifti_shipped_las_sample_is_made_canonical(nib: Any) -> None:
+def test_nifti_complex_values_are_refused(tmp_path: Path, nib: Any) -> None:
+    data = (RNG.random((4, 5, 3)) + 1j * RNG.random((4, 5, 3))).astype(np.complex64)
+    path = save_nifti(nib, tmp_path / "complex.nii.gz", data)
+    with pytest.raises(UserError, match=r"complex\.nii\.gz: its voxels are complex64"):
+        read(path)
+
+
+def test_nifti_shipped_las_sample_in_the_radiological_view(nib: Any) -> None:
     data_path = Path(pytest.importorskip("nibabel.testing").data_path)
     path = data_path / "anatomical.nii"
     img = nib.load(str(path))
     assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
     canonical = nib.as_closest_canonical(img)
-    slices = read(path)
-    assert len(slices) == canonical.shape[2] and slices[0].image.shape == canonical.shape[:2]
-    assert slices[0].meta["shape"] == canonical.shape
-    np.testing.assert_allclose(slices[0].meta["array_affine"], canonical.affine, atol=1e-5)
     data = canonical.get_fdata(dtype=np.float32)
-    lo = data.min(axis=(0, 1), keepdims=True)
-    hi = data.max(axis=(0, 1), keepdims=True)
-    np.testing.assert_allclose(_stack(slices), (data - lo) / (hi - lo), atol=1e-6)
-    native = read(path, orientation="native")
-    np.testing.assert_array_equal(_stack(native), _stack(slices)[::-1])  # L -> R: axis 0 flipped
-    back = to_source_order(_stack(slices), slices[0].meta)
-    np.testing.assert_array_equal(back, _stack(native))
+    slices = read(path)
+    assert len(slices) == canonical.shape[2]
+    for s in slices[:: max(1, len(slices) // 5)]:
+        np.testing.assert_allclose(s.image, minmax(radiological_axial(data, s.index)), atol=1e-6)

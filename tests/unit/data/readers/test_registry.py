@@ -130,7 +130,8 @@ def write_two_series(pydicom: Any, folder: Path) -> dict[str, list[str]]:
                 ImageOrientationPatient=[float(v) for v in orientation],
                 ImagePositionPatient=positions[k],
                 InstanceNumber=instances[k],
-                pixels=np.full((128, 128), 100 * (k + 1)),
+                # a ramp, so that no slice is blank (constant slices get no score)
+                pixels=100 * (k + 1) + np.arange(128)[None, :].repeat(128, axis=0) % 16,
             )
     return names
 

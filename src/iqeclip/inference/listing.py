@@ -1,0 +1,261 @@
+"""The inputs of a predict or calibrate run, before any is read: the walk of the folders
+(:func:`expand_inputs`), the checks every input passes before the first batch
+(:func:`check_inputs`, :func:`mask_for`) and the output stems (:func:`unique_stems`).
+
+Output names are unique by construction. Every name an input writes begins with its stem
+(:func:`unique_stems`) and ``_``: a 2-D input writes ``<stem>_overlay.png``, ...; an input with
+slices writes ``<stem>_s000_...`` and ``<stem>_anomaly.nii.gz``, a folder of several series
+``<stem>_series<N>_...`` or ``<stem>_<last 8 UID characters>_...``. So two inputs never take
+the same stem (the later one gets ``<stem>-2``, ``-3``, ...), and an input that can write names
+below its stem (a NIfTI file, a series folder, a DICOM file, a multi-page image: the reader
+registry and the image header tell before reading) never keeps a stem ``P`` when another
+input's stem begins with ``P_``: beside ``a_s000.png``, ``a.nii.gz`` writes ``a-2_s000_...``
+(whichever comes first), so its slice 0 never overwrites the PNG's outputs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from iqeclip.data.layout import MASK_FOLDER, Sample
+from iqeclip.data.readers import (
+    DEFAULT_READING,
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    Reading,
+    kind,
+    label_slices,
+)
+from iqeclip.data.readers.pil import page_count
+from iqeclip.data.validate import Skipped, strip_path, validate_samples
+from iqeclip.errors import UserError
+from iqeclip.inference.outputs import is_output_name
+
+logger = logging.getLogger(__name__)
+
+
+def expand_inputs(
+    paths: Sequence[str | Path],
+    exclude: Path | None = None,
+    unreadable: list[Skipped] | None = None,
+) -> list[Path]:
+    """Files and DICOM series folders to read, in a stable order.
+
+    A folder is searched recursively: images and NIfTI files are taken one by one, and every
+    folder holding DICOM files is one input (:func:`read_items` splits it by series). The
+    ``exclude`` folder (predict's ``--out``) is not searched when it lies inside a walked
+    folder, and where it *is* the walked folder its files named like predict's outputs
+    (``*_overlay.png``, ``*_map.png``, ...) are left out, so an earlier run's outputs are never
+    read back as inputs. Below a walked folder, the ground-truth masks of the BMAD layout
+    (``.../anomaly_mask/*``) are left out and counted in a log line; a mask folder given itself
+    is read. A folder the walk cannot list or enter (no read or execute permission) is never
+    passed over in silence: with ``unreadable`` a list (``--on_bad_input skip``) it is appended
+    to it, else it stops the run.
+
+    Raises:
+        UserError: A missing input, no input found, or (without ``unreadable``) a folder that
+            cannot be read, naming it.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    masks_left_out = 0
+
+    def wanted(p: Path, root: Path, top: Path) -> bool:
+        nonlocal masks_left_out
+        if not p.is_file() or p.name.startswith("."):
+            return False
+        if MASK_FOLDER in p.relative_to(root).parts[:-1]:
+            masks_left_out += 1
+            return False
+        if skip is None or not p.resolve().is_relative_to(skip):
+            return True
+        if skip == top or top.is_relative_to(skip):  # --out is the walked folder (or above it)
+            return not is_output_name(p.name) or p.parent.resolve() != skip
+        return False  # inside an --out below the walked folder
+
+    def refused(folder: Path, reason: str) -> None:
+        if unreadable is None:
+            raise UserError(
+                f"input folder {folder}: cannot read it ({reason}); --on_bad_input skip leaves "
+                "it out"
+            )
+        unreadable.append(Skipped(folder, f"folder cannot be read ({reason})"))
+
+    def walk(root: Path) -> Iterator[Path]:
+        """Every file below ``root`` (symbolic links to folders are not followed, as rglob)."""
+
+        def failed(error: OSError) -> None:
+            refused(Path(error.filename), error.strerror or str(error))
+
+        for folder, folders, files in os.walk(root, onerror=failed):
+            if not os.access(folder, os.R_OK | os.X_OK):  # listed, but its files cannot be opened
+                refused(Path(folder), "permission denied")
+                folders.clear()
+                continue
+            yield from (Path(folder, name) for name in files)
+
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            series: set[Path] = set()
+            top = path.resolve()
+            for f in sorted(p for p in walk(path) if wanted(p, path, top)):
+                found_kind = kind(f)
+                if found_kind in ("image", "nifti"):
+                    found.append(f)
+                elif found_kind == "dicom" and f.parent not in series:
+                    series.add(f.parent)
+                    found.append(f.parent)
+        else:
+            raise UserError(f"input {path}: no such file or folder")
+    if masks_left_out:
+        logger.info(
+            f"left out {masks_left_out} ground-truth masks in {MASK_FOLDER}/ folders (the BMAD "
+            "layout; pass such a folder itself to score it, or --masks to draw them)"
+        )
+    if not found:
+        raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
+    return found
+
+
+def mask_for(path: Path, masks: Path) -> Path:
+    """The ground truth of an input in the ``--masks`` folder: the image mask of the same name
+    for a 2-D image; the label volume (NIfTI, any non-zero voxel) of the same name for a NIfTI
+    volume, ``<folder name>.nii.gz`` (or ``.nii``) for a DICOM series folder.
+
+    Raises:
+        UserError: An input that holds several pictures without a volume geometry (a
+            multi-frame DICOM file, a multi-page TIFF): no mask can be drawn on it.
+    """
+    found = kind(path)
+    if found == "image" and page_count(path) == 1:
+        return masks / path.name
+    if found == "nifti":
+        return masks / path.name
+    if found == "series":
+        named = [masks / f"{path.name}{suffix}" for suffix in NIFTI_SUFFIXES]
+        return next((m for m in named if m.is_file()), named[-1])
+    raise UserError(
+        f"--masks: {path} is a multi-frame or multi-page file; masks are drawn on 2-D images "
+        "and on NIfTI volumes and DICOM series (label volumes)"
+    )
+
+
+def check_inputs(
+    paths: Sequence[Path],
+    masks: Path | None,
+    size: int,
+    policy: str,
+    reading: Reading = DEFAULT_READING,
+) -> tuple[list[Path], list[Skipped]]:
+    """The checks training applies, run over every predict input before the first batch.
+
+    Each input is checked as :func:`~iqeclip.data.validate.check_sample` checks a training
+    image (header size first, then one decode: too small, too large, corrupt, unreadable); with
+    ``masks`` each input needs its mask there (:func:`mask_for`): a 2-D image's of its size and
+    binary, a volume's label volume on its grid (:func:`~iqeclip.data.readers.label_slices`).
+    DICOM series folders are read whole under ``error`` (the first bad file stops the run);
+    under ``skip`` their bad files are left out one by one while scoring.
+
+    Returns:
+        The usable inputs in order, and the skipped ones (empty under ``error``).
+
+    Raises:
+        UserError: Under ``error``, the first unusable input or mask.
+    """
+    good: list[Path] = []
+    skipped: list[Skipped] = []
+    for path in paths:
+        try:
+            mask = mask_for(path, masks) if masks is not None else None
+            if mask is not None and not mask.is_file():
+                raise UserError(f"no mask {mask.name} in --masks {masks}")
+            if mask is not None and kind(path) != "image":
+                label_slices(mask, path, reading)  # a label volume on the input's grid
+        except UserError as exc:
+            if policy == "error":
+                raise UserError(
+                    f"{path}: {strip_path(str(exc), path)} (--on_bad_input skip leaves such "
+                    "inputs out)"
+                ) from None
+            skipped.append(Skipped(path, str(exc)))
+            continue
+        if policy == "skip" and kind(path) == "series":
+            good.append(path)
+            continue
+        image_mask = mask if kind(path) == "image" else None
+        usable, bad = validate_samples([Sample(path, 0, image_mask)], size, policy)
+        good += [s.image for s in usable]
+        skipped += bad
+    return good, skipped
+
+
+def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:
+    """Output stems of the inputs, such that no two inputs write a file of the same name.
+
+    Every name an input writes begins with its stem and ``_`` (module docstring), so in input
+    order each input takes the first of ``name``, ``name-2``, ``name-3``, ... that no earlier
+    input took and, for an input that writes names below its stem (:func:`_has_sub_names`),
+    that begins no other input's stem followed by ``_``.
+    """
+    bases = [input_stem(path) for path in paths]
+    ordered = sorted(bases)
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path, base in zip(paths, bases, strict=True):
+        stem, n = base, 1
+        while stem in taken or (_begins_another(stem, ordered) and _has_sub_names(path)):
+            n += 1
+            stem = f"{base}-{n}"
+        stems[path] = stem
+        taken.add(stem)
+    return stems
+
+
+def _begins_another(stem: str, ordered: list[str]) -> bool:
+    """Whether ``<stem>_`` begins one of the (sorted) stems. Checking the inputs' own stems is
+    enough: ``<base>-N`` begins with ``<stem>_`` only where ``<base>`` does."""
+    i = bisect.bisect_left(ordered, f"{stem}_")
+    return i < len(ordered) and ordered[i].startswith(f"{stem}_")
+
+
+def _has_sub_names(path: Path) -> bool:
+    """Whether an input may write names below its stem (``<stem>_s000``, ``<stem>_series2``):
+    a NIfTI file, a series folder, a DICOM file (it may hold frames) or a multi-page image;
+    known before reading, from the reader registry and the image header."""
+    return kind(path) != "image" or page_count(path) > 1
+
+
+def input_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES, *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def series_stems(stem: str, groups: list[list[Any]]) -> list[str]:
+    """Stems of a folder's series: ``stem`` for one; else ``stem_series<N>`` (SeriesNumber, when
+    the folder's are distinct) or ``stem_<last 8 UID characters>``, made unique with ``-2``."""
+    if len(groups) == 1:
+        return [stem]
+    numbers = [g[0].meta.get("series_number") for g in groups]
+    if None not in numbers and len(set(numbers)) == len(numbers):
+        labels = [f"series{n:g}" for n in numbers]
+    else:
+        labels = [(g[0].meta.get("series_uid") or "nouid").replace(".", "")[-8:] for g in groups]
+    stems: list[str] = []
+    for label in labels:
+        name, n = f"{stem}_{label}", 1
+        while (name if n == 1 else f"{name}-{n}") in stems:
+            n += 1
+        stems.append(name if n == 1 else f"{name}-{n}")
+    return stems
