@@ -3,7 +3,10 @@ few-shot checkpoint shared by the tests that only need one."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +41,24 @@ def checkpoint(bench, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ck")
     assert main([*train_few_argv(bench, 1), *output_argv(out)]) == 0
     return out / "Brain_2.pth"
+
+
+@contextlib.contextmanager
+def failing_writes(prefix: str) -> Iterator[None]:
+    """predict's ``.npy`` writes of the input whose names begin with ``prefix`` fail, as on a
+    full disk, while the context lasts."""
+    from iqeclip.errors import UserError
+    from iqeclip.inference import writers
+
+    save = writers._save_npy
+
+    def failing(path: Path, array: Any) -> None:
+        if path.name.startswith(prefix):
+            raise UserError(f"cannot write {path}: No space left on device")
+        save(path, array)
+
+    writers._save_npy = failing
+    try:
+        yield
+    finally:
+        writers._save_npy = save

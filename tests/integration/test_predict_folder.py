@@ -20,10 +20,9 @@ from PIL import Image
 from iqeclip.cli.main import main
 from iqeclip.errors import UserError
 from iqeclip.inference import predict as predict_module
-from iqeclip.inference import writers as writers_module
 from iqeclip.inference.listing import unique_stems
 from iqeclip.inference.outputs import OutLock
-from tests.integration.conftest import predict_argv
+from tests.integration.conftest import failing_writes, predict_argv
 from tests.integration.test_predict_pipeline import _loaded, _rows
 
 HOLD = """
@@ -122,18 +121,9 @@ def test_a_failed_run_releases_the_lock(checkpoint, tmp_path, monkeypatch):
     for i in range(3):
         _png(inputs / f"{i}.png", seed=i)
     out = tmp_path / "out"
-    save = writers_module._save_npy
-
-    def failing(path, array):
-        if path.name.startswith("1_"):
-            raise UserError(f"cannot write {path}: No space left on device")
-        save(path, array)
-
-    monkeypatch.setattr(writers_module, "_save_npy", failing)
-    with pytest.raises(UserError, match="No space left"):
+    with failing_writes("1_"), pytest.raises(UserError, match="No space left"):
         predict_module.predict(checkpoint, [inputs], out, detector=_loaded(checkpoint))
     OutLock(out).release()  # free again at once (another open file of this process would block)
-    monkeypatch.setattr(writers_module, "_save_npy", save)
     assert main([*predict_argv(checkpoint, inputs, out=out), "--resume"]) == 0
 
 
@@ -229,17 +219,8 @@ def test_resume_and_overwrite_remove_the_temporaries_of_cut_off_writes(
     _png(inputs / "b.png", seed=2)
     _nifti(inputs / "c.nii.gz", 2)
     out = tmp_path / "out"
-    save = writers_module._save_npy
-
-    def failing(path, array):
-        if path.name.startswith("b_"):
-            raise UserError(f"cannot write {path}: No space left on device")
-        save(path, array)
-
-    monkeypatch.setattr(writers_module, "_save_npy", failing)
-    with pytest.raises(UserError, match="No space left"):
+    with failing_writes("b_"), pytest.raises(UserError, match="No space left"):
         predict_module.predict(checkpoint, [inputs], out, detector=_loaded(checkpoint))
-    monkeypatch.setattr(writers_module, "_save_npy", save)
 
     def plant() -> tuple[set[str], set[str]]:
         ours = _leftovers(

@@ -14,9 +14,8 @@ from PIL import Image
 from iqeclip.cli.main import main
 from iqeclip.errors import UserError
 from iqeclip.inference import predict as predict_module
-from iqeclip.inference import writers as writers_module
 from iqeclip.inference.outputs import Partial
-from tests.integration.conftest import predict_argv
+from tests.integration.conftest import failing_writes, predict_argv
 from tests.unit.data.readers.test_registry import truncated_ct, write_two_series
 
 
@@ -115,22 +114,13 @@ def test_a_failed_write_leaves_its_input_to_resume(checkpoint, tmp_path, monkeyp
     fresh = tmp_path / "fresh"
     assert main(predict_argv(checkpoint, inputs, out=fresh)) == 0
     out = tmp_path / "out"
-    save = writers_module._save_npy
-
-    def failing(path, array):
-        if path.name.startswith("3_"):
-            raise UserError(f"cannot write {path}: No space left on device")
-        save(path, array)
-
-    monkeypatch.setattr(writers_module, "_save_npy", failing)
-    with pytest.raises(UserError, match=r"3_map\.npy"):
+    with failing_writes("3_"), pytest.raises(UserError, match=r"3_map\.npy"):
         predict_module.predict(
             checkpoint, [inputs], out, detector=_loaded(checkpoint), batch_size=2
         )
     done = {r["_input"] for r in Partial(out, predict_module.CSV_COLUMNS).load()}
     assert done == {str(inputs / f"{i}.png") for i in (0, 1, 2)}  # before the failed one
     assert all((out / f"{i}_map.npy").is_file() for i in (0, 1, 2))
-    monkeypatch.setattr(writers_module, "_save_npy", save)
     resume = [*predict_argv(checkpoint, inputs, out=out), "--resume"]
     assert main([*resume, "--batch_size", "3"]) == 2  # other batches: refused
     assert main([*resume, "--batch_size", "2"]) == 0

@@ -20,9 +20,8 @@ from safetensors.torch import load_file
 from iqeclip.cli.main import main
 from iqeclip.errors import UserError
 from iqeclip.inference import predict as predict_module
-from iqeclip.inference import writers as writers_module
 from iqeclip.inference.outputs import Partial
-from tests.integration.conftest import predict_argv, train_few_argv
+from tests.integration.conftest import failing_writes, predict_argv, train_few_argv
 from tests.integration.test_predict_pipeline import _loaded
 
 
@@ -167,22 +166,13 @@ def test_predict_resumed_after_a_kill_equals_an_uninterrupted_run_byte_for_byte(
     detector = _loaded(checkpoint)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     predict_module.predict(checkpoint, [tmp_path / "in"], straight, batch_size=3, detector=detector)
-    save = writers_module._save_npy
-
-    def killed(path, array):  # the run stops while writing the maps of input `cut`
-        if path.name.startswith(f"{cut}_"):
-            raise UserError(f"cannot write {path}: No space left on device")
-        save(path, array)
-
-    monkeypatch.setattr(writers_module, "_save_npy", killed)
-    with pytest.raises(UserError, match="No space left"):
+    with failing_writes(f"{cut}_"), pytest.raises(UserError, match="No space left"):
         predict_module.predict(
             checkpoint, [tmp_path / "in"], resumed, batch_size=3, detector=detector
         )
     done = {r["_input"] for r in Partial(resumed, predict_module.CSV_COLUMNS).load()}
     before = [str(p) for p in scans[: [p.name[0] for p in scans].index(cut)]]
     assert done == set(before)
-    monkeypatch.setattr(writers_module, "_save_npy", save)
     predict_module.predict(
         checkpoint, [tmp_path / "in"], resumed, batch_size=3, detector=detector, resume=True
     )

@@ -208,14 +208,19 @@ def _volume_threshold(
     kept = [(label, slices) for label, slices in found.values() if slices]
     scores = np.array([aggregate(np.array(slices)) for _, slices in kept])
     labels = np.array([label for label, _ in kept], np.int64)
+    _warn_too_few(labels, "volumes", rule, target_fpr)
+    return {"threshold": calibrate(scores, labels, rule, target_fpr), "n_volumes": len(kept)}
+
+
+def _warn_too_few(labels: np.ndarray, what: str, rule: str, target_fpr: float) -> None:
+    """Warn when the normal images (or volumes) are too few to resolve ``--target_fpr``."""
     n_normal = int((labels == 0).sum())
     if rule == "target_fpr" and target_fpr > 0 and n_normal < math.ceil(1 / target_fpr):
         logger.warning(
-            f"warning: {n_normal} normal calibration volumes cannot resolve --target_fpr "
-            f"{target_fpr:g} (it needs at least {math.ceil(1 / target_fpr)}); the volume "
-            "threshold is the highest normal volume score or near it"
+            f"warning: {n_normal} normal calibration {what} cannot resolve --target_fpr "
+            f"{target_fpr:g} (it needs at least {math.ceil(1 / target_fpr)}); the threshold is "
+            "the highest normal score or near it"
         )
-    return {"threshold": calibrate(scores, labels, rule, target_fpr), "n_volumes": len(kept)}
 
 
 def _warn_small_or_overlapping(
@@ -228,13 +233,7 @@ def _warn_small_or_overlapping(
 ) -> None:
     """Warn when the normal images cannot resolve the target rate, and when calibration images
     were training support images (their scores are optimistic)."""
-    n_normal = int((labels == 0).sum())
-    if rule == "target_fpr" and target_fpr > 0 and n_normal < math.ceil(1 / target_fpr):
-        logger.warning(
-            f"warning: {n_normal} normal calibration images cannot resolve --target_fpr "
-            f"{target_fpr:g} (it needs at least {math.ceil(1 / target_fpr)}); the threshold is "
-            "the highest normal score or near it"
-        )
+    _warn_too_few(labels, "images", rule, target_fpr)
     shared = set(keys) & set(meta.get("support") or [])
     if shared:
         logger.warning(
