@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from iqeclip.data.readers import read, reading_from
 from iqeclip.data.readers.pil import to_uint8
@@ -28,8 +28,9 @@ def _panel(image: np.ndarray, title: str, note: str) -> Image.Image:
     canvas = Image.new("RGB", (picture.width + 20, picture.height + 56), "white")
     canvas.paste(picture, (10, 40))
     draw = ImageDraw.Draw(canvas)
-    draw.text((10, 6), title, fill="black")
-    draw.text((10, 20), note, fill="dimgray")
+    font = ImageFont.load_default(size=13)
+    draw.text((10, 4), title, fill="black", font=font)
+    draw.text((10, 20), note, fill="dimgray", font=font)
     return canvas
 
 

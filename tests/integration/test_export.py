@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -183,6 +184,16 @@ def _dims(value_info) -> list:
     return value_info.type.tensor_type.shape.dim
 
 
+def _nan_weight(graph) -> None:
+    """One weight of the exported backbone made NaN, as a corrupt file would hold it."""
+    from onnx import numpy_helper
+
+    (tensor,) = [t for t in graph.initializer if t.name == "model.backbone.proj"]
+    values = numpy_helper.to_array(tensor).copy()
+    values.flat[0] = np.nan
+    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+
+
 def _calibration(**changes):
     record = {"image": 0.5, "rule": "f1", "n_images": 4, "source": "x", **changes}
     return lambda meta: {**meta, "thresholds": record}
@@ -230,6 +241,16 @@ def _calibration(**changes):
             {"graph": lambda g: _dims(g.output[0])[1].__setattr__("dim_value", 32)},
             "the graph's maps is tensor(float) (batch, 32, 64), not float32 (batch, 64, 64) "
             "as its iqeclip.config (img_size 64) says",
+        ),
+        (
+            {"graph": _nan_weight},
+            "initializer model.backbone.proj holds 1 non-finite values (NaN/inf): the model is "
+            "corrupt",
+        ),
+        (
+            {"meta": lambda meta: {**meta, "run": {**meta["run"], "setting": "median"}}},
+            "its iqeclip.meta.run.setting is 'median': not one of zero, few (the checkpoint is "
+            "corrupt)",
         ),
         (
             {"graph": lambda g: _dims(g.input[0])[0].__setattr__("dim_value", 1)},

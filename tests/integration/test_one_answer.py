@@ -273,17 +273,67 @@ ROOT_LOGGING = "import logging, sys; logging.basicConfig(); "
 """A host application (a notebook, a pipeline) with the root logger set up, as is common."""
 
 
-def test_volume_calibration_warns_with_too_few_normal_volumes(checkpoint, tmp_path, caplog):
+def _calibrate_on_volumes(
+    checkpoint: Path, folder: Path, *options: str, blank_in_n1: bool = False
+) -> dict:
+    """``calibrate --manifest`` on three valid volumes (n1, n2 normal, a1 abnormal); n1's first
+    slice blank on request. Returns the stored volume threshold record."""
     for name, seed in (("n1", 1), ("n2", 2), ("a1", 3)):
-        Study(slices=4, seed=seed).write_nifti(nib, tmp_path / f"{name}.nii.gz")
-    manifest = tmp_path / "m.csv"
+        scan = Study(slices=4, seed=seed)
+        if blank_in_n1 and name == "n1":
+            scan.hu[0] = -1024
+        scan.write_nifti(nib, folder / f"{name}.nii.gz")
+    manifest = folder / "m.csv"
     manifest.write_text(
         "path,label,split\nn1.nii.gz,normal,valid\nn2.nii.gz,normal,valid\na1.nii.gz,abnormal,valid\n"
     )
-    ckpt = tmp_path / "c.pth"
+    ckpt = folder / "c.pth"
     shutil.copy(checkpoint, ckpt)
-    argv = ["calibrate", "--ckpt_path", str(ckpt), "--manifest", str(manifest)]
+    argv = ["calibrate", "--ckpt_path", str(ckpt), "--manifest", str(manifest), *options]
     assert main(argv) == 0
+    return IQEClip.from_checkpoint(ckpt, torch.device("cpu")).meta["thresholds"]["volume"]
+
+
+def test_volume_calibration_warns_with_too_few_normal_volumes(checkpoint, tmp_path, caplog):
+    volume = _calibrate_on_volumes(checkpoint, tmp_path)
     assert "2 normal calibration volumes cannot resolve --target_fpr 0.05" in caplog.text
-    volume = IQEClip.from_checkpoint(ckpt, torch.device("cpu")).meta["thresholds"]["volume"]
     assert volume["n_volumes"] == 3
+
+
+def test_two_acquisitions_under_one_set_of_uids_are_refused(checkpoint, tmp_path, capsys):
+    """Same patient, same UIDs, same positions (a scan repeated, echoes, time points): no
+    grouping field tells them apart, so the folder is refused rather than interleaved."""
+    folder = tmp_path / "repeated"
+    Study(seed=1).write_dicom(pydicom, folder, prefix="a")
+    Study(seed=2).write_dicom(pydicom, folder, prefix="b")
+    assert main(predict_argv(checkpoint, folder, out=tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lie at the same position" in err[0] and "repeated" in err[0]
+
+
+def test_planes_and_non_images_of_one_folder(checkpoint, tmp_path, caplog):
+    """A localizer's second plane under the same UIDs is a volume of its own; an RT dose grid
+    in the folder is left out and counted, not scored."""
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "study"
+    Study(slices=4).write_dicom(pydicom, folder, prefix="ax")
+    Study(slices=4, tilt=(20.0, 80.0)).write_dicom(pydicom, folder, prefix="co")
+    shutil.copy(get_testdata_file("rtdose.dcm"), folder / "dose.dcm")
+    out = tmp_path / "out"
+    assert main(predict_argv(checkpoint, folder, out=out)) == 0
+    volumes = _rows(out / "volumes.csv")
+    assert [v["n_slices"] for v in volumes] == ["4", "4"]
+    rows = _rows(out / "predictions.csv")
+    assert not any(Path(r["source"]).name == "dose.dcm" for r in rows) and len(rows) == 8
+    for volume in volumes:
+        names = {Path(r["source"]).name[:2] for r in rows if r["path"] == volume["path"]}
+        assert len(names) == 1  # each volume holds one plane's files
+    assert "differ in ImageOrientationPatient" in caplog.text
+    assert "left out 1 files that are not images: dose.dcm (its SOP class is RT Dose" in caplog.text
+
+
+def test_blank_slices_enter_no_volume_threshold(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(IQEClip, "predict", _blank_first_predict)
+    volume = _calibrate_on_volumes(checkpoint, tmp_path, "--target_fpr", "0", blank_in_n1=True)
+    assert volume["threshold"] < 5.0  # the blank slice of n1 scored 5.0 and was left out

@@ -241,6 +241,7 @@ def test_predict_dicom_file_and_series(checkpoint, tmp_path):
     series.mkdir()
     for i in (3, 1, 2):
         ct.InstanceNumber = i
+        ct.ImagePositionPatient = [0.0, 0.0, 5.0 * i]  # one position per slice
         ct.save_as(series / f"slice{i}.dcm")
     out = tmp_path / "out"
     argv = predict_argv(checkpoint, series, get_testdata_file("MR_small.dcm"), out=out)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -200,6 +201,7 @@ class OnnxDetector:
         self.meta = stored_meta(props, META_KEYS["meta"], where)
         check_thresholds(self.meta.get("thresholds"), where)
         self._check_graph(where)
+        _check_weights(path, where)
         self.version = props.get(META_KEYS["version"], "")
         self.device = torch.device("cpu")  # inputs are handed over as numpy arrays
 
@@ -247,6 +249,31 @@ class OnnxDetector:
         feed = {INPUT_NAME: images.detach().to("cpu", torch.float32).contiguous().numpy()}
         maps, zero, few = self.session.run(list(OUTPUT_NAMES), feed)
         return torch.from_numpy(maps), torch.from_numpy(zero if setting == "zero" else few)
+
+
+def _check_weights(path: Path, where: str) -> None:
+    """Refuse an ONNX model with a NaN or infinite weight, as a checkpoint is refused: it would
+    give no decision for any input.
+
+    Raises:
+        UserError: ``<where>: initializer <name> holds N non-finite values ...``.
+    """
+    onnx = _require("onnx")
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises its own exception types
+        raise UserError(f"{where}: not a readable ONNX model ({first_line(exc)})") from None
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind == "f":
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            if bad:
+                raise UserError(
+                    f"{where}: initializer {tensor.name} holds {bad} non-finite values "
+                    "(NaN/inf): the model is corrupt"
+                )
 
 
 def load_detector(

@@ -14,7 +14,7 @@ import json
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from safetensors import SafetensorError
@@ -154,7 +154,37 @@ def stored_meta(metadata: Mapping[str, str], key: str, where: str) -> dict[str, 
     meta = stored_json(metadata, key, where, required=False)
     if not isinstance(meta.get("run", {}), dict):
         raise UserError(f"{where}: its {key}.run is {meta['run']!r}, not a JSON object")
+    _check_run(meta.get("run", {}), f"{where}: its {key}.run")
     return meta
+
+
+def _check_run(run: dict[str, Any], where: str) -> None:
+    """The run settings that test, calibrate and predict apply (the scoring rule and the
+    reading) must be ones a command line could have given.
+
+    Raises:
+        UserError: ``<where>.<field> is <value>: <why>``.
+    """
+    from iqeclip.data.readers.intensity import parse_percentile, parse_window
+    from iqeclip.data.readers.orientation import ORIENTATIONS
+
+    def refuse(field: str, why: str) -> NoReturn:
+        raise UserError(f"{where}.{field} is {run[field]!r}: {why} (the checkpoint is corrupt)")
+
+    for field, choices in (("setting", ("zero", "few")), ("orientation", ORIENTATIONS)):
+        if run.get(field) is not None and run[field] not in choices:
+            refuse(field, f"not one of {', '.join(choices)}")
+    axis = run.get("axis")
+    if axis is not None and (isinstance(axis, bool) or axis not in (0, 1, 2)):
+        refuse("axis", "not 0, 1 or 2")
+    for field, parse in (("window", parse_window), ("percentile", parse_percentile)):
+        if run.get(field) is not None:
+            try:
+                if not isinstance(run[field], str):
+                    raise UserError("not text")
+                parse(run[field])
+            except UserError as exc:
+                refuse(field, str(exc))
 
 
 def stored_config(data: dict[str, Any], where: str, resolve: bool = False) -> ModelConfig:

@@ -133,6 +133,26 @@ def test_non_finite_weights_are_refused_in_one_line_before_any_model_is_built(
         ({"meta": "42"}, "its meta metadata is not a JSON object (got int)"),
         ({"meta": '{"run": "few"}'}, "its meta.run is 'few', not a JSON object"),
         (
+            {"meta": '{"run": {"setting": "median"}}'},
+            "its meta.run.setting is 'median': not one of zero, few (the checkpoint is corrupt)",
+        ),
+        (
+            {"meta": '{"run": {"axis": "abc"}}'},
+            "its meta.run.axis is 'abc': not 0, 1 or 2 (the checkpoint is corrupt)",
+        ),
+        (
+            {"meta": '{"run": {"orientation": "sideways"}}'},
+            "its meta.run.orientation is 'sideways': not one of radiological, canonical, native",
+        ),
+        (
+            {"meta": '{"run": {"window": "40"}}'},
+            "its meta.run.window is '40': --window expects CENTRE,WIDTH",
+        ),
+        (
+            {"meta": '{"run": {"percentile": [1, 99]}}'},
+            "its meta.run.percentile is [1, 99]: not text (the checkpoint is corrupt)",
+        ),
+        (
             {"config": {"img_size": "abc"}},
             "its stored model configuration is invalid: img_size must be int, got 'abc'",
         ),

@@ -59,7 +59,10 @@ def test_series_order_by_instance_then_position(tmp_path: Path, pydicom: Any) ->
     series = tmp_path / "series"
     series.mkdir()
     for name, instance in [("a.dcm", 3), ("b.dcm", 1), ("c.dcm", 2)]:
-        write_ct(pydicom, series / name, InstanceNumber=instance)
+        path = write_ct(pydicom, series / name, InstanceNumber=instance)
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient  # no positions: InstanceNumber orders them
+        ds.save_as(path)
     (series / "notes.txt").write_text("not a DICOM file")
     slices = read_dicom_series(series)
     assert [s.source.name for s in slices] == ["b.dcm", "c.dcm", "a.dcm"]
