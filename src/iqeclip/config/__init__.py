@@ -45,6 +45,9 @@ from iqeclip.config.shared import (
     LEARNING_RATE,
     MANIFEST,
     MARGIN,
+    MAX_MEGAPIXELS,
+    MAX_SLICES,
+    MAX_TOTAL_MEGAPIXELS,
     MIN_LESION_PX,
     MODEL_FILE,
     MODEL_NAME,
@@ -419,6 +422,9 @@ class PredictConfig(Checked):
     on_bad_input: str = ON_BAD_INPUT("error")
     backend: str = BACKEND("torch")
     model: str | None = MODEL_FILE(None)
+    max_megapixels: float = MAX_MEGAPIXELS(50.0)
+    max_slices: int = MAX_SLICES(2000)
+    max_total_megapixels: float = MAX_TOTAL_MEGAPIXELS(500.0)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from iqeclip.config.option import Checked, Option
 from iqeclip.config.shared import (
@@ -13,6 +15,9 @@ from iqeclip.config.shared import (
     DATA_PATH,
     DEVICE,
     LEARNING_RATE,
+    MAX_MEGAPIXELS,
+    MAX_SLICES,
+    MAX_TOTAL_MEGAPIXELS,
     MODEL_FILE,
     OBJ,
     OUT,
@@ -21,6 +26,7 @@ from iqeclip.config.shared import (
     SHOT,
     WORKERS,
 )
+from iqeclip.errors import UserError
 
 __all__ = [
     "BenchmarkConfig",
@@ -37,6 +43,24 @@ DEMO_MODEL = {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
 """The model ``iqeclip demo`` runs when no --model_name is given (another model: the paper's)."""
 BENCH_MODEL = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
 """The model ``iqeclip benchmark`` measures unless told otherwise."""
+MAX_UPLOAD_MB = 10_000
+"""The largest ``iqeclip serve --max_upload_mb``: 10 GB, above any one study a viewer is sent."""
+HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::(\d{1,5}))?", re.IGNORECASE)
+"""A host name or address (IPv6 in brackets) with an optional port, as an HTTP ``Host`` header
+holds it: ``viewer.lan``, ``10.0.0.5:8000``, ``[fd00::5]``."""
+
+
+def parse_hosts(tokens: Any) -> list[str]:
+    """``--allowed_hosts``: ``a,b``, ``a b`` or a YAML list of :data:`HOST` values."""
+    items = tokens if isinstance(tokens, (list, tuple)) else [tokens]
+    hosts = [h for item in items if item is not None for h in re.split(r"[,\s]+", str(item)) if h]
+    for host in hosts:
+        if not HOST.fullmatch(host):
+            raise UserError(
+                "--allowed_hosts expects host names or addresses such as viewer.lan or "
+                f"10.0.0.5:8000, got {host!r}"
+            )
+    return hosts
 
 
 @dataclass
@@ -148,9 +172,55 @@ class ServeConfig(Checked):
 
     ckpt_path: str | None = CKPT_PATH(None)
     host: str = Option("address to listen on (127.0.0.1: this machine only)")("127.0.0.1")
+    allowed_hosts: list[str] = Option(
+        "other names the server answers to, comma-separated (host or host:port, as the Host "
+        "header holds them: a name in DNS, a proxy's); the address it is reached on, and on "
+        "loopback localhost, are always allowed",
+        nargs="+",
+        parse=parse_hosts,
+    )([])
     port: int = Option("TCP port", minimum=1, maximum=65535)(8000)
-    max_upload_mb: float = Option("largest upload accepted, in MB", above=0)(200.0)
+    max_upload_mb: float = Option(
+        "largest upload accepted, in MB", minimum=0, above=True, maximum=MAX_UPLOAD_MB
+    )(200.0)
     batch_size: int = BATCH_SIZE(8, help="slices per forward pass")
     device: str = DEVICE("auto")
     backend: str = BACKEND("torch")
     model: str | None = MODEL_FILE(None)
+    header_timeout_s: float = Option(
+        "seconds a client has to send a request's line and headers, from its connection or the "
+        "first byte of its next request; later: 408 and the connection closed",
+        minimum=0,
+        above=True,
+    )(10.0)
+    body_timeout_s: float = Option(
+        "seconds a client has to send a request's body once its headers are in (a slow link "
+        "uploading large scans needs more); later: 408 and the connection closed",
+        minimum=0,
+        above=True,
+    )(60.0)
+    max_connections: int = Option(
+        "connections served at once; a request on a further one is answered 503", minimum=1
+    )(100)
+    max_megapixels: float = MAX_MEGAPIXELS(50.0)
+    max_slices: int = MAX_SLICES(
+        2000, help=MAX_SLICES.help + "; also the slices of all inputs of one upload together"
+    )
+    max_total_megapixels: float = MAX_TOTAL_MEGAPIXELS(
+        500.0, help=MAX_TOTAL_MEGAPIXELS.help + "; also of all inputs of one upload together"
+    )
+    max_zip_members: int = Option("most files a zip upload may hold", minimum=1)(2000)
+    max_unpacked_mb: float = Option(
+        "most bytes a zip upload may unpack to, in MB", minimum=0, above=True
+    )(1000.0)
+    max_megapixels_at_once: float = Option(
+        "pixels of the uploads being read and scored at once, in megapixels (from their "
+        "headers); the others wait in turn, and an upload larger than this runs alone",
+        minimum=0,
+        above=True,
+    )(100.0)
+    max_waiting: int = Option(
+        "uploads that may wait for --max_megapixels_at_once; a further one is answered 503 "
+        "with a Retry-After header",
+        minimum=0,
+    )(16)

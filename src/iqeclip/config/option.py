@@ -44,17 +44,32 @@ class Option:
     maximum: float | None = None
     below: bool = False
 
+    def __post_init__(self) -> None:
+        # ``above=0`` reads as a bound but sets none: refuse the declaration at import
+        for flag, name, bound in (
+            ("above", "minimum", self.minimum),
+            ("below", "maximum", self.maximum),
+        ):
+            value = getattr(self, flag)
+            if not isinstance(value, bool) or (value and bound is None):
+                raise TypeError(
+                    f"Option {self.help!r}: {flag}={value!r}; {flag}=True makes {name} exclusive"
+                )
+
     def check(self, name: str, value: Any) -> None:
-        """Raise a one-line :class:`UserError` naming the flag if ``value`` is out of bounds."""
+        """Raise a one-line :class:`UserError` naming the flag if ``value`` is out of bounds or
+        not finite (NaN, infinity)."""
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return
+        flag = f"--{self.flag or name}"
+        if not math.isfinite(value):  # NaN passes every comparison, inf every lower bound
+            raise UserError(f"{flag} must be a finite number, got {value}")
         low, high = self.minimum, self.maximum
         bad = (low is not None and (value <= low if self.above else value < low)) or (
             high is not None and (value >= high if self.below else value > high)
         )
         if not bad:
             return
-        flag = f"--{self.flag or name}"
         if low is not None and high is not None:
             span = f"in {'(' if self.above else '['}{low:g}, {high:g}{')' if self.below else ']'}"
         elif low is not None:

@@ -13,6 +13,9 @@ __all__ = [
     "LEARNING_RATE",
     "MANIFEST",
     "MARGIN",
+    "MAX_MEGAPIXELS",
+    "MAX_SLICES",
+    "MAX_TOTAL_MEGAPIXELS",
     "MIN_LESION_PX",
     "MODEL_NAME",
     "OBJ",
@@ -102,3 +105,22 @@ WORKERS = Option(
     "DataLoader worker processes that read the inputs (None: 4 on CUDA, 0 on the CPU)", minimum=0
 )
 MODEL_FILE = Option("--backend onnx: the model file written by iqeclip export")
+MAX_MEGAPIXELS = Option(
+    "largest slice read (an image, a page, a DICOM frame, a volume's slice), in megapixels "
+    "(width x height), checked from the file's header before it is decoded; at most 89, "
+    "Pillow's own decompression-bomb limit",
+    minimum=0,
+    above=True,
+    maximum=89,
+)
+MAX_SLICES = Option(
+    "most slices of one input (pages of a TIFF, frames of a DICOM file, files of a series "
+    "folder, slices of a NIfTI volume), checked from the headers before any is decoded",
+    minimum=1,
+)
+MAX_TOTAL_MEGAPIXELS = Option(
+    "most pixels of one input's slices together, in megapixels (a 512 x 512 CT of 1900 slices "
+    "is 500), checked from the headers before any is decoded",
+    minimum=0,
+    above=True,
+)

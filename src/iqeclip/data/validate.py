@@ -6,9 +6,11 @@ with a one-line reason:
 
 - a missing or empty (0-byte) file, a truncated or corrupt PNG/JPEG, or a file with an image suffix
   whose content is not an image;
-- an image smaller than 2 pixels on a side (``image is 1x1 pixels``) or larger than
-  :data:`MAX_PIXELS` (``image is W x H pixels, larger than the 50-megapixel limit``; PIL's own
-  decompression-bomb warning/error is caught and reported the same way);
+- an image smaller than 2 pixels on a side (``image is 1x1 pixels``) or larger than the
+  sample's reading's :class:`~iqeclip.data.readers.limits.Limits` (from the header:
+  ``image is W x H pixels, larger than the 50-megapixel limit``; PIL's own decompression-bomb
+  warning/error is caught and reported the same way; the pages of a multi-page file, and the
+  slices of a DICOM or NIfTI input, are checked by the readers before any is decoded);
 - an abnormal image without a mask when the dataset has pixel masks (``masks_expected``);
 - a mask whose size differs from its image's (the original sizes, before any resize);
 - a mask that :func:`iqeclip.data.readers.load_mask` would not read as intended: more than two
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,13 +58,14 @@ from iqeclip.data.readers import (
     read,
     read_slices,
 )
+from iqeclip.data.readers.limits import Limits
+from iqeclip.data.readers.pil import bomb_reason, image_header
 from iqeclip.errors import UserError, first_line
 from iqeclip.runtime.files import atomic_write_text
 
 __all__ = [
     "JPEG_BINARY_FRACTION",
     "JPEG_TOLERANCE",
-    "MAX_PIXELS",
     "MIN_SIDE",
     "POLICIES",
     "Skipped",
@@ -75,9 +77,6 @@ __all__ = [
 
 POLICIES: tuple[str, ...] = ("error", "skip")
 """The values of ``--on_bad_input``."""
-
-MAX_PIXELS = 50_000_000
-"""Largest accepted image (width x height), below PIL's decompression-bomb limit."""
 
 MIN_SIDE = 2
 """Smallest accepted width and height in pixels."""
@@ -96,7 +95,6 @@ _MAGIC = (
     (b"BM", "BMP"),
 )
 _SAFE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
-_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 @dataclass(frozen=True)
@@ -137,37 +135,18 @@ def _magic_format(path: Path) -> str | None:
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-def _too_large(what: str, width: int, height: int) -> str:
-    return (
-        f"{what} is {width} x {height} pixels, larger than the "
-        f"{MAX_PIXELS // 1_000_000}-megapixel limit"
-    )
-
-
-def _bomb_reason(what: str, exc: Image.DecompressionBombError) -> str:
-    """The reason for PIL's decompression-bomb error, with W x H when the traceback has it."""
-    tb = exc.__traceback__
-    while tb is not None:  # PIL's check sees the size; its message only gives the product
-        frame = tb.tb_frame
-        size = frame.f_locals.get("size") if "bomb" in frame.f_code.co_name else None
-        if isinstance(size, tuple) and len(size) == 2:
-            return _too_large(what, int(size[0]), int(size[1]))
-        tb = tb.tb_next
-    match = _BOMB_PIXELS.search(str(exc))
-    pixels = f"{int(match.group(1))} pixels" if match else "too many pixels"
-    return f"{what} has {pixels}, larger than the {MAX_PIXELS // 1_000_000}-megapixel limit"
-
-
-def _check_dims(what: str, path: Path, width: int, height: int) -> None:
+def _check_dims(what: str, path: Path, width: int, height: int, limits: Limits) -> None:
     if width < MIN_SIDE or height < MIN_SIDE:
         raise _Bad(what, path, f"{what} is {width}x{height} pixels (at least 2x2 are needed)")
-    if width * height > MAX_PIXELS:
-        raise _Bad(what, path, _too_large(what, width, height))
+    problem = limits.slice_problem(width, height, what)
+    if problem is not None:
+        raise _Bad(what, path, problem)
 
 
 @contextmanager
-def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
-    """Open ``path`` with PIL, check its header size, decode it once and yield the image."""
+def _decoded(path: Path, what: str, limits: Limits) -> Iterator[Image.Image]:
+    """Open ``path`` with PIL, check its header size (every page's), decode it once and yield
+    the image."""
     try:
         if path.is_dir():
             raise _Bad(what, path, "is a folder, not an image file")
@@ -183,7 +162,7 @@ def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise _Bad(what, path, _bomb_reason(what, exc)) from None
+        raise _Bad(what, path, bomb_reason(what, exc, limits)) from None
     except UnidentifiedImageError:
         fmt = _magic_format(path)
         if fmt is not None:
@@ -201,7 +180,11 @@ def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
             width, height = (int(v) for v in im.size)
         except Exception as exc:
             raise _Bad(what, path, f"corrupt {fmt} header: {first_line(exc)}") from None
-        _check_dims(what, path, width, height)
+        _check_dims(what, path, width, height, limits)
+        try:  # every page from its header, as the readers read them, before any is decoded
+            image_header(path, limits)
+        except UserError as exc:
+            raise _Bad(what, path, strip_path(str(exc), path)) from None
         try:
             im.load()
             ImageOps.exif_transpose(im, in_place=True)  # sizes as the readers see the image
@@ -284,10 +267,10 @@ def strip_path(message: str, path: Path) -> str:
     return message[index + len(marker) :] if index >= 0 else message
 
 
-def _check_medical(path: Path) -> tuple[int, int]:
+def _check_medical(path: Path, limits: Limits) -> tuple[int, int]:
     """Read a DICOM / NIfTI file and check its slices; returns the first slice's (W, H)."""
     try:
-        slices = read(path)
+        slices = read(path, limits=limits)  # the readers check the headers before decoding
     except UserError as exc:
         if INSTALL_HINT in str(exc):  # a missing package is not the file's fault
             raise
@@ -296,7 +279,7 @@ def _check_medical(path: Path) -> tuple[int, int]:
         raise _Bad("image", path, "holds no image")
     for s in slices:
         height, width = s.image.shape[:2]
-        _check_dims("image", path, int(width), int(height))
+        _check_dims("image", path, int(width), int(height), limits)
     height, width = slices[0].image.shape[:2]
     return int(width), int(height)
 
@@ -314,7 +297,7 @@ def _check_slice(sample: Sample, masks_expected: bool) -> None:
     if not 0 <= sample.index < len(slices):
         raise _Bad("image", image, f"has no slice {sample.index} (it holds {len(slices)})")
     height, width = slices[sample.index].image.shape[:2]
-    _check_dims("image", image, int(width), int(height))
+    _check_dims("image", image, int(width), int(height), reading.limits)
     if sample.mask is None:
         if masks_expected and sample.label == 1:
             raise _Bad("image", image, "abnormal slice has no mask (this dataset has pixel masks)")
@@ -336,10 +319,11 @@ def _check(sample: Sample, masks_expected: bool) -> None:
         _check_slice(sample, masks_expected)
         return
     image = Path(sample.image)
+    limits = (sample.reading or DEFAULT_READING).limits
     if kind(image) in ("dicom", "nifti", "series"):  # read as predict reads them; else PIL
-        width, height = _check_medical(image)
+        width, height = _check_medical(image, limits)
     else:
-        with _decoded(image, "image") as im:
+        with _decoded(image, "image", limits) as im:
             width, height = im.size
             _check_image_pixels(im, image)
     if sample.mask is None:
@@ -347,7 +331,7 @@ def _check(sample: Sample, masks_expected: bool) -> None:
             raise _Bad("image", image, "abnormal image has no mask (this dataset has pixel masks)")
         return
     mask = Path(sample.mask)
-    with _decoded(mask, "mask") as im:
+    with _decoded(mask, "mask", limits) as im:
         if im.size != (width, height):
             raise _Bad(
                 "mask",

@@ -129,11 +129,17 @@ def read_items(
     found = kind(path)
     if found == "image" and reading.intensity == DEFAULT_INTENSITY and page_count(path) == 1:
         tensor = model_input(path, None, size, reading)  # load_image: the BMAD pre-processing
-        display = display_rgb(path)
+        display = display_rgb(path, reading.limits)
         yield Item(stem, path, None, display, tensor, blank=bool(display.min() == display.max()))
         return
     if found == "series":
-        slices = read(path, intensity=reading.intensity, orientation=reading.orientation, bad=bad)
+        slices = read(
+            path,
+            intensity=reading.intensity,
+            orientation=reading.orientation,
+            bad=bad,
+            limits=reading.limits,
+        )
     else:
         slices = list(read_slices(path, reading))
     groups: dict[Any, list[Any]] = {}

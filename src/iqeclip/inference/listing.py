@@ -159,7 +159,8 @@ def check_inputs(
     """The checks training applies, run over every predict input before the first batch.
 
     Each input is checked as :func:`~iqeclip.data.validate.check_sample` checks a training
-    image (header size first, then one decode: too small, too large, corrupt, unreadable); with
+    image (header size first, against ``reading``'s limits, then one decode: too small, too
+    large, corrupt, unreadable); with
     ``masks`` each input needs its mask there (:func:`mask_for`): a 2-D image's of its size and
     binary, a volume's label volume on its grid (:func:`~iqeclip.data.readers.label_slices`).
     DICOM series folders are read whole under ``error`` (the first bad file stops the run);
@@ -192,7 +193,8 @@ def check_inputs(
             good.append(path)
             continue
         image_mask = mask if kind(path) == "image" else None
-        usable, bad = validate_samples([Sample(path, 0, image_mask)], size, policy)
+        sample = Sample(path, 0, image_mask, reading=reading)  # checked against its limits
+        usable, bad = validate_samples([sample], size, policy)
         good += [s.image for s in usable]
         skipped += bad
     return good, skipped

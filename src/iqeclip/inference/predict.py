@@ -21,6 +21,7 @@ decision.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -31,6 +32,8 @@ from typing import Any
 import torch
 
 from iqeclip.data.readers import (
+    DEFAULT_LIMITS,
+    Limits,
     describe_intensity,
     reading_options,
 )
@@ -85,6 +88,9 @@ def predict(
     model: str | Path | None = None,
     detector: IQEClip | OnnxDetector | None = None,
     applied: dict[str, Any] | None = None,
+    max_megapixels: float = DEFAULT_LIMITS.megapixels,
+    max_slices: int = DEFAULT_LIMITS.slices,
+    max_total_megapixels: float = DEFAULT_LIMITS.total_megapixels,
 ) -> Path:
     """Score ``inputs`` with a checkpoint and write every output into ``out``.
 
@@ -98,7 +104,10 @@ def predict(
     The intensity rule is the checkpoint's unless ``window`` / ``percentile`` is given.
     ``backend="onnx"`` scores with the exported ``model`` file instead of the checkpoint
     (:mod:`iqeclip.inference.export`), through the same readers and writers; ``detector`` is an
-    already loaded one (``iqeclip serve`` loads it once for all requests).
+    already loaded one (``iqeclip serve`` loads it once for all requests). Every input is
+    checked against ``max_megapixels`` (pixels of one slice), ``max_slices`` and
+    ``max_total_megapixels`` (slices of one input, and their pixels together) from its headers,
+    before anything of it is decoded (:mod:`~iqeclip.data.readers.limits`).
 
     Before any work the output folder is locked against other predict runs until this one
     returns, and checked (:func:`~iqeclip.inference.outputs.guard`), and every input and mask is
@@ -117,7 +126,10 @@ def predict(
         detector = load_detector(backend, ckpt_path, model, device, model_overrides)
     source = str(ckpt_path if model is None else model)
     meta = detector.meta
-    reading = checkpoint_reading(meta, window, percentile, axis, orientation)
+    reading = dataclasses.replace(
+        checkpoint_reading(meta, window, percentile, axis, orientation),
+        limits=Limits(max_megapixels, max_slices, max_total_megapixels, options=True),
+    )
     if applied is not None:
         applied.update(reading_options(reading))
     say(

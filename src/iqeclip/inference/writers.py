@@ -209,7 +209,9 @@ class Writer:
             return picture
         height, width = full.shape
         if item.index is None and kind(item.source) == "image":
-            mask = load_mask(mask_for(item.source, self.masks), max(height, width))
+            mask = load_mask(
+                mask_for(item.source, self.masks), max(height, width), self.reading.limits
+            )
             mask = np.asarray(Image.fromarray(mask.numpy()).resize((width, height), Image.NEAREST))
         else:
             labels = label_slices(mask_for(item.source, self.masks), item.source, self.reading)

@@ -5,20 +5,32 @@ Every request gets its own folder under the server's temporary folder (``<id>/up
 file, ``<id>/out`` for predict's outputs, ``<id>/view`` for the pictures the page layers), so two
 requests never share a file. The scores, decisions and thresholds of the answer are read back
 from ``predictions.csv`` and ``volumes.csv``: the API says exactly what ``predict`` says.
+
+What an upload may hold is bounded before anything of it is decoded (:class:`ServeLimits`):
+a zip's files and unpacked bytes, each input's slices and pixels from its headers (the readers'
+:class:`~iqeclip.data.readers.limits.Limits`), and the slices and pixels of all of the upload's
+inputs together; an upload over a limit is an
+:class:`~iqeclip.data.readers.limits.OverLimit` (HTTP 413). The pixels being read and scored at
+once are bounded by a :class:`Budget`: an upload takes its declared pixels before it is read and
+waits its turn, and one that finds too many waiting is :class:`Busy` (HTTP 503).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import io
+import os
 import re
 import shutil
 import threading
 import uuid
 import zipfile
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,13 +38,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from iqeclip.config import ServeConfig
+from iqeclip.data.readers import Declared, Limits, OverLimit, declared
+from iqeclip.data.readers.model_input import forget_volumes
 from iqeclip.errors import UserError
+from iqeclip.inference.inputs import checkpoint_reading
+from iqeclip.inference.listing import expand_inputs
 from iqeclip.inference.predict import predict
 from iqeclip.report.heatmaps import colorize, draw_contour
 from iqeclip.runtime.files import atomic_write_text
 
 KEEP_RESULTS = 32  # finished results kept for the page's images and downloads (oldest dropped)
-UNZIP_FACTOR = 8  # a zip may hold at most this many times the upload limit, unpacked
+RETRY_AFTER_S = 5  # the Retry-After of a 503 (Busy)
+MAX_PATH = 4096  # bytes in a path a zip member may unpack to (Linux's PATH_MAX)
+MAX_PART = 255  # bytes in each name of that path (NAME_MAX)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -49,26 +68,152 @@ class Locked:
             return self.detector.predict(images, setting)
 
 
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one upload may hold, and how much is read at once (``iqeclip serve``'s options).
+
+    Attributes:
+        reader: Each input's slice size, slices and pixels (``--max_megapixels``,
+            ``--max_slices``, ``--max_total_megapixels``); the last two also bound the upload's
+            inputs together.
+        zip_members: Files in a zip upload (``--max_zip_members``).
+        unpacked_bytes: Bytes a zip upload unpacks to (``--max_unpacked_mb``).
+        pixels_at_once: Pixels of the uploads read and scored at once
+            (``--max_megapixels_at_once``).
+        waiting: Uploads that may wait for them (``--max_waiting``).
+    """
+
+    reader: Limits
+    zip_members: int
+    unpacked_bytes: int
+    pixels_at_once: int
+    waiting: int
+
+    @classmethod
+    def of(cls, cfg: ServeConfig) -> ServeLimits:
+        """The limits of a serve configuration."""
+        return cls(
+            Limits(cfg.max_megapixels, cfg.max_slices, cfg.max_total_megapixels, options=True),
+            cfg.max_zip_members,
+            int(cfg.max_unpacked_mb * 1e6),
+            int(cfg.max_megapixels_at_once * 1e6),
+            cfg.max_waiting,
+        )
+
+
+class Busy(Exception):
+    """The server reads and scores as much as it may at once and enough uploads wait: the
+    client should try again after :data:`RETRY_AFTER_S` seconds (HTTP 503, ``Retry-After``)."""
+
+    retry_after = RETRY_AFTER_S
+
+
+class Budget:
+    """The pixels of the uploads being read and scored at once: a counting semaphore of pixels,
+    first come, first served.
+
+    An upload takes its declared pixels (at most the whole budget: a larger one runs alone) and
+    gives them back when its answer is made; meanwhile the others wait in turn, at most
+    ``waiting`` of them, and one more is refused (:class:`Busy`).
+    """
+
+    def __init__(self, pixels: int, waiting: int) -> None:
+        self.pixels, self.waiting = pixels, waiting
+        self._free = pixels
+        self._queue: deque[object] = deque()
+        self._turn = threading.Condition()
+
+    @property
+    def queued(self) -> int:
+        """How many uploads wait for their turn now."""
+        with self._turn:
+            return len(self._queue)
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Hold ``pixels`` of the budget while the block runs, after the uploads before.
+
+        Raises:
+            Busy: The upload must wait and ``waiting`` uploads already do.
+        """
+        need = min(pixels, self.pixels)
+        ticket = object()
+        with self._turn:
+            if (self._queue or need > self._free) and len(self._queue) >= self.waiting:
+                raise Busy(
+                    f"the server is busy: {len(self._queue)} uploads wait for their turn "
+                    f"(iqeclip serve --max_waiting); try again in {RETRY_AFTER_S} s"
+                )
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or need > self._free:
+                self._turn.wait()
+            self._queue.popleft()
+            self._free -= need
+            self._turn.notify_all()  # the next in line may fit beside it
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._free += need
+                self._turn.notify_all()
+
+
+def _trim() -> None:
+    """Give the memory freed by a request back to the system (glibc keeps it in the arena of
+    the thread that freed it, where another thread's request cannot reuse it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def safe_name(filename: str | None) -> str:
     """The upload's base name with anything but letters, digits, ``.``, ``_``, ``-`` replaced."""
     name = _SAFE.sub("_", Path(filename or "upload").name).lstrip(".")
     return name or "upload"
 
 
-def _unzip(archive: Path, dest: Path, limit: int) -> None:
-    """Unpack a zip (a DICOM series, or images), refusing paths outside ``dest``, zip bombs and
-    archives Python cannot unpack (encrypted, unknown compression, corrupt)."""
+def _unzip(archive: Path, dest: Path, limits: ServeLimits) -> None:
+    """Unpack a zip (a DICOM series, or images), refusing paths outside ``dest``, paths no file
+    can have here (over :data:`MAX_PATH` or :data:`MAX_PART` bytes, a file and a folder of one
+    name), zip bombs and archives Python cannot unpack (encrypted, unknown compression, corrupt).
+    More files or unpacked bytes than ``limits`` allow are an :class:`OverLimit`, from the zip's
+    directory before anything is unpacked (zipfile checks each member's stated size as it
+    unpacks)."""
     try:
         with zipfile.ZipFile(archive) as z:
             members = [m for m in z.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > limit:
-                raise UserError(f"{archive.name}: unpacks to more than {limit / 1e6:g} MB")
+            if len(members) > limits.zip_members:
+                raise OverLimit(
+                    f"{archive.name}: holds {len(members)} files, more than the limit of "
+                    f"{limits.zip_members} (iqeclip serve --max_zip_members)"
+                )
+            unpacked = sum(m.file_size for m in members)
+            if unpacked > limits.unpacked_bytes:
+                raise OverLimit(
+                    f"{archive.name}: unpacks to {unpacked / 1e6:.1f} MB, more than the limit of "
+                    f"{limits.unpacked_bytes / 1e6:g} MB (iqeclip serve --max_unpacked_mb)"
+                )
+            targets: dict[Path, zipfile.ZipInfo] = {}
             for m in members:
                 target = (dest / m.filename).resolve()
                 if not target.is_relative_to(dest.resolve()) or m.filename.startswith("/"):
                     raise UserError(f"{archive.name}: member {m.filename!r} leaves the archive")
                 if Path(m.filename).name.startswith(".") or "__MACOSX" in m.filename:
                     continue
+                if len(os.fsencode(target)) >= MAX_PATH or any(
+                    len(os.fsencode(part)) > MAX_PART for part in target.parts
+                ):
+                    raise UserError(
+                        f"{archive.name}: a member's path of {len(m.filename)} characters is too "
+                        "long to unpack"
+                    )
+                targets[target] = m
+            folders = {parent for target in targets for parent in target.parents}
+            for target, m in targets.items():
+                if target in folders:
+                    raise UserError(
+                        f"{archive.name}: {m.filename[:100]!r} is both a file and a folder"
+                    )
+            for target, m in targets.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(m) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -102,13 +247,26 @@ class Jobs:
         detector: a loaded detector (wrapped in :class:`Locked` here).
         source: the checkpoint or model file it came from (for predict's records).
         root: the server's temporary folder.
-        limit: the upload limit in bytes (a zip may unpack to :data:`UNZIP_FACTOR` times it).
+        limit: the upload limit in bytes.
         batch_size: slices per forward pass.
+        limits: what an upload may hold and how much is read at once (None: the defaults of
+            :class:`~iqeclip.config.ServeConfig`).
     """
 
-    def __init__(self, detector: Any, source: str, root: Path, limit: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        detector: Any,
+        source: str,
+        root: Path,
+        limit: int,
+        batch_size: int,
+        limits: ServeLimits | None = None,
+    ) -> None:
         self.detector = Locked(detector)
         self.source, self.root, self.limit, self.batch_size = source, root, limit, batch_size
+        self.limits = limits or ServeLimits.of(ServeConfig())
+        self.budget = Budget(self.limits.pixels_at_once, self.limits.waiting)
+        self.reading = checkpoint_reading(detector.meta, None, None)  # its axis and orientation
         thresholds = detector.meta.get("thresholds") or {}
         self.outputs = "input,overlay,map,npy" + (
             ",mask" if thresholds.get("pixel") is not None else ""
@@ -121,7 +279,8 @@ class Jobs:
 
         Raises:
             UserError: the readers' or predict's one-line message, with the server's folders
-                left out of it.
+                left out of it; an :class:`OverLimit` for an upload over a limit.
+            Busy: the upload would wait and ``--max_waiting`` uploads already do.
         """
         rid = uuid.uuid4().hex[:12]
         folder = self.root / rid
@@ -131,11 +290,47 @@ class Jobs:
             path.parent.mkdir(parents=True)
             with path.open("wb") as f:
                 shutil.copyfileobj(data, f)
-            if zipfile.is_zipfile(path):  # unpacked beside, into a folder named after it
+            if path.suffix.lower() == ".zip":  # by its name, as predict reads any file
                 unpacked = folder / "unpacked" / (Path(name).stem or "archive")
-                _unzip(path, unpacked, self.limit * UNZIP_FACTOR)
+                _unzip(path, unpacked, self.limits)
                 path = unpacked
-            out = folder / "out"
+            with self.budget.hold(self._declared(path, name).pixels):
+                try:
+                    answer = self._score(rid, folder, name, path)
+                finally:
+                    _trim()
+        except UserError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise type(exc)(_public(str(exc), folder)) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._keep(rid, folder)
+        return answer
+
+    def _declared(self, path: Path, name: str) -> Declared:
+        """The slices and pixels of the upload's inputs together, from their headers, checked
+        against the limits (each input's, then the upload's): an :class:`OverLimit` before
+        anything is decoded. An input whose headers cannot be read counts nothing: predict
+        names what is wrong with it."""
+        reader = self.limits.reader
+        sizes = []
+        for item in expand_inputs([path]):
+            try:
+                sizes.append(declared(item, self.reading.axis, self.reading.orientation, reader))
+            except OverLimit:
+                raise
+            except UserError:
+                continue
+        total = Declared(sum(d.slices for d in sizes), sum(d.pixels for d in sizes))
+        reader.check_input(name, total.slices, total.pixels)
+        return total
+
+    def _score(self, rid: str, folder: Path, name: str, path: Path) -> dict[str, Any]:
+        """predict on the upload (inside its share of the budget), and the answer."""
+        out = folder / "out"
+        reader = self.limits.reader
+        try:
             predict(
                 self.source,
                 [path],
@@ -144,20 +339,17 @@ class Jobs:
                 outputs=self.outputs,
                 batch_size=self.batch_size,
                 workers=0,  # one upload: no reader processes forked from the server's threads
+                max_megapixels=reader.megapixels,
+                max_slices=reader.slices,
+                max_total_megapixels=reader.total_megapixels,
             )
-            for table in ("predictions.csv", "volumes.csv"):  # no server paths in the files
-                if (out / table).is_file():
-                    public = _public((out / table).read_text("utf-8"), folder)
-                    atomic_write_text(out / table, public)
-            answer = self._answer(rid, folder, name)
-        except UserError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise UserError(_public(str(exc), folder)) from None
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        self._keep(rid, folder)
-        return answer
+        finally:
+            forget_volumes()  # decoded volumes are not kept for the next request
+        for table in ("predictions.csv", "volumes.csv"):  # no server paths in the files
+            if (out / table).is_file():
+                public = _public((out / table).read_text("utf-8"), folder)
+                atomic_write_text(out / table, public)
+        return self._answer(rid, folder, name)
 
     def _keep(self, rid: str, folder: Path) -> None:
         with self._lock:

@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from iqeclip.data.layout import Sample
-from iqeclip.data.readers import load_image, load_mask
+from iqeclip.data.readers import DEFAULT_LIMITS, load_image, load_mask
 from iqeclip.data.validate import (
-    MAX_PIXELS,
     Skipped,
     check_sample,
     validate_samples,
@@ -306,7 +305,7 @@ def test_normal_image_needs_no_mask(tmp_path: Path) -> None:
 
 
 def test_just_under_the_pixel_limit_passes_the_header_check(tmp_path: Path) -> None:
-    side = int(MAX_PIXELS**0.5)
+    side = int((DEFAULT_LIMITS.megapixels * 1e6) ** 0.5)
     path = _png_header(tmp_path / "big.png", side, side)
     with pytest.raises(UserError) as info:  # the header passes; the missing pixel data does not
         check_sample(Sample(path, 0, None), 16)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from iqeclip.data.readers.base import INSTALL_HINT, Slice, need
+from iqeclip.data.readers.deflated import deflated_header
 from iqeclip.data.readers.intensity import (
     DEFAULT_INTENSITY,
     Default,
@@ -40,10 +41,11 @@ from iqeclip.data.readers.intensity import (
     normalise,
     sigmoid_window,
 )
+from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS, View, view_of
 from iqeclip.errors import UserError, first_line
 
-__all__ = ["read_dicom"]
+__all__ = ["dicom_header", "read_dicom"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """DICOM's patient space is LPS, NIfTI's world RAS: the first two world axes change sign."""
@@ -98,8 +100,33 @@ def _pydicom(path: Path) -> tuple[ModuleType, ModuleType]:
     raise UserError(f"reading {path} needs pydicom >= 2.4: {INSTALL_HINT}")
 
 
-def _dcmread(pydicom: ModuleType, path: Path) -> Any:
-    """Read a DICOM dataset; a file without preamble is read with ``force=True``."""
+def _pixel_bytes(ds: Any, path: Path, limits: Limits) -> int:
+    """The bytes of a dataset's pixel data as its image elements declare them, once they are
+    checked against ``limits``."""
+    declared = _declared(ds, path, limits)
+    samples = int(_first_number(ds.get("SamplesPerPixel")) or 1)
+    bits = int(_first_number(ds.get("BitsAllocated")) or 16)
+    return math.ceil(declared.pixels * max(samples, 1) * max(bits, 1) / 8)
+
+
+def _declared(ds: Any, path: Path, limits: Limits) -> Declared:
+    """A dataset's frames and their pixels (Rows x Columns x NumberOfFrames), checked against
+    ``limits`` before its pixel data is decoded."""
+    rows = int(_first_number(ds.get("Rows")) or 0)
+    columns = int(_first_number(ds.get("Columns")) or 0)
+    frames = max(int(_first_number(ds.get("NumberOfFrames")) or 1), 1)
+    where = f"cannot read DICOM {path}"
+    limits.check_slice(where, columns, rows, "each frame" if frames > 1 else "image")
+    limits.check_input(where, frames, rows * columns * frames, "frames")
+    return Declared(frames, rows * columns * frames)
+
+
+def _dcmread(
+    pydicom: ModuleType, path: Path, limits: Limits = DEFAULT_LIMITS, header: bool = False
+) -> Any:
+    """Read a DICOM dataset (``header``: up to its pixel data); a file without preamble is read
+    with ``force=True``. A deflated file's declared size is checked against ``limits`` before
+    pydicom inflates it (:func:`~iqeclip.data.readers.deflated.deflated_header`)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot read DICOM {path}: is a folder (read it as a series)")
@@ -108,12 +135,31 @@ def _dcmread(pydicom: ModuleType, path: Path) -> Any:
     errors = importlib.import_module("pydicom.errors")
     try:
         with _quiet():
+            deflated = deflated_header(
+                pydicom, path, partial(_pixel_bytes, path=path, limits=limits)
+            )
+            if header and deflated is not None:
+                return deflated
             try:
-                return pydicom.dcmread(path)
+                return pydicom.dcmread(path, stop_before_pixels=header)
             except errors.InvalidDicomError:
-                return pydicom.dcmread(path, force=True)
+                return pydicom.dcmread(path, stop_before_pixels=header, force=True)
+    except UserError:
+        raise
     except Exception as exc:  # any parser failure is a problem with the user's file
         raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from None
+
+
+def dicom_header(path: Path, limits: Limits = DEFAULT_LIMITS) -> Declared:
+    """The frames a DICOM file holds and their pixels, from its header (nothing decoded or, for
+    a deflated file, inflated), checked against ``limits``.
+
+    Raises:
+        UserError: pydicom missing, an unreadable file, or an
+            :class:`~iqeclip.data.readers.limits.OverLimit` naming the limit.
+    """
+    pydicom, _ = _pydicom(path)
+    return _declared(_dcmread(pydicom, path, limits, header=True), Path(path), limits)
 
 
 def _has_pixels(ds: Any) -> bool:
@@ -229,15 +275,18 @@ def _decode_failure(ds: Any, exc: BaseException) -> str:
     return reason
 
 
-def _dataset_slices(ds: Any, path: Path, intensity: Intensity, orientation: str) -> list[Slice]:
-    """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame).
+def _dataset_slices(
+    ds: Any, path: Path, intensity: Intensity, orientation: str, limits: Limits = DEFAULT_LIMITS
+) -> list[Slice]:
+    """Convert a read dataset into one :class:`Slice` per frame (index None if single-frame),
+    its declared size checked against ``limits`` before its pixel data is decoded.
 
     pydicom converts element values only when they are accessed, so a corrupt attribute can
     raise anywhere in the conversion: any failure is a ``cannot read DICOM`` :class:`UserError`.
     """
     try:
         with _quiet():
-            return _convert_dataset(ds, path, intensity, orientation)
+            return _convert_dataset(ds, path, intensity, orientation, limits)
     except UserError:
         raise
     except Exception as exc:  # a corrupt element of the user's file
@@ -318,7 +367,9 @@ def _view(plane: _Plane | None, orientation: str, path: Path) -> View:
     return view_of(plane.directions, orientation, None, f"DICOM {path}")
 
 
-def _convert_dataset(ds: Any, path: Path, intensity: Intensity, orientation: str) -> list[Slice]:
+def _convert_dataset(
+    ds: Any, path: Path, intensity: Intensity, orientation: str, limits: Limits
+) -> list[Slice]:
     """The work of :func:`_dataset_slices`."""
     pydicom, processing = _pydicom(path)
     if not _has_pixels(ds):
@@ -326,6 +377,7 @@ def _convert_dataset(ds: Any, path: Path, intensity: Intensity, orientation: str
     refused = _not_an_image(ds)
     if refused is not None:
         raise UserError(f"cannot read DICOM {path}: {refused}")
+    _declared(ds, path, limits)  # before the pixel data is decoded
     try:
         arr = np.asarray(ds.pixel_array)
     except Exception as exc:
@@ -399,7 +451,10 @@ def _slice_mm(plane: _Plane | None, shape: tuple[int, ...]) -> float | None:
 
 
 def read_dicom(
-    path: Path, intensity: Intensity = DEFAULT_INTENSITY, orientation: str = "radiological"
+    path: Path,
+    intensity: Intensity = DEFAULT_INTENSITY,
+    orientation: str = "radiological",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Slice]:
     """Read a DICOM file: one slice per frame.
 
@@ -410,6 +465,9 @@ def read_dicom(
         orientation: One of :data:`~iqeclip.data.readers.orientation.ORIENTATIONS`: with
             ``radiological`` each frame with a plane (ImageOrientationPatient) is turned into the
             radiological view; else (and without a plane) frames keep the stored pixel order.
+        limits: The largest file read: a frame's size (Rows x Columns), the frames and their
+            pixels together, checked from the header before the pixel data is decoded (and,
+            for a deflated file, before its dataset is inflated).
 
     Returns:
         One :class:`Slice` per frame: (H, W) grey or (H, W, 3) colour, float32 in [0, 1];
@@ -420,11 +478,13 @@ def read_dicom(
     Raises:
         UserError: pydicom missing, or ``cannot read DICOM <path>: <reason>`` for a missing,
             garbage, truncated or non-image file or undecodable (compressed) pixel data; for a
-            compressed transfer syntax the reason names it and every decoder's failure.
+            compressed transfer syntax the reason names it and every decoder's failure; an
+            :class:`~iqeclip.data.readers.limits.OverLimit` for a file over ``limits``.
     """
     if orientation not in ORIENTATIONS:
         raise UserError(
             f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
         )
     pydicom, _ = _pydicom(path)
-    return _dataset_slices(_dcmread(pydicom, path), Path(path), intensity, orientation)
+    ds = _dcmread(pydicom, path, limits)
+    return _dataset_slices(ds, Path(path), intensity, orientation, limits)

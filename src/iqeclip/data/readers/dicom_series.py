@@ -21,6 +21,7 @@ from iqeclip.data.readers.base import Slice
 from iqeclip.data.readers.dicom import (
     _dataset_slices,
     _dcmread,
+    _declared,
     _first_number,
     _has_pixels,
     _not_an_image,
@@ -30,9 +31,10 @@ from iqeclip.data.readers.dicom import (
     _pydicom,
 )
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
+from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.errors import UserError
 
-__all__ = ["SPACING_TOLERANCE_MM", "read_dicom_files", "series_affine"]
+__all__ = ["SPACING_TOLERANCE_MM", "read_dicom_files", "series_affine", "series_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,33 @@ def _sorted_series(items: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
         return (along, instance is None, instance or 0.0, path.name)
 
     return [item for item, _ in sorted(zip(items, positions, strict=True), key=key)]
+
+
+def _refuse_repeated_positions(folder: Path, files: list[tuple[Path, Any]]) -> None:
+    """Refuse a volume two of whose single-frame files lie at the same ImagePositionPatient:
+    two acquisitions under one set of UIDs (echoes, time points, a scan repeated after
+    anonymisation) would otherwise be interleaved into one volume.
+
+    Raises:
+        UserError: Naming the folder, the series and two of the files.
+    """
+    seen: dict[tuple[float, ...], Path] = {}
+    for path, ds in files:
+        if int(_first_number(ds.get("NumberOfFrames")) or 1) > 1:
+            continue
+        position = _position(ds.get("ImagePositionPatient"))
+        if position is None or len(position) != 3:
+            continue
+        key = tuple(round(v, 3) for v in position)
+        if key in seen:
+            uid = str(ds.get("SeriesInstanceUID", "")) or "(no UID)"
+            raise UserError(
+                f"cannot read DICOM series {folder}: {seen[key].name} and {path.name} of series "
+                f"{uid} lie at the same position ({', '.join(f'{v:g}' for v in key)} mm): two "
+                "acquisitions (echoes, time points, a repeated scan) cannot be one volume; put "
+                "each in a folder of its own"
+            )
+        seen[key] = path
 
 
 SPACING_TOLERANCE_MM = 0.01
@@ -162,12 +191,43 @@ def _splits(folder: Path, keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ..
     return ids
 
 
+def _total(folder: Path, declared: Sequence[Declared], limits: Limits) -> Declared:
+    """A folder's frames and pixels together, checked against ``limits``."""
+    total = Declared(sum(d.slices for d in declared), sum(d.pixels for d in declared))
+    limits.check_input(f"cannot read DICOM series {folder}", *total, "frames")
+    return total
+
+
+def _count_files(folder: Path, files: Sequence[Path], limits: Limits) -> None:
+    """Refuse a folder of more files than ``limits`` takes slices, before any is read."""
+    limits.check_input(f"cannot read DICOM series {folder}", len(files), 0, "DICOM files")
+
+
+def series_header(folder: Path, files: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> Declared:
+    """The frames of a folder's DICOM files and their pixels, from their headers (nothing
+    decoded), checked against ``limits``: the number of files first, then each file, then the
+    folder's frames and pixels together.
+
+    Raises:
+        UserError: pydicom missing, an unreadable file, or an
+            :class:`~iqeclip.data.readers.limits.OverLimit` naming the limit.
+    """
+    pydicom, _ = _pydicom(folder)
+    _count_files(folder, files, limits)
+    declared = [
+        _declared(_dcmread(pydicom, path, limits, header=True), Path(path), limits)
+        for path in files
+    ]
+    return _total(folder, declared, limits)
+
+
 def read_dicom_files(
     folder: Path,
     files: Sequence[Path],
     intensity: Intensity = DEFAULT_INTENSITY,
     bad: list[tuple[Path, str]] | None = None,
     orientation: str = "radiological",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Slice]:
     """Read the DICOM files of a folder, one volume per patient, study, series, frame of
     reference and slice plane.
@@ -188,6 +248,9 @@ def read_dicom_files(
         bad: If a list, an unreadable or undecodable file is left out and appended to it as
             ``(file, one-line reason)``; if None (default) it raises.
         orientation: As for :func:`read_dicom`.
+        limits: The largest folder read: its number of files, then each file's frames (as
+            :func:`read_dicom`), then the frames and pixels of its images together, checked
+            before any pixel data is decoded.
 
     Returns:
         The slices, volume by volume; ``index`` runs 0..N-1 within each volume (the slice axis
@@ -199,43 +262,51 @@ def read_dicom_files(
         a multi-frame file, slices of several sizes or without usable geometry).
 
     Raises:
-        UserError: pydicom missing, no files or no readable DICOM image among them, or (without
-            ``bad``) any DICOM file unreadable (named).
+        UserError: pydicom missing, no files or no readable DICOM image among them, a folder
+            over ``limits`` (:class:`~iqeclip.data.readers.limits.OverLimit`), or (without
+            ``bad``) any DICOM file unreadable or over ``limits`` (named).
     """
     pydicom, _ = _pydicom(folder)
     if not files:
         raise UserError(f"cannot read DICOM series {folder}: no DICOM files in it")
+    _count_files(folder, files, limits)
     groups: dict[tuple[str, ...], list[tuple[Path, Any]]] = {}
     not_images: list[str] = []
+    declared: list[Declared] = []
     for path in files:
         try:
-            ds = _dcmread(pydicom, path)
+            ds = _dcmread(pydicom, path, limits)
+            if not _has_pixels(ds):
+                continue
+            refused = _not_an_image(ds)
+            size = None if refused is not None else _declared(ds, Path(path), limits)
         except UserError as exc:
             if bad is None:
                 raise
             bad.append((Path(path), str(exc)))
             continue
-        if not _has_pixels(ds):
-            continue
-        refused = _not_an_image(ds)
-        if refused is not None:
+        if size is None:
             not_images.append(f"{Path(path).name} ({refused.removeprefix('not an image: ')})")
             continue
+        declared.append(size)
         groups.setdefault(_volume_key(ds), []).append((Path(path), ds))
     if not_images:
         logger.info(
             f"DICOM folder {folder}: left out {len(not_images)} files that are not images: "
             f"{'; '.join(not_images[:3])}{' ...' if len(not_images) > 3 else ''}"
         )
+    _total(folder, declared, limits)  # before any pixel data is decoded
     ordered = sorted(groups.values(), key=_series_order)
     ids = _splits(folder, [_volume_key(g[0][1]) for g in ordered])
     out: list[Slice] = []
     for group in ordered:
         series: list[Slice] = []
         decoded: list[Any] = []
-        for path, ds in _sorted_series(group):
+        ordered_files = _sorted_series(group)
+        _refuse_repeated_positions(folder, ordered_files)
+        for path, ds in ordered_files:
             try:
-                slices = _dataset_slices(ds, path, intensity, orientation)
+                slices = _dataset_slices(ds, path, intensity, orientation, limits)
             except UserError as exc:
                 if bad is None:
                     raise

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from iqeclip.data.readers.intensity import (
     parse_percentile,
     parse_window,
 )
+from iqeclip.data.readers.limits import DEFAULT_LIMITS, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS, View
 from iqeclip.data.readers.pil import check_size, load_image, load_mask, slice_to_uint8_rgb
 from iqeclip.data.readers.registry import kind, read
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_READING",
     "Reading",
     "describe_intensity",
+    "forget_volumes",
     "label_slices",
     "mask_input",
     "model_input",
@@ -72,11 +74,15 @@ class Reading:
         axis: The plane NIfTI volumes are sliced across (``--axis``).
         orientation: How volume slices are turned to face the model (``--orientation``,
             :mod:`~iqeclip.data.readers.orientation`).
+        limits: The largest input read (:mod:`~iqeclip.data.readers.limits`; ``predict``'s
+            ``--max_megapixels``...). Not part of the ``repr`` (nor of a run's identity): they
+            decide which inputs are read, never how.
     """
 
     intensity: Intensity = DEFAULT_INTENSITY
     axis: int = 2
     orientation: str = ORIENTATIONS[0]
+    limits: Limits = field(default=DEFAULT_LIMITS, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.axis, bool) or self.axis not in (0, 1, 2):
@@ -142,6 +148,7 @@ def _read(path: str, stamp: tuple[int, int], reading: Reading) -> tuple[Slice, .
             axis=reading.axis,
             intensity=reading.intensity,
             orientation=reading.orientation,
+            limits=reading.limits,
         )
     )
 
@@ -153,6 +160,13 @@ def read_slices(path: Path, reading: Reading = DEFAULT_READING) -> tuple[Slice, 
     """
     path = Path(path)
     return _read(str(path), _stamp(path), reading)
+
+
+def forget_volumes() -> None:
+    """Drop the decoded volumes and label volumes kept for the next slices (``iqeclip serve``
+    reads each upload once: what it decoded is not kept after the answer)."""
+    _read.cache_clear()
+    _labels.cache_clear()
 
 
 def _pick(slices: tuple[Slice, ...], index: int | None, path: Path) -> Slice:
@@ -171,7 +185,7 @@ def model_input(
     """The uint8 model input ``(3, size, size)`` of one sample (see the module docstring)."""
     path = Path(path)
     if index is None and reading.intensity == DEFAULT_INTENSITY and kind(path) == "image":
-        return load_image(path, size)
+        return load_image(path, size, reading.limits)
     check_size(size)
     return slice_to_uint8_rgb(_pick(read_slices(path, reading), index, path), size)
 
@@ -182,7 +196,7 @@ def mask_input(
     """The bool mask ``(size, size)`` of one sample: an image mask, or a label volume's slice."""
     mask = Path(mask)
     if index is None or kind(mask) != "nifti":
-        return load_mask(mask, size)
+        return load_mask(mask, size, reading.limits)
     check_size(size)
     labels = label_slices(mask, image, reading)[index]
     picture = Image.fromarray(labels.astype(np.uint8) * 255)

@@ -14,16 +14,92 @@ nibabel (the optional extra) is imported only when a NIfTI file is read.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from iqeclip.data.readers.base import Slice, need
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
+from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS, View, slice_position_mm, view_of
 from iqeclip.errors import UserError, first_line
 
-__all__ = ["read_nifti"]
+__all__ = ["nifti_header", "read_nifti"]
+
+
+class _Header(NamedTuple):
+    """What a NIfTI file's header says, before any voxel is read."""
+
+    img: Any  # the nibabel image (its data not read)
+    file_shape: tuple[int, ...]  # as stored
+    source_shape: tuple[int, ...]  # without trailing singleton axes beyond the third
+    grid: tuple[int, ...]  # the 3-D voxel grid the slices are taken from
+    affine: np.ndarray
+    view: View
+
+
+def _header(path: Path, axis: int, orientation: str, limits: Limits) -> _Header:
+    """Read a NIfTI header and check it (the errors of :func:`read_nifti`), the slices' size,
+    their count and their voxels together against ``limits`` included: no voxel is read."""
+    path = Path(path)
+    if orientation not in ORIENTATIONS:
+        raise UserError(
+            f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
+        )
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis <= 2:
+        raise UserError(f"--axis must be 0, 1 or 2, got {axis!r}")
+    nib = need("nibabel", path)
+    if not path.is_file():
+        raise UserError(f"cannot read NIfTI {path}: no such file")
+    try:
+        img = nib.load(str(path))  # the header; the voxels are read by get_fdata
+        dtype = np.dtype(img.get_data_dtype())
+        file_shape = tuple(int(n) for n in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # any parser failure is a problem with the user's file
+        raise UserError(f"cannot read NIfTI {path}: {first_line(exc)}") from None
+    if dtype.kind == "c" or dtype.names is not None:
+        raise UserError(
+            f"cannot read NIfTI {path}: its voxels are {dtype} ({'complex' if dtype.kind == 'c' else 'compound'} "
+            "values), not an image: convert it to real magnitudes first"
+        )
+    shape = file_shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise UserError(
+            f"cannot read NIfTI {path}: {len(shape)}-D image of shape {file_shape}; only 2-D and "
+            "3-D images (or 4-D with a single volume) are supported: extract one volume first"
+        )
+    if len(shape) < 2:
+        raise UserError(f"cannot read NIfTI {path}: {len(shape)}-D image of shape {file_shape}")
+    flat = len(shape) == 2
+    grid = (*shape, 1) if flat else shape
+    if flat and orientation == "canonical":  # the older rule never turned 2-D images
+        view = View()
+    else:
+        plane = None if flat else int(axis) % 3
+        native = 2 if flat else int(axis) % 3
+        view = view_of(affine[:3, :3], orientation, plane, f"NIfTI {path}", native)
+    where = f"cannot read NIfTI {path}"
+    width, height = (n for i, n in enumerate(grid) if i != view.axis)
+    limits.check_slice(where, width, height, "each slice")
+    limits.check_input(where, grid[view.axis], math.prod(grid))
+    return _Header(img, file_shape, shape, grid, affine, view)
+
+
+def nifti_header(
+    path: Path,
+    axis: int = 2,
+    orientation: str = "radiological",
+    limits: Limits = DEFAULT_LIMITS,
+) -> Declared:
+    """The slices :func:`read_nifti` would give and their voxels, from the header alone,
+    checked against ``limits`` (the errors of :func:`read_nifti` before any voxel is read)."""
+    header = _header(path, axis, orientation, limits)
+    return Declared(header.grid[header.view.axis], math.prod(header.grid))
 
 
 def read_nifti(
@@ -31,6 +107,7 @@ def read_nifti(
     axis: int = 2,
     intensity: Intensity = DEFAULT_INTENSITY,
     orientation: str = "radiological",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Slice]:
     """Read a NIfTI image (``.nii`` / ``.nii.gz``) as 2-D slices along one axis.
 
@@ -47,6 +124,8 @@ def read_nifti(
             2-D images.
         intensity: Window / percentile options (default: min-max per slice).
         orientation: One of :data:`~iqeclip.data.readers.orientation.ORIENTATIONS`.
+        limits: The largest volume read: a slice's size, the slices and their voxels together,
+            checked from the header before any voxel is read.
 
     Returns:
         One (H, W) float32 :class:`Slice` per file slice, ``index`` the file's voxel index along
@@ -61,53 +140,17 @@ def read_nifti(
         UserError: nibabel missing, ``cannot read NIfTI <path>: <reason>`` for a missing or
             garbage file, complex values, a 4-D image with several volumes or an affine without
             an orientation (unless ``"native"``), a bad axis (naming ``--axis``) or orientation
-            (naming ``--orientation``).
+            (naming ``--orientation``), or a volume over ``limits``
+            (:class:`~iqeclip.data.readers.limits.OverLimit`).
     """
     path = Path(path)
-    if orientation not in ORIENTATIONS:
-        raise UserError(
-            f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
-        )
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis <= 2:
-        raise UserError(f"--axis must be 0, 1 or 2, got {axis!r}")
-    nib = need("nibabel", path)
-    if not path.is_file():
-        raise UserError(f"cannot read NIfTI {path}: no such file")
-    try:
-        img = nib.load(str(path))
-        dtype = np.dtype(img.get_data_dtype())
-    except Exception as exc:  # any parser failure is a problem with the user's file
-        raise UserError(f"cannot read NIfTI {path}: {first_line(exc)}") from None
-    if dtype.kind == "c" or dtype.names is not None:
-        raise UserError(
-            f"cannot read NIfTI {path}: its voxels are {dtype} ({'complex' if dtype.kind == 'c' else 'compound'} "
-            "values), not an image: convert it to real magnitudes first"
-        )
-    file_shape = tuple(int(n) for n in img.shape)
+    img, file_shape, source_shape, grid, affine, view = _header(path, axis, orientation, limits)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # a truncated file fails here
         raise UserError(f"cannot read NIfTI {path}: {first_line(exc)}") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim > 3:
-        raise UserError(
-            f"cannot read NIfTI {path}: {data.ndim}-D image of shape {file_shape}; only 2-D and "
-            "3-D images (or 4-D with a single volume) are supported: extract one volume first"
-        )
-    if data.ndim < 2:
-        raise UserError(f"cannot read NIfTI {path}: {data.ndim}-D image of shape {file_shape}")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    source_shape = tuple(int(n) for n in data.shape)
-    flat = data.ndim == 2
-    volume = data[..., None] if flat else data
-    grid = tuple(int(n) for n in volume.shape)
-    if flat and orientation == "canonical":  # the older rule never turned 2-D images
-        view = View()
-    else:
-        plane = None if flat else int(axis) % 3
-        native = 2 if flat else int(axis) % 3
-        view = view_of(affine[:3, :3], orientation, plane, f"NIfTI {path}", native)
+    volume = data.reshape(grid)
+    flat = len(source_shape) == 2
     common = {
         "affine": affine,
         "header": img.header,

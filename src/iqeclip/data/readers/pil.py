@@ -20,6 +20,11 @@ input with the same bicubic PIL resize as :func:`load_image`.
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +33,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from iqeclip.data.readers.base import Slice
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
+from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits, OverLimit
 from iqeclip.errors import UserError, first_line
 
 __all__ = [
     "WIDE_MODES",
     "as_input",
+    "bomb_reason",
     "check_size",
+    "image_header",
     "load_image",
     "load_mask",
     "open_image",
@@ -53,14 +61,51 @@ def check_size(size: int) -> None:
         raise UserError(f"image size must be a positive integer, got {size!r}")
 
 
-def open_image(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image, turned upright by its EXIF orientation (as every viewer
-    shows it); any failure becomes a :class:`UserError`."""
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def bomb_reason(what: str, exc: Image.DecompressionBombError, limits: Limits) -> str:
+    """Why Pillow refused an image as a decompression bomb (from its header, over 179
+    megapixels), as ``limits`` says it; with W x H when the traceback has it."""
+    tb = exc.__traceback__
+    while tb is not None:  # PIL's check sees the size; its message only gives the product
+        frame = tb.tb_frame
+        size = frame.f_locals.get("size") if "bomb" in frame.f_code.co_name else None
+        if isinstance(size, tuple) and len(size) == 2:
+            problem = limits.slice_problem(int(size[0]), int(size[1]), what)
+            if problem is not None:
+                return problem
+        tb = tb.tb_next
+    match = _BOMB_PIXELS.search(str(exc))
+    pixels = f"{int(match.group(1))} pixels" if match else "too many pixels"
+    return (
+        f"{what} has {pixels}, larger than the {limits.megapixels:g}-megapixel limit"
+        f"{limits.hint('max_megapixels')}"
+    )
+
+
+@contextmanager
+def _header(path: Path, what: str, limits: Limits) -> Iterator[Image.Image]:
+    """``path`` opened by Pillow, its header read and its first page's size checked against
+    ``limits``: nothing decoded yet."""
     try:
-        with Image.open(path) as im:
-            im.load()  # force decoding so that truncated files fail here
-            ImageOps.exif_transpose(im, in_place=True)
-            return im.copy()
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the limit below says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise OverLimit(f"cannot read {what} {path}: {bomb_reason(what, exc, limits)}") from None
+    with im:
+        limits.check_slice(f"cannot read {what} {path}", *im.size, what)
+        yield im
+
+
+@contextmanager
+def _failures(path: Path, what: str) -> Iterator[None]:
+    """Any failure to open or decode ``path`` as a one-line :class:`UserError`."""
+    try:
+        yield
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"cannot read {what} {path}: no such file") from None
     except UnidentifiedImageError:
@@ -73,6 +118,38 @@ def open_image(path: Path, what: str) -> Image.Image:
         raise UserError(f"cannot read {what} {path}: {why or type(exc).__name__}") from None
 
 
+def open_image(path: Path, what: str, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+    """Open and fully decode an image, turned upright by its EXIF orientation (as every viewer
+    shows it); its size is checked against ``limits`` from the header first (an
+    :class:`~iqeclip.data.readers.limits.OverLimit`), and any failure becomes a
+    :class:`UserError`."""
+    with _failures(path, what), _header(path, what, limits) as im:
+        im.load()  # force decoding so that truncated files fail here
+        ImageOps.exif_transpose(im, in_place=True)
+        return im.copy()
+
+
+def image_header(path: Path, limits: Limits = DEFAULT_LIMITS) -> Declared:
+    """The pages of an image file and their pixels, from its header (no page is decoded),
+    checked against ``limits``: each page's size, the page count, their pixels together.
+
+    Raises:
+        UserError: ``cannot read image <path>: <reason>`` for a file Pillow cannot open, or an
+            :class:`~iqeclip.data.readers.limits.OverLimit` naming the limit.
+    """
+    where = f"cannot read image {path}"
+    with _failures(path, "image"), _header(path, "image", limits) as im:
+        n = int(getattr(im, "n_frames", 1))
+        limits.check_input(where, n, 0, "pages")  # the count first: then each page's header
+        pixels = 0
+        for page in range(n):
+            im.seek(page)
+            limits.check_slice(where, *im.size, f"page {page}" if n > 1 else "image")
+            pixels += math.prod(im.size)
+        limits.check_input(where, n, pixels, "pages")
+        return Declared(n, pixels)
+
+
 def _wide_to_8bit(im: Image.Image) -> Image.Image:
     """Map a 16/32-bit integer grey image to mode ``L`` by scaling the full 16-bit range."""
     values = np.asarray(im, dtype=np.float64)
@@ -80,7 +157,7 @@ def _wide_to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(values).astype(np.uint8))
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
+def load_image(path: Path, size: int, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
     """Read an image as an 8-bit RGB square.
 
     Grey, palette, RGB, RGBA (alpha dropped) and 16-bit images are accepted; 16-bit images are
@@ -89,16 +166,17 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     Args:
         path: The image file.
         size: Side of the output in pixels.
+        limits: The largest image read (checked from the header).
 
     Returns:
         uint8 tensor of shape (3, size, size).
 
     Raises:
-        UserError: ``cannot read image <path>: <reason>`` for a missing, empty, truncated or
-            non-image file, or a non-positive size.
+        UserError: ``cannot read image <path>: <reason>`` for a missing, empty, truncated,
+            non-image or too large file, or a non-positive size.
     """
     check_size(size)
-    im = open_image(path, "image")
+    im = open_image(path, "image", limits)
     if im.mode in WIDE_MODES:
         im = _wide_to_8bit(im)
     try:
@@ -110,7 +188,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def load_mask(path: Path, size: int) -> torch.Tensor:
+def load_mask(path: Path, size: int, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
     """Read an anomaly mask as a boolean square.
 
     The mask is converted to grey (``L``; 16-bit masks with values above 255 are scaled like
@@ -121,15 +199,16 @@ def load_mask(path: Path, size: int) -> torch.Tensor:
     Args:
         path: The mask file.
         size: Side of the output in pixels.
+        limits: The largest mask read (checked from the header).
 
     Returns:
         bool tensor of shape (size, size), True where anomalous.
 
     Raises:
-        UserError: ``cannot read mask <path>: <reason>`` for an unreadable file.
+        UserError: ``cannot read mask <path>: <reason>`` for an unreadable or too large file.
     """
     check_size(size)
-    im = open_image(path, "mask")
+    im = open_image(path, "mask", limits)
     if im.mode in WIDE_MODES:
         values = np.asarray(im, dtype=np.float64)
         if values.max(initial=0.0) > 255:
@@ -148,18 +227,20 @@ def load_mask(path: Path, size: int) -> torch.Tensor:
 
 def page_count(path: Path) -> int:
     """How many pages (frames) an image file holds, from its header; 1 for a file PIL cannot
-    open (reading it names the problem)."""
+    open or count (reading it names the problem)."""
     try:
-        with Image.open(path) as im:
-            return int(getattr(im, "n_frames", 1))
-    except OSError:
+        with warnings.catch_warnings():  # the size is checked where the file is read
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(getattr(im, "n_frames", 1))
+    except Exception:  # a corrupt header, a bomb: reading the file names the problem
         return 1
 
 
-def display_rgb(path: Path) -> np.ndarray:
+def display_rgb(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """An image as shown beside its map: upright, 8-bit RGB by :func:`load_image`'s rule
     (16-bit greys scaled over the full range, not clipped), at its own size."""
-    im = open_image(path, "image")
+    im = open_image(path, "image", limits)
     if im.mode in WIDE_MODES:
         im = _wide_to_8bit(im)
     return np.asarray(im.convert("RGB"))
@@ -188,9 +269,11 @@ def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return to_float(images) if images.dtype == torch.uint8 else images
 
 
-def _pages(path: Path) -> list[Image.Image]:
-    """All pages of an image file (one for most files; several for a multi-page TIFF)."""
-    first = open_image(path, "image")  # validates the file with load_image's error messages
+def _pages(path: Path, limits: Limits) -> list[Image.Image]:
+    """All pages of an image file (one for most files; several for a multi-page TIFF), once
+    their header sizes passed ``limits``."""
+    image_header(path, limits)  # every page's size, before any page is decoded
+    first = open_image(path, "image", limits)  # validates the file with load_image's messages
     pages = [first]
     page = 0
     try:
@@ -231,7 +314,9 @@ def _page_slice(im: Image.Image, path: Path, index: int | None, intensity: Inten
 FULL_RANGE_16 = ("fullrange16", lambda x: np.clip(x, 0.0, 65535.0) / 65535.0)
 
 
-def read_wide_image(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> list[Slice]:
+def read_wide_image(
+    path: Path, intensity: Intensity = DEFAULT_INTENSITY, limits: Limits = DEFAULT_LIMITS
+) -> list[Slice]:
     """Read a PNG/TIFF (or any PIL image), with intensity options for 16-bit and float data.
 
     16/32-bit integer images follow :func:`load_image`'s rule by default (the full 16-bit range,
@@ -243,15 +328,18 @@ def read_wide_image(path: Path, intensity: Intensity = DEFAULT_INTENSITY) -> lis
     Args:
         path: The image file.
         intensity: Window / percentile options.
+        limits: The largest image read: each page's size, the pages and their pixels together,
+            from the header before any page is decoded.
 
     Returns:
         One :class:`Slice` per page; ``index`` is the page for multi-page files, else None.
 
     Raises:
-        UserError: ``cannot read image <path>: <reason>`` for a missing or undecodable file.
+        UserError: ``cannot read image <path>: <reason>`` for a missing, undecodable or too
+            large file.
     """
     path = Path(path)
-    pages = _pages(path)
+    pages = _pages(path, limits)
     if len(pages) == 1:
         return [_page_slice(pages[0], path, None, intensity)]
     return [_page_slice(im, path, i, intensity) for i, im in enumerate(pages)]

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 from iqeclip.data.readers.base import Slice
-from iqeclip.data.readers.dicom import read_dicom
-from iqeclip.data.readers.dicom_series import read_dicom_files
+from iqeclip.data.readers.dicom import dicom_header, read_dicom
+from iqeclip.data.readers.dicom_series import read_dicom_files, series_header
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
-from iqeclip.data.readers.nifti import read_nifti
-from iqeclip.data.readers.pil import read_wide_image
+from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
+from iqeclip.data.readers.nifti import nifti_header, read_nifti
+from iqeclip.data.readers.pil import image_header, read_wide_image
 from iqeclip.errors import UserError
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
     "Kind",
+    "declared",
     "kind",
     "read",
     "read_dicom_series",
@@ -93,6 +95,7 @@ def read_dicom_series(
     intensity: Intensity = DEFAULT_INTENSITY,
     bad: list[tuple[Path, str]] | None = None,
     orientation: str = "radiological",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Slice]:
     """Read the DICOM files directly inside a folder, one series per SeriesInstanceUID.
 
@@ -110,6 +113,7 @@ def read_dicom_series(
         bad: If a list, an unreadable file is left out and appended to it as ``(file, reason)``
             instead of failing the folder.
         orientation: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
+        limits: As for :func:`~iqeclip.data.readers.dicom_series.read_dicom_files`.
 
     Returns:
         The slices, volume by volume, as
@@ -122,7 +126,7 @@ def read_dicom_series(
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"cannot read DICOM series {folder}: no such folder")
-    return read_dicom_files(folder, _series_files(folder), intensity, bad, orientation)
+    return read_dicom_files(folder, _series_files(folder), intensity, bad, orientation, limits)
 
 
 def read(
@@ -131,6 +135,7 @@ def read(
     intensity: Intensity = DEFAULT_INTENSITY,
     orientation: str = "radiological",
     bad: list[tuple[Path, str]] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Slice]:
     """Read any supported input by its :func:`kind`.
 
@@ -142,26 +147,70 @@ def read(
             (:data:`~iqeclip.data.readers.orientation.ORIENTATIONS`).
         bad: Series folders only: as for :func:`read_dicom_series` (unreadable files are
             listed there instead of failing the folder).
+        limits: The largest input read (:mod:`~iqeclip.data.readers.limits`), checked from
+            the headers before anything is decoded.
 
     Returns:
         The slices, as the specific reader returns them.
 
     Raises:
-        UserError: A missing path, an unsupported file type, or the reader's errors.
+        UserError: A missing path, an unsupported file type, or the reader's errors (an
+            :class:`~iqeclip.data.readers.limits.OverLimit` for an input over ``limits``).
     """
+    path = _existing(path)
+    found = kind(path)
+    if found == "series":
+        return read_dicom_series(path, intensity, bad, orientation, limits)
+    if found == "nifti":
+        return read_nifti(path, axis, intensity, orientation, limits)
+    if found == "dicom":
+        return read_dicom(path, intensity, orientation, limits)
+    if found == "image":
+        return read_wide_image(path, intensity, limits)
+    raise _unsupported(path)
+
+
+def declared(
+    path: Path,
+    axis: int = 2,
+    orientation: str = "radiological",
+    limits: Limits = DEFAULT_LIMITS,
+) -> Declared:
+    """The slices :func:`read` would give for ``path`` and their pixels together, from the
+    headers alone (nothing is decoded), checked against ``limits``.
+
+    Args:
+        path: File or series folder.
+        axis: As for :func:`read`.
+        orientation: As for :func:`read`.
+        limits: The largest input accepted.
+
+    Raises:
+        UserError: As :func:`read` for what its headers say: a missing path, an unsupported or
+            unreadable file, an :class:`~iqeclip.data.readers.limits.OverLimit`.
+    """
+    path = _existing(path)
+    found = kind(path)
+    if found == "series":
+        return series_header(path, _series_files(path), limits)
+    if found == "nifti":
+        return nifti_header(path, axis, orientation, limits)
+    if found == "dicom":
+        return dicom_header(path, limits)
+    if found == "image":
+        return image_header(path, limits)
+    raise _unsupported(path)
+
+
+def _existing(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"cannot read {path}: no such file or folder")
-    found = kind(path)
-    if found == "series":
-        return read_dicom_series(path, intensity, bad, orientation)
-    if found == "nifti":
-        return read_nifti(path, axis=axis, intensity=intensity, orientation=orientation)
-    if found == "dicom":
-        return read_dicom(path, intensity, orientation)
-    if found == "image":
-        return read_wide_image(path, intensity)
-    raise UserError(
+    return path
+
+
+def _unsupported(path: Path) -> UserError:
+    return UserError(
         f"cannot read {path}: unsupported file type (expected DICOM, NIfTI .nii/.nii.gz, "
         f"{'/'.join(IMAGE_SUFFIXES)} or a folder of DICOM files)"
     )
