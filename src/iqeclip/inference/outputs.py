@@ -26,7 +26,6 @@ interrupted run is resumed.
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import logging
@@ -39,7 +38,7 @@ from typing import Any
 
 from iqeclip.errors import UserError
 from iqeclip.runtime import distributed
-from iqeclip.runtime.files import atomic_target, atomic_write_text
+from iqeclip.runtime.files import atomic_target, atomic_write_text, try_lock
 
 __all__ = [
     "FIXED_FILES",
@@ -96,17 +95,14 @@ class OutLock:
     def __init__(self, out: Path) -> None:
         path = out / _LOCK
         try:
-            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._fd = try_lock(path)
         except OSError as exc:
             raise UserError(f"--out {out}: cannot write {path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.release()
+        if self._fd is None:
             raise UserError(
                 f"--out {out}: another predict run is writing it; wait for it to end, or choose "
                 "another --out"
-            ) from None
+            )
 
     def release(self) -> None:
         """Let another run lock the folder (closing the file drops the lock)."""

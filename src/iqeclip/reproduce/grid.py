@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from iqeclip.engine.resume import state_path
 from iqeclip.engine.trainer import checkpoint_path
 from iqeclip.errors import UserError
 from iqeclip.runtime import distributed
-from iqeclip.runtime.files import atomic_write_text, save_yaml
+from iqeclip.runtime.files import atomic_write_text, save_yaml, try_lock
 
 __all__ = [
     "DONE",
@@ -136,16 +135,12 @@ def plan(targets: Sequence[str], settings: Sequence[str], draws: int) -> list[Ce
 @contextlib.contextmanager
 def _lock(folder: Path) -> Iterator[bool]:
     """Hold ``folder/.lock`` while the body runs; yields False when another process holds it."""
-    handle = open(folder / ".lock", "a")  # noqa: SIM115 - held for the whole cell
+    fd = try_lock(folder / ".lock")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        yield fd is not None
     finally:
-        handle.close()
+        if fd is not None:
+            os.close(fd)
 
 
 def run_cell(

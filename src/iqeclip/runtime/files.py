@@ -94,26 +94,41 @@ def locked(path: Path, flag: str, timeout: float = LOCK_TIMEOUT) -> Iterator[Non
             or the lock file cannot be created.
     """
     lock = path.with_name(f"{path.name}.lock")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = try_lock(lock)
+        except OSError as exc:
+            raise UserError(f"{flag} {path}: cannot write {lock}: {exc.strerror or exc}") from None
+        if fd is not None:
+            break
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"{flag} {path}: another process has been updating it for {timeout:g} s "
+                f"(it holds {lock.name}); try again when it is done"
+            )
+        time.sleep(0.05)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write {lock}: {exc.strerror or exc}") from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise UserError(
-                        f"{flag} {path}: another process has been updating it for {timeout:g} s "
-                        f"(it holds {lock.name}); try again when it is done"
-                    ) from None
-                time.sleep(0.05)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def try_lock(lock: Path) -> int | None:
+    """Take an exclusive ``fcntl.flock`` on ``lock`` without waiting: the open descriptor
+    (closing it releases the lock, and so does the end of the process), or None when another
+    process or thread holds it. The file is created with the umask's mode and left in place.
+
+    Raises:
+        OSError: The lock file cannot be created or opened.
+    """
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def check_writable(flag: str, path: str | Path | None, folder: bool = False) -> None:

@@ -42,7 +42,7 @@ from iqeclip.data.readers.intensity import (
     sigmoid_window,
 )
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
-from iqeclip.data.readers.orientation import ORIENTATIONS, View, view_of
+from iqeclip.data.readers.orientation import ORIENTATIONS, View, slice_position_mm, view_of
 from iqeclip.errors import UserError, first_line
 
 __all__ = ["dicom_header", "read_dicom"]
@@ -332,8 +332,14 @@ class _Plane:
         """The RAS directions of a DICOM grid's voxel axes: column index, row index, slice."""
         return np.stack([self.column_step, self.row_step, self.normal], axis=1)
 
-    def centre(self, rows: int, columns: int) -> np.ndarray:
-        return self.origin + self.column_step * (columns - 1) / 2 + self.row_step * (rows - 1) / 2
+    def affine(self, step: np.ndarray | None = None) -> np.ndarray:
+        """The RAS affine of a grid ``(column, row, slice)`` through this frame, slices
+        ``step`` apart (default: the unit normal)."""
+        affine = np.eye(4)
+        affine[:3, 0], affine[:3, 1] = self.column_step, self.row_step
+        affine[:3, 2] = self.normal if step is None else step
+        affine[:3, 3] = self.origin
+        return affine
 
 
 def _plane(ds: Any, frame: int) -> _Plane | None:
@@ -433,21 +439,14 @@ def _convert_dataset(
             "rescale": rescale,
             "frame": f if multi else None,
             "view": view,
-            "slice_mm": _slice_mm(plane, raw.shape[:2]),
+            "slice_mm": None
+            if plane is None
+            else slice_position_mm(plane.affine(), (raw.shape[1], raw.shape[0], 1), View(), 0),
             **info,
         }
         image = view.to_view(np.swapaxes(image, 0, 1))
         out.append(Slice(image=image, source=Path(path), index=f if multi else None, meta=meta))
     return out
-
-
-def _slice_mm(plane: _Plane | None, shape: tuple[int, ...]) -> float | None:
-    """The RAS coordinate (mm) of a frame's centre along the world axis closest to its normal,
-    as :func:`~iqeclip.data.readers.orientation.slice_position_mm` gives a NIfTI slice's."""
-    if plane is None:
-        return None
-    centre = plane.centre(int(shape[0]), int(shape[1]))
-    return float(centre[int(np.argmax(np.abs(plane.normal)))])
 
 
 def read_dicom(

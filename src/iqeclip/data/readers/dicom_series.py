@@ -140,9 +140,7 @@ def series_affine(datasets: Sequence[Any]) -> np.ndarray | None:
             ds.get("SliceThickness")
         )
         step = first.normal * (thickness if thickness and thickness > 0 else 1.0)
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = first.column_step, first.row_step, step
-    affine[:3, 3] = first.origin
+    affine = first.affine(step)
     if not np.isfinite(affine).all() or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
         return None
     return affine
