@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from iqeclip.cli.main import main
+from iqeclip.data.items import read_items
 from iqeclip.data.readers import reading_from
-from iqeclip.inference.inputs import read_items
 from tests.integration.conftest import predict_argv
 from tests.scans import Study, sitk_convert
 

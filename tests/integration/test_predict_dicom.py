@@ -105,7 +105,7 @@ def test_series_maps_and_masks_as_nifti_in_the_series_geometry(checkpoint, tmp_p
     assert main([*predict_argv(checkpoint, folder, out=out), "--outputs", "npy"]) == 0
     written = nib.load(str(out / "ct_anomaly.nii.gz"))
     assert written.shape == (128, 128, 3)
-    np.testing.assert_allclose(written.affine, read_dicom_series(folder)[0].meta["affine"])
+    np.testing.assert_allclose(written.affine, read_dicom_series(folder)[0].geometry.affine)
     # voxel (column 9, row 4, slice 2) is where that pixel lies, by the DICOM definition
     np.testing.assert_allclose(written.affine @ [9, 4, 2, 1], [*world_ras(4, 9, 2), 1], atol=1e-4)
     data = np.asarray(written.dataobj)

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset, Sampler, TensorDataset
 
 from iqeclip.data.augment import augment
-from iqeclip.data.layout import Sample
 from iqeclip.data.readers import DEFAULT_READING, mask_input, model_input, to_float
+from iqeclip.data.sample import Sample
 
 
 class ImageDataset(Dataset):

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from iqeclip.data.readers import Reading
+from iqeclip.data.sample import Sample
 from iqeclip.errors import UserError
 from iqeclip.runtime.files import read_text
 
@@ -34,7 +33,6 @@ __all__ = [
     "CLASS_INDEX",
     "IMAGE_SUFFIXES",
     "SPLITS",
-    "Sample",
     "available_datasets",
     "dataset_root",
     "draw_support",
@@ -69,28 +67,6 @@ _ABNORMAL = "Ungood"
 _IMG = "img"
 MASK_FOLDER = "anomaly_mask"
 _SUPPORT_LINE = re.compile(r"^([an])-([0-9]+)\s*:(.*)$")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a split.
-
-    Attributes:
-        image: Path of the image file (from a manifest: any readable input, e.g. a NIfTI volume
-            or a DICOM series folder).
-        label: 0 for a normal (``good``) image, 1 for an abnormal (``Ungood``) one.
-        mask: Path of the pixel mask (an image, or a label volume for a slice of a volume); None
-            for normal images and for image-only datasets.
-        index: The slice: its position in the list of slices that
-            :func:`~iqeclip.data.readers.read` gives for ``image``; None for a 2-D image.
-        reading: How the image is read (intensity rule, axis, orientation); None: the defaults.
-    """
-
-    image: Path
-    label: int
-    mask: Path | None
-    index: int | None = None
-    reading: Reading | None = None
 
 
 def _data_dir(data_path: str | Path) -> Path:

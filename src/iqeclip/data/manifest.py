@@ -51,10 +51,17 @@ from pathlib import Path
 
 import numpy as np
 
-from iqeclip.data.layout import Sample
-from iqeclip.data.readers import INSTALL_HINT, Reading, kind, label_slices, read_slices
-from iqeclip.data.readers.pil import page_count
-from iqeclip.data.validate import Skipped, strip_path
+from iqeclip.data.readers import (
+    MissingPackage,
+    Reading,
+    label_slices,
+    read_slices,
+    reader_for,
+    reason_about,
+    single_image,
+)
+from iqeclip.data.sample import Sample
+from iqeclip.data.validate import Skipped
 from iqeclip.errors import UserError
 from iqeclip.runtime.files import read_text
 
@@ -299,9 +306,9 @@ def read_manifest(
                     "(--on_bad_input skip leaves such rows out)"
                 ) from None
             manifest.skipped.append(Skipped(bad.path, bad.reason))
+        except MissingPackage:
+            raise
         except UserError as exc:
-            if INSTALL_HINT in str(exc):
-                raise
             raise UserError(f"--manifest {where} line {row.line}: {exc}") from None
     if not manifest.rows and not manifest.skipped:
         raise UserError(f"--manifest {where}: no rows")
@@ -313,23 +320,22 @@ def _expand(
 ) -> None:
     """Add one row's samples (and volume) to ``manifest``; :class:`_RowError` for a bad file."""
     item, label, mask, split, chosen = row.item, row.label, row.mask, row.split, row.chosen
-    found = kind(item)
-    if found is None:
+    if reader_for(item) is None:
         why = "no such file or folder" if not item.exists() else "unsupported file type"
         raise _RowError(item, why)
     if mask is not None and not mask.exists():
         raise _RowError(mask, "mask: no such file")
-    if found == "image" and chosen is None and page_count(item) == 1:
+    if chosen is None and single_image(item):
         if label is None:
             raise UserError(f"{item}: a 2-D image needs a label")
         manifest.rows.append((split, Sample(item, label, mask, None, reading)))
         return
     try:
         slices = read_slices(item, reading)
+    except MissingPackage:
+        raise
     except UserError as exc:
-        if INSTALL_HINT in str(exc):
-            raise
-        raise _RowError(item, strip_path(str(exc), item)) from None
+        raise _RowError(item, reason_about(exc, item)) from None
     if len(slices) == 1 and slices[0].index is None:  # a 2-D DICOM or NIfTI (or a 2-D image)
         if chosen not in (None, 0):  # one slice, 0: rows of "other" slices would repeat it
             raise _RowError(item, f"has no slice {chosen} (it is one 2-D image)")
@@ -349,12 +355,12 @@ def _expand(
         try:
             planes = label_slices(mask, item, reading)
         except UserError as exc:
-            raise _RowError(mask, strip_path(str(exc), mask)) from None
+            raise _RowError(mask, reason_about(exc, mask)) from None
         counts = np.array([int(p.sum()) for p in planes])
         labels = _slice_labels(counts, min_lesion_px, margin)
         volume_label = int(counts.any())
     for i in indices:
-        if slices[i].meta.get("constant"):
+        if slices[i].levels.constant:
             manifest.constant += 1
         elif labels.get(i) is None:
             manifest.left_out += 1

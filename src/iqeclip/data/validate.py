@@ -1,8 +1,9 @@
 """Checking input files before a run: the ``--on_bad_input {error,skip}`` policy.
 
-:func:`check_sample` opens each file of a :class:`~iqeclip.data.layout.Sample` once (PIL header,
-then one full decode; DICOM / NIfTI through :func:`iqeclip.data.readers.read`) and rejects,
-with a one-line reason:
+:func:`check_sample` opens each file of a :class:`~iqeclip.data.sample.Sample` once, as its
+reader checks it (:meth:`~iqeclip.data.readers.Reader.check`: a PIL image's header, then one full
+decode; DICOM, NIfTI and other formats read as predict reads them) and rejects, with a one-line
+reason:
 
 - a missing or empty (0-byte) file, a truncated or corrupt PNG/JPEG, or a file with an image suffix
   whose content is not an image;
@@ -26,8 +27,9 @@ A slice of a volume or DICOM series (a sample with an ``index``, from a manifest
 the data loader reads it: the volume decoded once, the slice's size checked, its label volume
 aligned to the volume (:func:`~iqeclip.data.readers.label_slices`).
 
-DICOM and NIfTI images need their optional packages; non-finite voxels are the reader's business
-(replaced and counted in ``meta["nonfinite"]``; an all-NaN slice reads as zeros), so they pass.
+DICOM and NIfTI images need their optional packages (a missing one stops the run, whatever the
+policy); non-finite voxels are the reader's business (replaced and counted in the slice's
+:class:`~iqeclip.data.readers.Levels`; an all-NaN slice reads as zeros), so they pass.
 
 :func:`validate_samples` applies a policy to a list: ``"error"`` raises the first problem as a
 :class:`~iqeclip.errors.UserError`, ``"skip"`` returns the good samples (in order) and a
@@ -38,39 +40,38 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from iqeclip.data.layout import Sample
 from iqeclip.data.readers import (
     DEFAULT_READING,
-    INSTALL_HINT,
     WIDE_MODES,
+    ImageReader,
+    MissingPackage,
     check_size,
-    kind,
+    is_label_volume,
     label_slices,
-    read,
     read_slices,
+    reader_for,
+    reason_about,
 )
-from iqeclip.data.readers.limits import Limits
-from iqeclip.data.readers.pil import bomb_reason, image_header
+from iqeclip.data.readers.image import decoded
+from iqeclip.data.readers.reader import check_dims
+from iqeclip.data.sample import Sample
 from iqeclip.errors import UserError, first_line
 from iqeclip.runtime.files import atomic_write_text
 
 __all__ = [
     "JPEG_BINARY_FRACTION",
     "JPEG_TOLERANCE",
-    "MIN_SIDE",
     "POLICIES",
     "Skipped",
     "check_sample",
-    "strip_path",
     "validate_samples",
     "write_skipped",
 ]
@@ -78,23 +79,11 @@ __all__ = [
 POLICIES: tuple[str, ...] = ("error", "skip")
 """The values of ``--on_bad_input``."""
 
-MIN_SIDE = 2
-"""Smallest accepted width and height in pixels."""
-
 JPEG_TOLERANCE = 32
 """Grey levels around 0 and the maximum that count as binary in a JPEG mask."""
 
 JPEG_BINARY_FRACTION = 0.99
 """Share of a JPEG mask's pixels that must be near 0 or near its maximum."""
-
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
-_SAFE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
 
 
 @dataclass(frozen=True)
@@ -123,86 +112,20 @@ class _Bad(Exception):
         return f"{self.what} {self.path}: {self.reason}"
 
     def skip_reason(self) -> str:
-        return self.reason if self.what == "image" else self.message()
-
-
-def _magic_format(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-    except OSError:
-        return None
-    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
-
-
-def _check_dims(what: str, path: Path, width: int, height: int, limits: Limits) -> None:
-    if width < MIN_SIDE or height < MIN_SIDE:
-        raise _Bad(what, path, f"{what} is {width}x{height} pixels (at least 2x2 are needed)")
-    problem = limits.slice_problem(width, height, what)
-    if problem is not None:
-        raise _Bad(what, path, problem)
+        return self.message() if self.what == "mask" else self.reason
 
 
 @contextmanager
-def _decoded(path: Path, what: str, limits: Limits) -> Iterator[Image.Image]:
-    """Open ``path`` with PIL, check its header size (every page's), decode it once and yield
-    the image."""
+def _reasons(what: str, path: Path, missing_stops: bool = True) -> Iterator[None]:
+    """A reader's error as the :class:`_Bad` ``what`` (``image``, ``mask``) ``path``; a missing
+    optional package stops the run as it is (``missing_stops``: a label volume's is the
+    mask's problem)."""
     try:
-        if path.is_dir():
-            raise _Bad(what, path, "is a folder, not an image file")
-        n_bytes = path.stat().st_size
-    except FileNotFoundError:
-        raise _Bad(what, path, "no such file") from None
-    except OSError as exc:
-        raise _Bad(what, path, f"cannot read the file: {first_line(exc)}") from None
-    if n_bytes == 0:
-        raise _Bad(what, path, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():  # reported below as "larger than the limit"
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise _Bad(what, path, bomb_reason(what, exc, limits)) from None
-    except UnidentifiedImageError:
-        fmt = _magic_format(path)
-        if fmt is not None:
-            reason = f"truncated or corrupt {fmt} file ({n_bytes} bytes; PIL cannot read it)"
-        else:
-            reason = "not an image file (its content is in no known image format"
-            reason += f", although its name ends in {path.suffix})" if path.suffix else ")"
-        raise _Bad(what, path, reason) from None
-    except Exception as exc:  # any header parser failure is a problem with the file
-        fmt = _magic_format(path) or "image"
-        raise _Bad(what, path, f"corrupt {fmt} header: {first_line(exc)}") from None
-    with im:
-        fmt = im.format or "image"
-        try:
-            width, height = (int(v) for v in im.size)
-        except Exception as exc:
-            raise _Bad(what, path, f"corrupt {fmt} header: {first_line(exc)}") from None
-        _check_dims(what, path, width, height, limits)
-        try:  # every page from its header, as the readers read them, before any is decoded
-            image_header(path, limits)
-        except UserError as exc:
-            raise _Bad(what, path, strip_path(str(exc), path)) from None
-        try:
-            im.load()
-            ImageOps.exif_transpose(im, in_place=True)  # sizes as the readers see the image
-        except Exception as exc:  # truncated data, broken chunks, decoder errors
-            raise _Bad(what, path, f"truncated or corrupt {fmt} data: {first_line(exc)}") from None
-        yield im
-
-
-def _check_image_pixels(im: Image.Image, path: Path) -> None:
-    """Make sure :func:`iqeclip.data.readers.load_image`'s conversion to RGB works."""
-    if im.mode in _SAFE_MODES or im.mode in WIDE_MODES:
-        return
-    try:
-        im.convert("RGB")
-    except Exception as exc:
-        raise _Bad(
-            "image", path, f"cannot convert {im.mode} pixels to RGB: {first_line(exc)}"
-        ) from None
+        yield
+    except UserError as exc:
+        if missing_stops and isinstance(exc, MissingPackage):
+            raise
+        raise _Bad(what, path, reason_about(exc, path)) from None
 
 
 def _mask_grey(im: Image.Image, path: Path) -> np.ndarray:
@@ -260,57 +183,28 @@ def _check_binary(grey: np.ndarray, path: Path, lossy: bool) -> None:
     )
 
 
-def strip_path(message: str, path: Path) -> str:
-    """A reader's ``"... <path>: <reason>"`` message without its prefix."""
-    marker = f"{path}: "
-    index = message.find(marker)
-    return message[index + len(marker) :] if index >= 0 else message
-
-
-def _check_medical(path: Path, limits: Limits) -> tuple[int, int]:
-    """Read a DICOM / NIfTI file and check its slices; returns the first slice's (W, H)."""
-    try:
-        slices = read(path, limits=limits)  # the readers check the headers before decoding
-    except UserError as exc:
-        if INSTALL_HINT in str(exc):  # a missing package is not the file's fault
-            raise
-        raise _Bad("image", path, strip_path(str(exc), path)) from None
-    if not slices:
-        raise _Bad("image", path, "holds no image")
-    for s in slices:
-        height, width = s.image.shape[:2]
-        _check_dims("image", path, int(width), int(height), limits)
-    height, width = slices[0].image.shape[:2]
-    return int(width), int(height)
-
-
 def _check_slice(sample: Sample, masks_expected: bool) -> None:
     """A slice of a volume or series: read as the data loader reads it (the decoded volume is
     kept for the next slices), its size checked, its label volume aligned."""
     image, reading = Path(sample.image), sample.reading or DEFAULT_READING
-    try:
+    with _reasons("image", image):
         slices = read_slices(image, reading)
-    except UserError as exc:
-        if INSTALL_HINT in str(exc):
-            raise
-        raise _Bad("image", image, strip_path(str(exc), image)) from None
     if not 0 <= sample.index < len(slices):
         raise _Bad("image", image, f"has no slice {sample.index} (it holds {len(slices)})")
     height, width = slices[sample.index].image.shape[:2]
-    _check_dims("image", image, int(width), int(height), reading.limits)
+    with _reasons("image", image):
+        check_dims("image", image, int(width), int(height), reading.limits)
     if sample.mask is None:
         if masks_expected and sample.label == 1:
             raise _Bad("image", image, "abnormal slice has no mask (this dataset has pixel masks)")
         return
     mask = Path(sample.mask)
-    if kind(mask) != "nifti":
+    if not is_label_volume(mask):
         raise _Bad(
             "mask", mask, f"the mask of slice {sample.index} of {image} must be a label volume"
         )
-    try:
+    with _reasons("mask", mask, missing_stops=False):
         label_slices(mask, image, reading)
-    except UserError as exc:
-        raise _Bad("mask", mask, strip_path(str(exc), mask)) from None
 
 
 def _check(sample: Sample, masks_expected: bool) -> None:
@@ -320,18 +214,15 @@ def _check(sample: Sample, masks_expected: bool) -> None:
         return
     image = Path(sample.image)
     limits = (sample.reading or DEFAULT_READING).limits
-    if kind(image) in ("dicom", "nifti", "series"):  # read as predict reads them; else PIL
-        width, height = _check_medical(image, limits)
-    else:
-        with _decoded(image, "image", limits) as im:
-            width, height = im.size
-            _check_image_pixels(im, image)
+    reader = reader_for(image) or ImageReader()  # no reader: PIL's reason says what it is
+    with _reasons("image", image):
+        width, height = reader.check(image, limits)
     if sample.mask is None:
         if masks_expected and sample.label == 1:
             raise _Bad("image", image, "abnormal image has no mask (this dataset has pixel masks)")
         return
     mask = Path(sample.mask)
-    with _decoded(mask, "mask", limits) as im:
+    with _reasons("mask", mask), decoded(mask, "mask", limits) as im:
         if im.size != (width, height):
             raise _Bad(
                 "mask",

@@ -10,7 +10,9 @@ the same stem (the later one gets ``<stem>-2``, ``-3``, ...), and an input that 
 below its stem (a NIfTI file, a series folder, a DICOM file, a multi-page image: the reader
 registry and the image header tell before reading) never keeps a stem ``P`` when another
 input's stem begins with ``P_``: beside ``a_s000.png``, ``a.nii.gz`` writes ``a-2_s000_...``
-(whichever comes first), so its slice 0 never overwrites the PNG's outputs.
+(whichever comes first), so its slice 0 never overwrites the PNG's outputs. What an input is
+(which reader takes it, whether it is one 2-D picture, where its mask lies) its reader says
+(:func:`~iqeclip.data.readers.reader_for`).
 """
 
 from __future__ import annotations
@@ -18,22 +20,21 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from iqeclip.data.layout import MASK_FOLDER, Sample
+from iqeclip.data.layout import MASK_FOLDER
 from iqeclip.data.readers import (
     DEFAULT_READING,
-    DICOM_SUFFIXES,
-    IMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
     Reading,
-    kind,
+    input_stem,
     label_slices,
+    reader_for,
+    reason_about,
+    single_image,
 )
-from iqeclip.data.readers.pil import page_count
-from iqeclip.data.validate import Skipped, strip_path, validate_samples
+from iqeclip.data.sample import Sample
+from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError
 from iqeclip.inference.outputs import is_output_name
 
@@ -48,7 +49,8 @@ def expand_inputs(
     """Files and DICOM series folders to read, in a stable order.
 
     A folder is searched recursively: images and NIfTI files are taken one by one, and every
-    folder holding DICOM files is one input (:func:`read_items` splits it by series). The
+    folder holding DICOM files is one input (:func:`~iqeclip.data.items.read_items` splits it by
+    series). The
     ``exclude`` folder (predict's ``--out``) is not searched when it lies inside a walked
     folder, and where it *is* the walked folder its files named like predict's outputs
     (``*_overlay.png``, ``*_map.png``, ...) are left out, so an earlier run's outputs are never
@@ -86,34 +88,20 @@ def expand_inputs(
             )
         unreadable.append(Skipped(folder, f"folder cannot be read ({reason})"))
 
-    def walk(root: Path) -> Iterator[Path]:
-        """Every file below ``root`` (symbolic links to folders are not followed, as rglob)."""
-
-        def failed(error: OSError) -> None:
-            refused(Path(error.filename), error.strerror or str(error))
-
-        for folder, folders, files in os.walk(root, onerror=failed):
-            if not os.access(folder, os.R_OK | os.X_OK):  # listed, but its files cannot be opened
-                refused(Path(folder), "permission denied")
-                folders.clear()
-                continue
-            yield from (Path(folder, name) for name in files)
-
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            series: set[Path] = set()
+            inputs: set[Path] = set()
             top = path.resolve()
-            for f in sorted(p for p in walk(path) if wanted(p, path, top)):
-                found_kind = kind(f)
-                if found_kind in ("image", "nifti"):
-                    found.append(f)
-                elif found_kind == "dicom" and f.parent not in series:
-                    series.add(f.parent)
-                    found.append(f.parent)
+            for f in sorted(p for p in _files_below(path, refused) if wanted(p, path, top)):
+                reader = reader_for(f)
+                item = None if reader is None else reader.input_of(f)
+                if item is not None and item not in inputs:  # a DICOM folder once
+                    inputs.add(item)
+                    found.append(item)
         else:
             raise UserError(f"input {path}: no such file or folder")
     if masks_left_out:
@@ -126,6 +114,21 @@ def expand_inputs(
     return found
 
 
+def _files_below(root: Path, refused: Callable[[Path, str], None]) -> Iterator[Path]:
+    """Every file below ``root`` (symbolic links to folders are not followed, as rglob); a
+    folder that cannot be listed or entered goes to ``refused``."""
+
+    def failed(error: OSError) -> None:
+        refused(Path(error.filename), error.strerror or str(error))
+
+    for folder, folders, files in os.walk(root, onerror=failed):
+        if not os.access(folder, os.R_OK | os.X_OK):  # listed, but its files cannot be opened
+            refused(Path(folder), "permission denied")
+            folders.clear()
+            continue
+        yield from (Path(folder, name) for name in files)
+
+
 def mask_for(path: Path, masks: Path) -> Path:
     """The ground truth of an input in the ``--masks`` folder: the image mask of the same name
     for a 2-D image; the label volume (NIfTI, any non-zero voxel) of the same name for a NIfTI
@@ -135,14 +138,10 @@ def mask_for(path: Path, masks: Path) -> Path:
         UserError: An input that holds several pictures without a volume geometry (a
             multi-frame DICOM file, a multi-page TIFF): no mask can be drawn on it.
     """
-    found = kind(path)
-    if found == "image" and page_count(path) == 1:
-        return masks / path.name
-    if found == "nifti":
-        return masks / path.name
-    if found == "series":
-        named = [masks / f"{path.name}{suffix}" for suffix in NIFTI_SUFFIXES]
-        return next((m for m in named if m.is_file()), named[-1])
+    reader = reader_for(path)
+    mask = None if reader is None else reader.mask_in(path, masks)
+    if mask is not None:
+        return mask
     raise UserError(
         f"--masks: {path} is a multi-frame or multi-page file; masks are drawn on 2-D images "
         "and on NIfTI volumes and DICOM series (label volumes)"
@@ -179,21 +178,22 @@ def check_inputs(
             mask = mask_for(path, masks) if masks is not None else None
             if mask is not None and not mask.is_file():
                 raise UserError(f"no mask {mask.name} in --masks {masks}")
-            if mask is not None and kind(path) != "image":
+            if mask is not None and not single_image(path):
                 label_slices(mask, path, reading)  # a label volume on the input's grid
+                mask = None  # checked: the sample below is the input alone
         except UserError as exc:
             if policy == "error":
                 raise UserError(
-                    f"{path}: {strip_path(str(exc), path)} (--on_bad_input skip leaves such "
+                    f"{path}: {reason_about(exc, path)} (--on_bad_input skip leaves such "
                     "inputs out)"
                 ) from None
             skipped.append(Skipped(path, str(exc)))
             continue
-        if policy == "skip" and kind(path) == "series":
+        reader = reader_for(path)
+        if policy == "skip" and reader is not None and reader.partial:
             good.append(path)
             continue
-        image_mask = mask if kind(path) == "image" else None
-        sample = Sample(path, 0, image_mask, reading=reading)  # checked against its limits
+        sample = Sample(path, 0, mask, reading=reading)  # checked against its limits
         usable, bad = validate_samples([sample], size, policy)
         good += [s.image for s in usable]
         skipped += bad
@@ -231,33 +231,6 @@ def _begins_another(stem: str, ordered: list[str]) -> bool:
 
 def _has_sub_names(path: Path) -> bool:
     """Whether an input may write names below its stem (``<stem>_s000``, ``<stem>_series2``):
-    a NIfTI file, a series folder, a DICOM file (it may hold frames) or a multi-page image;
-    known before reading, from the reader registry and the image header."""
-    return kind(path) != "image" or page_count(path) > 1
-
-
-def input_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES, *IMAGE_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def series_stems(stem: str, groups: list[list[Any]]) -> list[str]:
-    """Stems of a folder's series: ``stem`` for one; else ``stem_series<N>`` (SeriesNumber, when
-    the folder's are distinct) or ``stem_<last 8 UID characters>``, made unique with ``-2``."""
-    if len(groups) == 1:
-        return [stem]
-    numbers = [g[0].meta.get("series_number") for g in groups]
-    if None not in numbers and len(set(numbers)) == len(numbers):
-        labels = [f"series{n:g}" for n in numbers]
-    else:
-        labels = [(g[0].meta.get("series_uid") or "nouid").replace(".", "")[-8:] for g in groups]
-    stems: list[str] = []
-    for label in labels:
-        name, n = f"{stem}_{label}", 1
-        while (name if n == 1 else f"{name}-{n}") in stems:
-            n += 1
-        stems.append(name if n == 1 else f"{name}-{n}")
-    return stems
+    all but one 2-D picture (a NIfTI file, a series folder, a DICOM file, which may hold
+    frames, or a multi-page image), known before reading from its reader."""
+    return not single_image(path)

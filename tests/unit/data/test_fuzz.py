@@ -32,8 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from iqeclip.data.layout import Sample, read_support_list
+from iqeclip.data.layout import read_support_list
 from iqeclip.data.readers import load_image, load_mask
+from iqeclip.data.sample import Sample
 from iqeclip.data.validate import check_sample
 from iqeclip.errors import UserError
 
@@ -418,7 +419,7 @@ def test_dicom_with_a_corrupt_position_reads(tmp_path: Path) -> None:
     path = tmp_path / "ct.dcm"
     path.write_bytes(data.replace(good, good.replace(b"\\", b"\x00")))
     (s,) = read(path)
-    assert s.meta["position"] is None and s.image.shape == (128, 128)
+    assert s.dicom.position is None and s.image.shape == (128, 128)
     check_sample(Sample(path, 0, None), 8)
 
 

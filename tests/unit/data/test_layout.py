@@ -10,7 +10,6 @@ from PIL import Image
 from iqeclip.data.layout import (
     CLASS_INDEX,
     IMAGE_SUFFIXES,
-    Sample,
     available_datasets,
     dataset_root,
     find_support_list,
@@ -19,6 +18,7 @@ from iqeclip.data.layout import (
     read_support_list,
     support_set,
 )
+from iqeclip.data.sample import Sample
 from iqeclip.errors import UserError
 
 GOOD = ["n03.png", "n01.png", "n02.png", "n05.png", "n04.png"]

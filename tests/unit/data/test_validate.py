@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from iqeclip.data.layout import Sample
 from iqeclip.data.readers import DEFAULT_LIMITS, load_image, load_mask
+from iqeclip.data.sample import Sample
 from iqeclip.data.validate import (
     Skipped,
     check_sample,
@@ -398,7 +398,7 @@ def test_nifti_full_of_nan_reads_as_zeros(tmp_path: Path) -> None:
     assert len(slices) == 3
     for s in slices:
         assert s.image.shape == (5, 6) and not s.image.any()  # rows: the A-P axis
-        assert s.meta["nonfinite"] == 30 and s.meta["constant"]
+        assert s.levels.nonfinite == 30 and s.levels.constant
     sample = Sample(path, 0, None)
     check_sample(sample, 16)
     assert validate_samples([sample], 16, "error") == ([sample], [])

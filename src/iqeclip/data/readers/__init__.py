@@ -1,47 +1,73 @@
-"""Reading input files: one module per format, and one registry that decides a file's type.
+"""Reading input files: one reader class per format, registered in one list.
 
 Modules:
 
-- :mod:`~iqeclip.data.readers.registry`: a path's type (:func:`kind`: DICOM series folder,
-  NIfTI, DICOM, PIL image; by suffix, then the ``DICM`` magic) and :func:`read`, which reads any
-  supported input as a list of :class:`Slice`;
-- :mod:`~iqeclip.data.readers.pil`: PNG / JPEG / BMP / TIFF (incl. 16-bit) as the model's
-  reference uint8 input (:func:`load_image`, :func:`load_mask`), as slices
+- :mod:`~iqeclip.data.readers.reader`: what a reader is (the :class:`Reader` protocol, and
+  :class:`FileReader` with the answers most formats give);
+- :mod:`~iqeclip.data.readers.registry`: the registered readers (:func:`register`,
+  :func:`unregister`), a path's reader (:func:`reader_for`: by suffix, then by sniffing) and
+  :func:`read`, which reads any supported input as a list of :class:`Slice`;
+- :mod:`~iqeclip.data.readers.image`: PIL images (:class:`ImageReader`) and the checks an image
+  passes before a run; :mod:`~iqeclip.data.readers.pil`: PNG / JPEG / BMP / TIFF (incl. 16-bit)
+  as the model's reference uint8 input (:func:`load_image`, :func:`load_mask`), as slices
   (:func:`read_wide_image`), and slices back to model input (:func:`slice_to_uint8_rgb`);
-- :mod:`~iqeclip.data.readers.dicom`: DICOM files (one slice per frame) and series;
-- :mod:`~iqeclip.data.readers.deflated`: the start of a deflated DICOM file, read before pydicom
-  inflates the whole of it;
-- :mod:`~iqeclip.data.readers.nifti`: NIfTI volumes sliced along one voxel axis;
+- :mod:`~iqeclip.data.readers.dicom_readers`: DICOM files (:class:`DicomReader`) and series
+  folders (:class:`SeriesReader`); :mod:`~iqeclip.data.readers.dicom` converts one file (one
+  slice per frame), :mod:`~iqeclip.data.readers.dicom_series` groups and orders a folder's;
+  :mod:`~iqeclip.data.readers.deflated`: the start of a deflated DICOM file, read before
+  pydicom inflates the whole of it;
+- :mod:`~iqeclip.data.readers.nifti`: NIfTI volumes sliced along one voxel axis
+  (:class:`NiftiReader`);
 - :mod:`~iqeclip.data.readers.model_input`: a sample's model input and mask (:func:`model_input`,
-  :func:`mask_input`) under a run's :class:`Reading`, the one path every command takes;
+  :func:`mask_input`) under a run's :class:`Reading` (:mod:`~iqeclip.data.readers.reading`),
+  the one path every command takes;
 - :mod:`~iqeclip.data.readers.intensity`: the rules that map raw values to [0, 1]
-  (:class:`Intensity`, ``--window`` / ``--percentile`` parsing);
+  (:class:`Intensity`, ``--window`` / ``--percentile`` parsing, :func:`normalise` and the
+  :class:`Levels` it applied);
 - :mod:`~iqeclip.data.readers.limits`: the largest input read (:class:`Limits`: pixels per
   slice, slices and pixels per input), which every reader checks from the header before it
   decodes; :func:`declared` gives what an input's headers declare;
-- :mod:`~iqeclip.data.readers.base`: the :class:`Slice` result and the lazy
-  import of the optional packages.
+- :mod:`~iqeclip.data.readers.base`: the typed :class:`Slice` (its :class:`Geometry` and
+  :class:`DicomInfo`); :mod:`~iqeclip.data.readers.errors`: the errors callers catch by type
+  (:class:`UnreadableFile`, :class:`MissingPackage`) and the lazy import of the optional packages.
 
 pydicom and nibabel are an optional extra (``pip install 'iqeclip[medical]'``), imported only
 when a DICOM or NIfTI file is read.
 """
 
-from iqeclip.data.readers.base import INSTALL_HINT, Slice
+from iqeclip.data.readers.base import DicomInfo, Geometry, Slice
 from iqeclip.data.readers.dicom import read_dicom
-from iqeclip.data.readers.intensity import Intensity, parse_percentile, parse_window
+from iqeclip.data.readers.dicom_readers import (
+    DICOM_SUFFIXES,
+    DicomReader,
+    SeriesReader,
+    read_dicom_series,
+)
+from iqeclip.data.readers.errors import (
+    INSTALL_HINT,
+    MissingPackage,
+    UnreadableFile,
+    cannot_read,
+    reason_about,
+)
+from iqeclip.data.readers.image import IMAGE_SUFFIXES, ImageReader
+from iqeclip.data.readers.intensity import (
+    Intensity,
+    Levels,
+    normalise,
+    parse_percentile,
+    parse_window,
+)
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits, OverLimit
 from iqeclip.data.readers.model_input import (
-    DEFAULT_READING,
-    Reading,
-    describe_intensity,
+    is_label_volume,
     label_slices,
     mask_input,
     model_input,
     read_slices,
-    reading_from,
-    reading_options,
+    reference,
 )
-from iqeclip.data.readers.nifti import read_nifti
+from iqeclip.data.readers.nifti import NIFTI_SUFFIXES, NiftiReader, read_nifti
 from iqeclip.data.readers.pil import (
     WIDE_MODES,
     as_input,
@@ -52,16 +78,26 @@ from iqeclip.data.readers.pil import (
     slice_to_uint8_rgb,
     to_float,
 )
-from iqeclip.data.readers.registry import (
-    DICOM_SUFFIXES,
-    IMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
-    Kind,
-    declared,
-    kind,
-    read,
-    read_dicom_series,
+from iqeclip.data.readers.reader import FileReader, Reader
+from iqeclip.data.readers.reading import (
+    DEFAULT_READING,
+    Reading,
+    describe_intensity,
+    reading_from,
+    reading_options,
 )
+from iqeclip.data.readers.registry import (
+    declared,
+    input_stem,
+    read,
+    reader_for,
+    register,
+    single_image,
+    unregister,
+)
+
+for _reader in (SeriesReader(), NiftiReader(), DicomReader(), ImageReader()):
+    register(_reader)  # the built-in formats, asked in this order
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -72,22 +108,35 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "WIDE_MODES",
     "Declared",
+    "DicomInfo",
+    "DicomReader",
+    "FileReader",
+    "Geometry",
+    "ImageReader",
     "Intensity",
-    "Kind",
+    "Levels",
     "Limits",
+    "MissingPackage",
+    "NiftiReader",
     "OverLimit",
+    "Reader",
     "Reading",
+    "SeriesReader",
     "Slice",
+    "UnreadableFile",
     "as_input",
+    "cannot_read",
     "check_size",
     "declared",
     "describe_intensity",
-    "kind",
+    "input_stem",
+    "is_label_volume",
     "label_slices",
     "load_image",
     "load_mask",
     "mask_input",
     "model_input",
+    "normalise",
     "parse_percentile",
     "parse_window",
     "read",
@@ -96,8 +145,14 @@ __all__ = [
     "read_nifti",
     "read_slices",
     "read_wide_image",
+    "reader_for",
     "reading_from",
     "reading_options",
+    "reason_about",
+    "reference",
+    "register",
+    "single_image",
     "slice_to_uint8_rgb",
     "to_float",
+    "unregister",
 ]

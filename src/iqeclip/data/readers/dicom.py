@@ -13,7 +13,7 @@ same extra installs (pylibjpeg with its openjpeg and rle plugins, pyjpegls, pyth
 is a core dependency); which syntax needs which is tabled in ``docs/workflows.md``. pydicom
 returns colour as RGB whatever the compressed colour space (YBR_FULL, YBR_FULL_422, YBR_RCT,
 YBR_ICT) or planar configuration. Which files are DICOM is decided by
-:mod:`iqeclip.data.readers.registry`.
+:class:`~iqeclip.data.readers.dicom_readers.DicomReader`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -31,8 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from iqeclip.data.readers.base import INSTALL_HINT, Slice, need
+from iqeclip.data.readers.base import DicomInfo, Slice
 from iqeclip.data.readers.deflated import deflated_header
+from iqeclip.data.readers.errors import (
+    INSTALL_HINT,
+    MissingPackage,
+    UnreadableFile,
+    cannot_read,
+    need,
+)
 from iqeclip.data.readers.intensity import (
     DEFAULT_INTENSITY,
     Default,
@@ -97,7 +104,7 @@ def _pydicom(path: Path) -> tuple[ModuleType, ModuleType]:
             continue
         if hasattr(processing, "apply_modality_lut"):
             return pydicom, processing
-    raise UserError(f"reading {path} needs pydicom >= 2.4: {INSTALL_HINT}")
+    raise MissingPackage(f"reading {path} needs pydicom >= 2.4: {INSTALL_HINT}")
 
 
 def _pixel_bytes(ds: Any, path: Path, limits: Limits) -> int:
@@ -116,8 +123,8 @@ def _declared(ds: Any, path: Path, limits: Limits) -> Declared:
     columns = int(_first_number(ds.get("Columns")) or 0)
     frames = max(int(_first_number(ds.get("NumberOfFrames")) or 1), 1)
     where = f"cannot read DICOM {path}"
-    limits.check_slice(where, columns, rows, "each frame" if frames > 1 else "image")
-    limits.check_input(where, frames, rows * columns * frames, "frames")
+    limits.check_slice(where, columns, rows, "each frame" if frames > 1 else "image", path)
+    limits.check_input(where, frames, rows * columns * frames, "frames", path)
     return Declared(frames, rows * columns * frames)
 
 
@@ -129,9 +136,9 @@ def _dcmread(
     pydicom inflates it (:func:`~iqeclip.data.readers.deflated.deflated_header`)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"cannot read DICOM {path}: is a folder (read it as a series)")
+        raise cannot_read("DICOM", path, "is a folder (read it as a series)")
     if not path.is_file():
-        raise UserError(f"cannot read DICOM {path}: no such file")
+        raise cannot_read("DICOM", path, "no such file")
     errors = importlib.import_module("pydicom.errors")
     try:
         with _quiet():
@@ -147,7 +154,7 @@ def _dcmread(
     except UserError:
         raise
     except Exception as exc:  # any parser failure is a problem with the user's file
-        raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from None
+        raise cannot_read("DICOM", path, first_line(exc)) from None
 
 
 def dicom_header(path: Path, limits: Limits = DEFAULT_LIMITS) -> Declared:
@@ -210,7 +217,7 @@ def _rescale(
     try:
         values = processing.apply_modality_lut(raw, ds)
     except Exception as exc:
-        raise UserError(f"cannot read DICOM {path}: modality LUT: {first_line(exc)}") from None
+        raise cannot_read("DICOM", path, f"modality LUT: {first_line(exc)}") from None
     slope = _first_number(ds.get("RescaleSlope"))
     intercept = _first_number(ds.get("RescaleIntercept"))
     has_rescale = slope is not None and intercept is not None and not ds.get("ModalityLUTSequence")
@@ -251,12 +258,13 @@ def _file_default(ds: Any, processing: ModuleType, frame: int) -> tuple[Default 
     return None, None
 
 
-def _decode_failure(ds: Any, exc: BaseException) -> str:
-    """Why the pixel data did not decode, on one line.
+def _undecodable(ds: Any, exc: BaseException, path: Path) -> UnreadableFile:
+    """Why the pixel data did not decode, on one line: a :class:`MissingPackage` when pydicom
+    says its decoders are missing.
 
     pydicom lists each decoder plugin's failure (or missing packages) on the lines after a
     first line ending in ``:``; they are kept, joined by ``;``. A compressed transfer syntax is
-    named (name and UID), with the install hint when pydicom says its decoders are missing.
+    named (name and UID), with the install hint when its decoders are missing.
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = first_line(exc)
@@ -267,12 +275,14 @@ def _decode_failure(ds: Any, exc: BaseException) -> str:
         compressed = bool(syntax is not None and syntax.is_compressed)
     except Exception:  # not a transfer syntax pydicom knows (a private or garbage UID)
         compressed = False
-    if not compressed:
-        return reason
-    reason = f"{reason} (transfer syntax {syntax.name}, {syntax})"
-    if "missing dependencies" in reason:
-        reason += f"; the decoders come with {INSTALL_HINT}"
-    return reason
+    missing = False
+    if compressed:
+        reason = f"{reason} (transfer syntax {syntax.name}, {syntax})"
+        missing = "missing dependencies" in reason
+        if missing:
+            reason += f"; the decoders come with {INSTALL_HINT}"
+    error = cannot_read("DICOM", path, f"cannot decode pixel data: {reason}")
+    return MissingPackage(str(error), path, error.reason) if missing else error
 
 
 def _dataset_slices(
@@ -290,7 +300,7 @@ def _dataset_slices(
     except UserError:
         raise
     except Exception as exc:  # a corrupt element of the user's file
-        raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from None
+        raise cannot_read("DICOM", path, first_line(exc)) from None
 
 
 def _position(value: Any) -> tuple[float, ...] | None:
@@ -370,7 +380,7 @@ def _view(plane: _Plane | None, orientation: str, path: Path) -> View:
     its plane; as stored under the older rules or without geometry."""
     if plane is None or orientation != "radiological":
         return View(transpose=True)  # the transpose of the grid slice: the pixel array as stored
-    return view_of(plane.directions, orientation, None, f"DICOM {path}")
+    return view_of(plane.directions, orientation, None, "DICOM", path)
 
 
 def _convert_dataset(
@@ -379,17 +389,15 @@ def _convert_dataset(
     """The work of :func:`_dataset_slices`."""
     pydicom, processing = _pydicom(path)
     if not _has_pixels(ds):
-        raise UserError(f"cannot read DICOM {path}: no pixel data (not an image)")
+        raise cannot_read("DICOM", path, "no pixel data (not an image)")
     refused = _not_an_image(ds)
     if refused is not None:
-        raise UserError(f"cannot read DICOM {path}: {refused}")
+        raise cannot_read("DICOM", path, refused)
     _declared(ds, path, limits)  # before the pixel data is decoded
     try:
         arr = np.asarray(ds.pixel_array)
     except Exception as exc:
-        raise UserError(
-            f"cannot read DICOM {path}: cannot decode pixel data: {_decode_failure(ds, exc)}"
-        ) from None
+        raise _undecodable(ds, exc, path) from None
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     samples = int(_first_number(ds.get("SamplesPerPixel")) or 1)
     try:
@@ -399,53 +407,52 @@ def _convert_dataset(
         elif photometric.startswith("YBR") and int(pydicom.__version__.split(".")[0]) < 3:
             arr = np.asarray(processing.convert_color_space(arr, photometric, "RGB"))
     except Exception as exc:
-        raise UserError(f"cannot read DICOM {path}: colour conversion: {first_line(exc)}") from None
+        raise cannot_read("DICOM", path, f"colour conversion: {first_line(exc)}") from None
     colour = samples > 1
     multi = arr.ndim == (4 if colour else 3)
     frames = arr if multi else arr[np.newaxis]
     if frames.ndim != (4 if colour else 3):
-        raise UserError(f"cannot read DICOM {path}: unexpected pixel array shape {arr.shape}")
+        raise cannot_read("DICOM", path, f"unexpected pixel array shape {arr.shape}")
 
-    position = ds.get("ImagePositionPatient")
-    common = {
-        "modality": str(ds.get("Modality", "")) or None,
-        "photometric": photometric or None,
-        "frames": int(frames.shape[0]),
-        "instance": _first_number(ds.get("InstanceNumber")),
-        "position": _position(position),
-        "iop": _position(ds.get("ImageOrientationPatient")),
-        "orientation": orientation,
-        "series_uid": str(ds.get("SeriesInstanceUID", "")) or None,
-        "series_number": _first_number(ds.get("SeriesNumber")),
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
-    }
+    info = DicomInfo(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
+        series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+        series_number=_first_number(ds.get("SeriesNumber")),
+        instance=_first_number(ds.get("InstanceNumber")),
+        position=_position(ds.get("ImagePositionPatient")),
+        modality=str(ds.get("Modality", "")) or None,
+        photometric=photometric or None,
+        rescale=None,
+        frame=None,
+        frames=int(frames.shape[0]),
+    )
     out: list[Slice] = []
     for f, raw in enumerate(frames):
         plane = _plane(ds, f)
-        view = _view(plane, orientation, path)
         if colour:
-            image, info = normalise(raw, Intensity(percentile=intensity.percentile))
+            image, levels = normalise(raw, Intensity(percentile=intensity.percentile))
             rescale = None
         else:
             values, rescale = _rescale(ds, processing, raw, f, path)
             default, window = _file_default(ds, processing, f)
-            image, info = normalise(values, intensity, default, window)
+            image, levels = normalise(values, intensity, default, window)
             if photometric == "MONOCHROME1" and not (
-                info["constant"] and info["intensity"] in ("minmax", "none")
+                levels.constant and levels.rule in ("minmax", "none")
             ):
                 image = np.ascontiguousarray(1.0 - image, dtype=np.float32)
-        meta = {
-            **common,
-            "rescale": rescale,
-            "frame": f if multi else None,
-            "view": view,
-            "slice_mm": None
-            if plane is None
-            else slice_position_mm(plane.affine(), (raw.shape[1], raw.shape[0], 1), View(), 0),
-            **info,
-        }
-        image = view.to_view(np.swapaxes(image, 0, 1))
-        out.append(Slice(image=image, source=Path(path), index=f if multi else None, meta=meta))
+        where = None
+        if plane is not None:
+            where = slice_position_mm(plane.affine(), (raw.shape[1], raw.shape[0], 1), View(), 0)
+        out.append(
+            Slice(
+                image=_view(plane, orientation, path).to_view(np.swapaxes(image, 0, 1)),
+                source=Path(path),
+                index=f if multi else None,
+                levels=levels,
+                slice_mm=where,
+                dicom=replace(info, rescale=rescale, frame=f if multi else None),
+            )
+        )
     return out
 
 
@@ -470,9 +477,9 @@ def read_dicom(
 
     Returns:
         One :class:`Slice` per frame: (H, W) grey or (H, W, 3) colour, float32 in [0, 1];
-        ``index`` is the frame number for multi-frame files, None otherwise; ``meta["view"]``
-        turned the grid slice (the pixel array transposed) into ``image``, ``meta["slice_mm"]``
-        is where the frame lies (None without geometry).
+        ``index`` is the frame number for multi-frame files, None otherwise; ``slice_mm`` is
+        where the frame lies (None without geometry), ``dicom`` its
+        :class:`~iqeclip.data.readers.base.DicomInfo`.
 
     Raises:
         UserError: pydicom missing, or ``cannot read DICOM <path>: <reason>`` for a missing,

@@ -3,8 +3,9 @@ geometry of the grid ITK reads.
 
 :func:`read_dicom_files` reads the files (:mod:`iqeclip.data.readers.dicom` converts each one),
 keeps one volume per patient, study, series, frame of reference and plane, orders each along its
-slice normal and gives it the affine of :func:`series_affine`. Which files a folder holds is
-decided by :mod:`iqeclip.data.readers.registry`.
+slice normal and gives it the :class:`~iqeclip.data.readers.base.Geometry` of
+:func:`series_affine`. Which files of a folder are DICOM is decided by
+:class:`~iqeclip.data.readers.dicom_readers.SeriesReader`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from iqeclip.data.readers.base import Slice
+from iqeclip.data.readers.base import Geometry, Slice
 from iqeclip.data.readers.dicom import (
     _dataset_slices,
     _dcmread,
@@ -29,7 +31,9 @@ from iqeclip.data.readers.dicom import (
     _plane,
     _position,
     _pydicom,
+    _view,
 )
+from iqeclip.data.readers.errors import cannot_read
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.errors import UserError
@@ -88,11 +92,12 @@ def _refuse_repeated_positions(folder: Path, files: list[tuple[Path, Any]]) -> N
         key = tuple(round(v, 3) for v in position)
         if key in seen:
             uid = str(ds.get("SeriesInstanceUID", "")) or "(no UID)"
-            raise UserError(
-                f"cannot read DICOM series {folder}: {seen[key].name} and {path.name} of series "
-                f"{uid} lie at the same position ({', '.join(f'{v:g}' for v in key)} mm): two "
-                "acquisitions (echoes, time points, a repeated scan) cannot be one volume; put "
-                "each in a folder of its own"
+            raise cannot_read(
+                "DICOM series",
+                folder,
+                f"{seen[key].name} and {path.name} of series {uid} lie at the same position "
+                f"({', '.join(f'{v:g}' for v in key)} mm): two acquisitions (echoes, time "
+                "points, a repeated scan) cannot be one volume; put each in a folder of its own",
             )
         seen[key] = path
 
@@ -192,13 +197,14 @@ def _splits(folder: Path, keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ..
 def _total(folder: Path, declared: Sequence[Declared], limits: Limits) -> Declared:
     """A folder's frames and pixels together, checked against ``limits``."""
     total = Declared(sum(d.slices for d in declared), sum(d.pixels for d in declared))
-    limits.check_input(f"cannot read DICOM series {folder}", *total, "frames")
+    limits.check_input(f"cannot read DICOM series {folder}", *total, "frames", folder)
     return total
 
 
 def _count_files(folder: Path, files: Sequence[Path], limits: Limits) -> None:
     """Refuse a folder of more files than ``limits`` takes slices, before any is read."""
-    limits.check_input(f"cannot read DICOM series {folder}", len(files), 0, "DICOM files")
+    where = f"cannot read DICOM series {folder}"
+    limits.check_input(where, len(files), 0, "DICOM files", folder)
 
 
 def series_header(folder: Path, files: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> Declared:
@@ -253,11 +259,9 @@ def read_dicom_files(
     Returns:
         The slices, volume by volume; ``index`` runs 0..N-1 within each volume (the slice axis
         of the grid :func:`series_affine` describes), ``source`` is each slice's file,
-        ``meta["series"]`` the folder, ``meta["series_uid"]`` the series, ``meta["volume_id"]``
-        the volume (the SeriesInstanceUID, ``#2``... for the parts of a split one),
-        ``meta["frame"]`` the frame within a multi-frame file (None otherwise), and
-        ``meta["affine"]`` with ``meta["grid"]`` the volume's geometry (None for a volume with
-        a multi-frame file, slices of several sizes or without usable geometry).
+        ``dicom.series`` the folder, ``dicom.volume_id`` the volume (the SeriesInstanceUID,
+        ``#2``... for the parts of a split one), and ``geometry`` the volume's (None for a
+        volume with a multi-frame file, slices of several sizes or without usable geometry).
 
     Raises:
         UserError: pydicom missing, no files or no readable DICOM image among them, a folder
@@ -266,8 +270,30 @@ def read_dicom_files(
     """
     pydicom, _ = _pydicom(folder)
     if not files:
-        raise UserError(f"cannot read DICOM series {folder}: no DICOM files in it")
+        raise cannot_read("DICOM series", folder, "no DICOM files in it")
     _count_files(folder, files, limits)
+    groups = _image_files(pydicom, folder, files, bad, limits)
+    ordered = sorted(groups.values(), key=_series_order)
+    ids = _splits(folder, [_volume_key(g[0][1]) for g in ordered])
+    out: list[Slice] = []
+    for group in ordered:
+        volume_id = ids[_volume_key(group[0][1])]
+        out += _volume(folder, group, volume_id, intensity, orientation, limits, bad)
+    if not out:
+        raise cannot_read("DICOM series", folder, "none of its DICOM files is an image")
+    return out
+
+
+def _image_files(
+    pydicom: Any,
+    folder: Path,
+    files: Sequence[Path],
+    bad: list[tuple[Path, str]] | None,
+    limits: Limits,
+) -> dict[tuple[str, ...], list[tuple[Path, Any]]]:
+    """The folder's image files and their datasets (pixel data not decoded), grouped by
+    :func:`_volume_key`, once their frames and pixels together passed ``limits``; files without
+    pixel data are left out, and so are non-image ones (counted in a log line)."""
     groups: dict[tuple[str, ...], list[tuple[Path, Any]]] = {}
     not_images: list[str] = []
     declared: list[Declared] = []
@@ -294,37 +320,44 @@ def read_dicom_files(
             f"{'; '.join(not_images[:3])}{' ...' if len(not_images) > 3 else ''}"
         )
     _total(folder, declared, limits)  # before any pixel data is decoded
-    ordered = sorted(groups.values(), key=_series_order)
-    ids = _splits(folder, [_volume_key(g[0][1]) for g in ordered])
-    out: list[Slice] = []
-    for group in ordered:
-        series: list[Slice] = []
-        decoded: list[Any] = []
-        ordered_files = _sorted_series(group)
-        _refuse_repeated_positions(folder, ordered_files)
-        for path, ds in ordered_files:
-            try:
-                slices = _dataset_slices(ds, path, intensity, orientation, limits)
-            except UserError as exc:
-                if bad is None:
-                    raise
-                bad.append((path, str(exc)))
-                continue
-            decoded.append(ds)
-            series += slices
-        affine = series_affine(decoded) if len(series) == len(decoded) else None
-        shapes = {s.image.shape for s in series}
-        if len(shapes) != 1 or any(s.image.ndim != 2 for s in series):
-            affine = None
-        grid = None
-        if affine is not None:
-            rows, columns = decoded[0].Rows, decoded[0].Columns
-            grid = (int(columns), int(rows), len(series))
-        volume_id = ids[_volume_key(group[0][1])]
-        for index, s in enumerate(series):
-            s.index = index
-            s.meta.update(series=folder, volume_id=volume_id, affine=affine, grid=grid)
-        out += series
-    if not out:
-        raise UserError(f"cannot read DICOM series {folder}: none of its DICOM files is an image")
-    return out
+    return groups
+
+
+def _volume(
+    folder: Path,
+    group: list[tuple[Path, Any]],
+    volume_id: str,
+    intensity: Intensity,
+    orientation: str,
+    limits: Limits,
+    bad: list[tuple[Path, str]] | None,
+) -> list[Slice]:
+    """One volume's slices in order, numbered, with its identity and (when one affine
+    describes it) its :class:`~iqeclip.data.readers.base.Geometry`."""
+    series: list[Slice] = []
+    decoded: list[Any] = []
+    ordered_files = _sorted_series(group)
+    _refuse_repeated_positions(folder, ordered_files)
+    for path, ds in ordered_files:
+        try:
+            slices = _dataset_slices(ds, path, intensity, orientation, limits)
+        except UserError as exc:
+            if bad is None:
+                raise
+            bad.append((path, str(exc)))
+            continue
+        decoded.append(ds)
+        series += slices
+    affine = series_affine(decoded) if len(series) == len(decoded) else None
+    shapes = {s.image.shape for s in series}
+    geometry = None
+    if affine is not None and len(shapes) == 1 and all(s.image.ndim == 2 for s in series):
+        grid = (int(decoded[0].Columns), int(decoded[0].Rows), len(series))
+        view = _view(_plane(decoded[0], 0), orientation, series[0].source)
+        geometry = Geometry(grid, affine, view, orientation, grid)
+    for index, s in enumerate(series):
+        s.index = index
+        s.geometry = geometry
+        if s.dicom is not None:
+            s.dicom = replace(s.dicom, series=folder, volume_id=volume_id)
+    return series

@@ -12,15 +12,15 @@ Colour sources (RGB, YBR, PALETTE COLOR DICOM; RGB images) are min-max normalise
 their three channels (or percentile-clipped); windows do not apply to them.
 
 Non-finite values (NaN, +-inf) are replaced by the slice's finite minimum and counted in
-``meta["nonfinite"]``. A slice without any finite value, or a constant one, gives zeros (a window
-still maps a constant slice to its windowed grey) and ``meta["constant"] = True``.
+:attr:`Levels.nonfinite`. A slice without any finite value, or a constant one, gives zeros (a
+window still maps a constant slice to its windowed grey) and :attr:`Levels.constant`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_INTENSITY",
     "Default",
     "Intensity",
+    "Levels",
     "linear_window",
     "normalise",
     "parse_percentile",
@@ -76,6 +77,24 @@ class Intensity:
 
 DEFAULT_INTENSITY = Intensity()
 """No options: each source's own default rule (the readers' default ``intensity``)."""
+
+
+@dataclass(frozen=True)
+class Levels:
+    """How one slice's raw values became [0, 1] (what :func:`normalise` did).
+
+    Attributes:
+        rule: ``"window"``, ``"percentile"``, ``"file-window"``, ``"voi-lut"``, ``"minmax"``,
+            ``"8bit"``, ``"fullrange16"`` or ``"none"`` (no finite value).
+        window: The (centre, width) applied, or None.
+        constant: The slice holds one value (or none that is finite): it reads as one grey.
+        nonfinite: Its non-finite values (NaN, +-inf), replaced by its finite minimum.
+    """
+
+    rule: str = "minmax"
+    window: tuple[float, float] | None = None
+    constant: bool = False
+    nonfinite: int = 0
 
 
 def _two_floats(values: Any, help_text: str, shown: Any = None) -> tuple[float, float]:
@@ -151,51 +170,42 @@ def normalise(
     intensity: Intensity,
     default: Default | None = None,
     window_used: tuple[float, float] | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, Levels]:
     """Map raw values of one slice to [0, 1].
 
     Args:
         values: Raw values, any shape ((H, W) or (H, W, 3)), any numeric dtype.
         intensity: Explicit options; they win over ``default``.
         default: (rule name, function to [0, 1]) used when no option is given; min-max if None.
-        window_used: The file window behind ``default``, recorded in the metadata.
+        window_used: The file window behind ``default``, recorded in the :class:`Levels`.
 
     Returns:
-        (float32 image of the same shape in [0, 1], metadata with ``nonfinite``, ``constant``,
-        ``intensity`` and ``window``).
+        (float32 image of the same shape in [0, 1], its :class:`Levels`).
     """
     x = np.asarray(values, dtype=np.float64)
-    info: dict[str, Any] = {
-        "nonfinite": 0,
-        "constant": False,
-        "intensity": "minmax",
-        "window": None,
-    }
     finite = np.isfinite(x)
     n_bad = int(x.size - np.count_nonzero(finite))
     if n_bad:
-        info["nonfinite"] = n_bad
         if n_bad == x.size:
-            info.update(constant=True, intensity="none")
-            return np.zeros(x.shape, dtype=np.float32), info
+            return np.zeros(x.shape, dtype=np.float32), Levels("none", None, True, n_bad)
         x = np.where(finite, x, x[finite].min())
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-    info["constant"] = not hi > lo
+    levels = Levels(constant=not hi > lo, nonfinite=n_bad)
 
     out: np.ndarray | None = None
     if intensity.window is not None:
         out = linear_window(x, *intensity.window)
-        info.update(intensity="window", window=intensity.window)
+        levels = replace(levels, rule="window", window=intensity.window)
     elif intensity.percentile is not None:
         p_lo, p_hi = (float(v) for v in np.percentile(x, intensity.percentile))
         if p_hi > p_lo:
             out = (np.clip(x, p_lo, p_hi) - p_lo) / (p_hi - p_lo)
-            info["intensity"] = "percentile"
+            levels = replace(levels, rule="percentile")
     elif default is not None:
         name, function = default
         out = function(x)
-        info.update(intensity=name, window=window_used)
+        levels = replace(levels, rule=name, window=window_used)
     if out is None:  # min-max (also the fallback for degenerate percentiles)
-        out = np.zeros_like(x) if info["constant"] else (x - lo) / (hi - lo)
+        out = np.zeros_like(x) if levels.constant else (x - lo) / (hi - lo)
     image = np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
-    return image, info
+    return image, levels

@@ -15,20 +15,22 @@ takes gigabytes, so every reader reads what the header declares and checks it ag
 ``--max_total_megapixels``; their messages name the option that raises the limit); training and
 testing check their images against :data:`DEFAULT_LIMITS`. A limit that is exceeded is an
 :class:`OverLimit`, a :class:`~iqeclip.errors.UserError` of one line naming the file, what it
-declares and the limit.
+declares and the limit (an :class:`~iqeclip.data.readers.errors.UnreadableFile`, so a reader's one
+keeps the file and the reason apart).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
-from iqeclip.errors import UserError
+from iqeclip.data.readers.errors import UnreadableFile
 
 __all__ = ["DEFAULT_LIMITS", "Declared", "Limits", "OverLimit"]
 
 
-class OverLimit(UserError):
+class OverLimit(UnreadableFile):
     """An input (or upload) larger than a limit: one line naming it, the size and the limit."""
 
 
@@ -86,17 +88,23 @@ class Limits:
             )
         return None
 
-    def check_slice(self, where: str, width: int, height: int, what: str = "image") -> None:
-        """Raise :class:`OverLimit` (``<where>: <why>``) for a slice over the limit."""
+    def check_slice(
+        self, where: str, width: int, height: int, what: str = "image", path: Path | None = None
+    ) -> None:
+        """Raise :class:`OverLimit` (``<where>: <why>``, about ``path``) for a slice over the
+        limit."""
         problem = self.slice_problem(int(width), int(height), what)
         if problem is not None:
-            raise OverLimit(f"{where}: {problem}")
+            raise OverLimit(f"{where}: {problem}", path, problem)
 
-    def check_input(self, where: str, slices: int, pixels: int, unit: str = "slices") -> None:
-        """Raise :class:`OverLimit` (``<where>: <why>``) for an input over a limit."""
+    def check_input(
+        self, where: str, slices: int, pixels: int, unit: str = "slices", path: Path | None = None
+    ) -> None:
+        """Raise :class:`OverLimit` (``<where>: <why>``, about ``path``) for an input over a
+        limit."""
         problem = self.input_problem(int(slices), int(pixels), unit)
         if problem is not None:
-            raise OverLimit(f"{where}: {problem}")
+            raise OverLimit(f"{where}: {problem}", path, problem)
 
 
 DEFAULT_LIMITS = Limits()

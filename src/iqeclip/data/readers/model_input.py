@@ -1,19 +1,22 @@
 """A sample's model input and mask: one function each, used by every command.
 
-A sample is a path of any :func:`~iqeclip.data.readers.registry.kind` (image, DICOM file, DICOM
-series folder, NIfTI volume), an optional slice ``index`` (the slice's position in the list that
-:func:`~iqeclip.data.readers.registry.read` returns for the path) and a :class:`Reading`: the
-intensity rule, the slicing axis and the NIfTI orientation of the run.
+A sample is a path any registered reader takes (image, DICOM file, DICOM series folder, NIfTI
+volume...: :func:`~iqeclip.data.readers.registry.reader_for`), an optional slice ``index`` (the
+slice's position in the list that :func:`~iqeclip.data.readers.registry.read` returns for the
+path) and a :class:`~iqeclip.data.readers.reading.Reading`: the intensity rule, the slicing axis
+and the NIfTI orientation of the run.
 
-- :func:`model_input` gives the ``(3, S, S)`` uint8 model input. A PIL image without an index
-  read with the default intensity rule is :func:`~iqeclip.data.readers.pil.load_image` (the
+- :func:`model_input` gives the ``(3, S, S)`` uint8 model input, the one path from a file to
+  the model. A whole PIL image read with the default intensity rule (:func:`reference`, the one
+  place the PIL fast path is decided) is :func:`~iqeclip.data.readers.pil.load_image` (the
   reference BMAD pre-processing; it equals the slice path bit for bit, see
   :mod:`~iqeclip.data.readers.pil`, and reads the first page of a multi-page file); everything
   else is the slice of :func:`~iqeclip.data.readers.registry.read` through
   :func:`~iqeclip.data.readers.pil.slice_to_uint8_rgb`, the path ``predict`` takes.
 - :func:`mask_input` gives the ``(S, S)`` bool mask: an image mask
   (:func:`~iqeclip.data.readers.pil.load_mask`), or the slice of a label volume (NIfTI; any
-  non-zero voxel is anomalous) aligned to the image's volume by :func:`label_slices`.
+  non-zero voxel is anomalous: :func:`is_label_volume`) aligned to the image's volume by
+  :func:`label_slices`.
 
 Volumes are read once and kept for the next slices (a small per-process cache keyed by path,
 modification time, size and reading), so a data loader walking a volume slice by slice decodes it
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,103 +34,30 @@ import numpy as np
 import torch
 from PIL import Image
 
-from iqeclip.data.readers.base import Slice, need
-from iqeclip.data.readers.intensity import (
-    DEFAULT_INTENSITY,
-    Intensity,
-    parse_percentile,
-    parse_window,
-)
-from iqeclip.data.readers.limits import DEFAULT_LIMITS, Limits
-from iqeclip.data.readers.orientation import ORIENTATIONS, View
+from iqeclip.data.readers.base import Geometry, Slice
+from iqeclip.data.readers.errors import UnreadableFile, cannot_read, need
+from iqeclip.data.readers.image import ImageReader
+from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
+from iqeclip.data.readers.nifti import NiftiReader
 from iqeclip.data.readers.pil import check_size, load_image, load_mask, slice_to_uint8_rgb
-from iqeclip.data.readers.registry import kind, read
+from iqeclip.data.readers.reading import DEFAULT_READING, Reading
+from iqeclip.data.readers.registry import read, reader_for
 from iqeclip.errors import UserError, first_line
 
 __all__ = [
-    "DEFAULT_READING",
-    "Reading",
-    "describe_intensity",
     "forget_volumes",
+    "is_label_volume",
     "label_slices",
     "mask_input",
     "model_input",
     "read_slices",
-    "reading_from",
-    "reading_options",
+    "reference",
 ]
 
 CACHED_VOLUMES = 16
 """Volumes (and label volumes) kept decoded per process (a BraTS FLAIR is 36 MB as float32)."""
 AFFINE_TOLERANCE_MM = 0.01
 """How far a label volume's affine may be from its image's (float32 storage, rounding)."""
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How a run reads its inputs (recorded with every checkpoint's run settings).
-
-    Attributes:
-        intensity: The intensity rule (``--window`` / ``--percentile``; default: each input
-            kind's own rule, see :mod:`~iqeclip.data.readers.intensity`).
-        axis: The plane NIfTI volumes are sliced across (``--axis``).
-        orientation: How volume slices are turned to face the model (``--orientation``,
-            :mod:`~iqeclip.data.readers.orientation`).
-        limits: The largest input read (:mod:`~iqeclip.data.readers.limits`; ``predict``'s
-            ``--max_megapixels``...). Not part of the ``repr`` (nor of a run's identity): they
-            decide which inputs are read, never how.
-    """
-
-    intensity: Intensity = DEFAULT_INTENSITY
-    axis: int = 2
-    orientation: str = ORIENTATIONS[0]
-    limits: Limits = field(default=DEFAULT_LIMITS, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.axis, bool) or self.axis not in (0, 1, 2):
-            raise UserError(f"--axis must be 0, 1 or 2, got {self.axis!r}")
-        if self.orientation not in ORIENTATIONS:
-            raise UserError(
-                f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {self.orientation!r}"
-            )
-
-
-DEFAULT_READING = Reading()
-
-
-def reading_from(
-    window: str | None, percentile: str | None, axis: int = 2, orientation: str = ORIENTATIONS[0]
-) -> Reading:
-    """The :class:`Reading` of the options ``--window``, ``--percentile``, ``--axis``,
-    ``--orientation`` (checked: a one-line error naming the flag)."""
-    intensity = Intensity(
-        window=parse_window(window) if window else None,
-        percentile=parse_percentile(percentile) if percentile else None,
-    )
-    return Reading(intensity, axis, orientation)
-
-
-def reading_options(reading: Reading) -> dict[str, Any]:
-    """A reading as the options that give it (``window``, ``percentile``, ``axis``,
-    ``orientation``), for a run's recorded configuration."""
-    intensity = reading.intensity
-    return {
-        "window": None if intensity.window is None else "{:g},{:g}".format(*intensity.window),
-        "percentile": (
-            None if intensity.percentile is None else "{:g},{:g}".format(*intensity.percentile)
-        ),
-        "axis": reading.axis,
-        "orientation": reading.orientation,
-    }
-
-
-def describe_intensity(intensity: Intensity) -> str:
-    """The rule in words, as the options spell it."""
-    if intensity.window is not None:
-        return "--window {:g},{:g}".format(*intensity.window)
-    if intensity.percentile is not None:
-        return "--percentile {:g},{:g}".format(*intensity.percentile)
-    return "each input kind's default rule"
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -179,12 +108,25 @@ def _pick(slices: tuple[Slice, ...], index: int | None, path: Path) -> Slice:
     return slices[index]
 
 
+def reference(path: Path, reading: Reading) -> bool:
+    """Whether a whole file's model input is the reference BMAD pre-processing
+    (:func:`~iqeclip.data.readers.pil.load_image`): a PIL image read with each kind's default
+    intensity rule. The one place the PIL fast path is decided."""
+    return reading.intensity == DEFAULT_INTENSITY and isinstance(reader_for(path), ImageReader)
+
+
+def is_label_volume(path: Path) -> bool:
+    """Whether a mask is a label volume (NIfTI), to be aligned to its image's volume, rather
+    than an image mask."""
+    return isinstance(reader_for(path), NiftiReader)
+
+
 def model_input(
     path: Path, index: int | None, size: int, reading: Reading = DEFAULT_READING
 ) -> torch.Tensor:
     """The uint8 model input ``(3, size, size)`` of one sample (see the module docstring)."""
     path = Path(path)
-    if index is None and reading.intensity == DEFAULT_INTENSITY and kind(path) == "image":
+    if index is None and reference(path, reading):
         return load_image(path, size, reading.limits)
     check_size(size)
     return slice_to_uint8_rgb(_pick(read_slices(path, reading), index, path), size)
@@ -195,7 +137,7 @@ def mask_input(
 ) -> torch.Tensor:
     """The bool mask ``(size, size)`` of one sample: an image mask, or a label volume's slice."""
     mask = Path(mask)
-    if index is None or kind(mask) != "nifti":
+    if index is None or not is_label_volume(mask):
         return load_mask(mask, size, reading.limits)
     check_size(size)
     labels = label_slices(mask, image, reading)[index]
@@ -203,34 +145,34 @@ def mask_input(
     return torch.from_numpy(np.asarray(picture.resize((size, size), Image.NEAREST)) > 0)
 
 
-def volume_geometry(
-    image: Path, slices: Sequence[Slice]
-) -> tuple[tuple[int, ...], np.ndarray, View]:
-    """``(grid, affine, view)`` of the volume one input's slices come from.
+def volume_geometry(image: Path, slices: Sequence[Slice]) -> Geometry:
+    """The :class:`~iqeclip.data.readers.base.Geometry` of the volume one input's slices come
+    from.
 
     Raises:
         UserError: The input is no volume (a 2-D image, several DICOM volumes in one folder, a
             DICOM series without usable geometry).
     """
-    meta = slices[0].meta
-    volumes = {s.meta.get("volume_id") for s in slices}
+    volumes = {None if s.dicom is None else s.dicom.volume_id for s in slices}
     if len(volumes) > 1:
         raise UserError(
             f"{image} holds {len(volumes)} DICOM volumes: give each series its own folder to "
             "pair it with a label volume"
         )
-    if meta.get("grid") is None:
-        if meta.get("series") is not None:
-            raise UserError(
-                f"DICOM series {image} has no usable geometry (ImageOrientationPatient, "
-                "PixelSpacing, ImagePositionPatient, one size, even spacing), so a label volume "
-                "cannot be aligned to it"
-            )
+    geometry, dicom = slices[0].geometry, slices[0].dicom
+    if geometry is not None:
+        return geometry
+    if dicom is not None and dicom.series is not None:
         raise UserError(
-            f"a label volume needs a volume to label: {image} is a 2-D {kind(image) or 'input'}; "
-            "give an image mask"
+            f"DICOM series {image} has no usable geometry (ImageOrientationPatient, "
+            "PixelSpacing, ImagePositionPatient, one size, even spacing), so a label volume "
+            "cannot be aligned to it"
         )
-    return tuple(meta["grid"]), np.asarray(meta["affine"]), meta["view"]
+    reader = reader_for(image)
+    raise UserError(
+        f"a label volume needs a volume to label: {image} is a 2-D "
+        f"{'input' if reader is None else reader.name}; give an image mask"
+    )
 
 
 @functools.lru_cache(maxsize=CACHED_VOLUMES)
@@ -240,9 +182,9 @@ def _labels(
     del stamps
     mask_path, image_path = Path(mask), Path(image)
     slices = read_slices(image_path, reading)
-    grid, affine, view = volume_geometry(image_path, slices)
-    data = aligned_labels(mask_path, grid, affine, image_path)
-    return tuple(view.take(data, s.index or 0) for s in slices)
+    geometry = volume_geometry(image_path, slices)
+    data = aligned_labels(mask_path, geometry.grid, geometry.affine, image_path)
+    return tuple(geometry.view.take(data, s.index or 0) for s in slices)
 
 
 def label_slices(
@@ -280,16 +222,18 @@ def aligned_labels(
         img = nib.load(str(mask))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # any parser failure is a problem with the user's file
-        raise UserError(f"cannot read label volume {mask}: {first_line(exc)}") from None
+        raise cannot_read("label volume", mask, first_line(exc)) from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise UserError(f"label volume {mask}: expected a 3-D volume, got shape {data.shape}")
+        reason = f"expected a 3-D volume, got shape {data.shape}"
+        raise UnreadableFile(f"label volume {mask}: {reason}", mask, reason)
     source = np.asarray(img.affine, dtype=np.float64)
     try:
         ornt = ornt_transform(io_orientation(source), io_orientation(affine))
     except Exception as exc:
-        raise UserError(f"label volume {mask}: its affine has no orientation: {exc}") from None
+        reason = f"its affine has no orientation: {exc}"
+        raise UnreadableFile(f"label volume {mask}: {reason}", mask, reason) from None
     data = apply_orientation(data, ornt)
     moved = source @ inv_ornt_aff(ornt, img.shape[:3])
     if tuple(data.shape) != tuple(shape):
@@ -299,8 +243,10 @@ def aligned_labels(
         )
     gap = float(np.abs(moved - affine).max())
     if not gap <= AFFINE_TOLERANCE_MM:
-        raise UserError(
-            f"label volume {mask} is not in the space of {image}: their affines differ by up to "
-            f"{gap:.3g} (resample the labels onto the image first)"
+        reason = (
+            f"their affines differ by up to {gap:.3g} (resample the labels onto the image first)"
+        )
+        raise UnreadableFile(  # about the image: the label volume is named by its caller
+            f"label volume {mask} is not in the space of {image}: {reason}", image, reason
         )
     return np.asarray(data) != 0

@@ -4,10 +4,12 @@ A 3-D volume is sliced along the file's voxel axis closest to the world axis ``-
 sagittal, 1 coronal, 2 axial, the default), in the file's own order, and each slice is turned
 into the radiological view (:mod:`iqeclip.data.readers.orientation`): the same scan stored RAS,
 LPS or with its axes permuted, or as a DICOM series, gives the same pictures. A slice's
-``index`` is the file's voxel index along the slicing axis, and its ``meta["view"]`` puts a map
-back into the file's voxel order (:meth:`~iqeclip.data.readers.orientation.View.put`), to be
-written with ``meta["affine"]`` and ``meta["header"]`` (the source file's). The default
-intensity rule is min-max per slice (see :mod:`iqeclip.data.readers.intensity`).
+``index`` is the file's voxel index along the slicing axis, and its
+:class:`~iqeclip.data.readers.base.Geometry` puts a map back into the file's voxel order
+(:meth:`~iqeclip.data.readers.orientation.View.put`), to be written with the source file's
+affine and header. The default intensity rule is min-max per slice (see
+:mod:`iqeclip.data.readers.intensity`). :class:`NiftiReader` reads ``.nii`` and ``.nii.gz``
+files; a volume's label volume is the file of the same name in the ``--masks`` folder.
 
 nibabel (the optional extra) is imported only when a NIfTI file is read.
 """
@@ -20,20 +22,25 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from iqeclip.data.readers.base import Slice, need
+from iqeclip.data.readers.base import Geometry, Slice
+from iqeclip.data.readers.errors import cannot_read, need
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS, View, slice_position_mm, view_of
+from iqeclip.data.readers.reader import FileReader
+from iqeclip.data.readers.reading import Reading
 from iqeclip.errors import UserError, first_line
 
-__all__ = ["nifti_header", "read_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "NiftiReader", "nifti_header", "read_nifti"]
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+"""Names of NIfTI files."""
 
 
 class _Header(NamedTuple):
     """What a NIfTI file's header says, before any voxel is read."""
 
     img: Any  # the nibabel image (its data not read)
-    file_shape: tuple[int, ...]  # as stored
     source_shape: tuple[int, ...]  # without trailing singleton axes beyond the third
     grid: tuple[int, ...]  # the 3-D voxel grid the slices are taken from
     affine: np.ndarray
@@ -52,29 +59,33 @@ def _header(path: Path, axis: int, orientation: str, limits: Limits) -> _Header:
         raise UserError(f"--axis must be 0, 1 or 2, got {axis!r}")
     nib = need("nibabel", path)
     if not path.is_file():
-        raise UserError(f"cannot read NIfTI {path}: no such file")
+        raise cannot_read("NIfTI", path, "no such file")
     try:
         img = nib.load(str(path))  # the header; the voxels are read by get_fdata
         dtype = np.dtype(img.get_data_dtype())
         file_shape = tuple(int(n) for n in img.shape)
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as exc:  # any parser failure is a problem with the user's file
-        raise UserError(f"cannot read NIfTI {path}: {first_line(exc)}") from None
+        raise cannot_read("NIfTI", path, first_line(exc)) from None
     if dtype.kind == "c" or dtype.names is not None:
-        raise UserError(
-            f"cannot read NIfTI {path}: its voxels are {dtype} ({'complex' if dtype.kind == 'c' else 'compound'} "
-            "values), not an image: convert it to real magnitudes first"
+        raise cannot_read(
+            "NIfTI",
+            path,
+            f"its voxels are {dtype} ({'complex' if dtype.kind == 'c' else 'compound'} values), "
+            "not an image: convert it to real magnitudes first",
         )
     shape = file_shape
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) > 3:
-        raise UserError(
-            f"cannot read NIfTI {path}: {len(shape)}-D image of shape {file_shape}; only 2-D and "
-            "3-D images (or 4-D with a single volume) are supported: extract one volume first"
+        raise cannot_read(
+            "NIfTI",
+            path,
+            f"{len(shape)}-D image of shape {file_shape}; only 2-D and 3-D images (or 4-D with a "
+            "single volume) are supported: extract one volume first",
         )
     if len(shape) < 2:
-        raise UserError(f"cannot read NIfTI {path}: {len(shape)}-D image of shape {file_shape}")
+        raise cannot_read("NIfTI", path, f"{len(shape)}-D image of shape {file_shape}")
     flat = len(shape) == 2
     grid = (*shape, 1) if flat else shape
     if flat and orientation == "canonical":  # the older rule never turned 2-D images
@@ -82,12 +93,12 @@ def _header(path: Path, axis: int, orientation: str, limits: Limits) -> _Header:
     else:
         plane = None if flat else int(axis) % 3
         native = 2 if flat else int(axis) % 3
-        view = view_of(affine[:3, :3], orientation, plane, f"NIfTI {path}", native)
+        view = view_of(affine[:3, :3], orientation, plane, "NIfTI", path, native)
     where = f"cannot read NIfTI {path}"
     width, height = (n for i, n in enumerate(grid) if i != view.axis)
-    limits.check_slice(where, width, height, "each slice")
-    limits.check_input(where, grid[view.axis], math.prod(grid))
-    return _Header(img, file_shape, shape, grid, affine, view)
+    limits.check_slice(where, width, height, "each slice", path)
+    limits.check_input(where, grid[view.axis], math.prod(grid), path=path)
+    return _Header(img, shape, grid, affine, view)
 
 
 def nifti_header(
@@ -129,12 +140,12 @@ def read_nifti(
 
     Returns:
         One (H, W) float32 :class:`Slice` per file slice, ``index`` the file's voxel index along
-        the slicing axis (None for a 2-D image). ``meta`` holds the file's ``affine`` and
-        ``header``, ``file_shape`` (as stored), ``source_shape`` (without trailing singleton
-        axes), ``grid`` (the 3-D voxel grid the slices are taken from), ``view``
-        (:class:`~iqeclip.data.readers.orientation.View`: its ``axis`` and
-        :meth:`~iqeclip.data.readers.orientation.View.put` write a map back), ``orientation``
-        and ``slice_mm`` (:func:`~iqeclip.data.readers.orientation.slice_position_mm`).
+        the slicing axis (None for a 2-D image), ``slice_mm`` where it lies
+        (:func:`~iqeclip.data.readers.orientation.slice_position_mm`); all share the volume's
+        :class:`~iqeclip.data.readers.base.Geometry`: the file's affine and header, ``grid`` (the
+        3-D voxel grid the slices are taken from), ``source_shape`` (the file's shape without
+        trailing singleton axes) and the ``view`` (its ``axis`` and
+        :meth:`~iqeclip.data.readers.orientation.View.put` write a map back).
 
     Raises:
         UserError: nibabel missing, ``cannot read NIfTI <path>: <reason>`` for a missing or
@@ -144,25 +155,38 @@ def read_nifti(
             (:class:`~iqeclip.data.readers.limits.OverLimit`).
     """
     path = Path(path)
-    img, file_shape, source_shape, grid, affine, view = _header(path, axis, orientation, limits)
+    img, source_shape, grid, affine, view = _header(path, axis, orientation, limits)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # a truncated file fails here
-        raise UserError(f"cannot read NIfTI {path}: {first_line(exc)}") from None
+        raise cannot_read("NIfTI", path, first_line(exc)) from None
     volume = data.reshape(grid)
     flat = len(source_shape) == 2
-    common = {
-        "affine": affine,
-        "header": img.header,
-        "grid": grid,
-        "source_shape": source_shape,
-        "file_shape": file_shape,
-        "orientation": orientation,
-        "view": view,
-    }
+    geometry = Geometry(grid, affine, view, orientation, source_shape, img.header)
     out = []
     for i in range(grid[view.axis]):
-        image, info = normalise(view.take(volume, i), intensity)
-        meta = {**common, "slice_mm": slice_position_mm(affine, grid, view, i), **info}
-        out.append(Slice(image=image, source=path, index=None if flat else i, meta=meta))
+        image, levels = normalise(view.take(volume, i), intensity)
+        where = slice_position_mm(affine, grid, view, i)
+        index = None if flat else i
+        out.append(Slice(image, path, index, levels, where, geometry))
     return out
+
+
+class NiftiReader(FileReader):
+    """NIfTI files (:func:`read_nifti`): a volume's slices across ``--axis``."""
+
+    name = "nifti"
+    suffixes = NIFTI_SUFFIXES
+
+    def read(
+        self, path: Path, reading: Reading, bad: list[tuple[Path, str]] | None = None
+    ) -> list[Slice]:
+        return read_nifti(
+            path, reading.axis, reading.intensity, reading.orientation, reading.limits
+        )
+
+    def declared(self, path: Path, reading: Reading) -> Declared:
+        return nifti_header(path, reading.axis, reading.orientation, reading.limits)
+
+    def mask_in(self, path: Path, masks: Path) -> Path | None:
+        return masks / path.name

@@ -26,9 +26,11 @@ transform, and undoes it (:meth:`View.to_file`) so maps are written back voxel f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from iqeclip.data.readers.errors import cannot_read
 from iqeclip.errors import UserError
 
 __all__ = ["ORIENTATIONS", "View", "slice_position_mm", "view_of"]
@@ -102,7 +104,12 @@ def _axes(directions: np.ndarray) -> np.ndarray:
 
 
 def view_of(
-    directions: np.ndarray | None, rule: str, plane: int | None, what: str, native_axis: int = 2
+    directions: np.ndarray | None,
+    rule: str,
+    plane: int | None,
+    what: str,
+    path: Path,
+    native_axis: int = 2,
 ) -> View:
     """The :class:`View` of a volume.
 
@@ -113,7 +120,7 @@ def view_of(
         rule: One of :data:`ORIENTATIONS`.
         plane: The world axis to slice across (0 sagittal, 1 coronal, 2 axial); None: the plane
             of voxel axis 2 (a DICOM acquisition's slice normal).
-        what: The source, named in errors.
+        what: The source's format (``NIfTI``, ``DICOM``) and ``path`` its file, named in errors.
         native_axis: The slicing axis for ``native`` and for a source without geometry.
 
     Raises:
@@ -129,10 +136,11 @@ def view_of(
             raise ValueError("not finite")
         ornt = _axes(directions)
     except (ValueError, np.linalg.LinAlgError):
-        raise UserError(
-            f"cannot read {what}: its geometry does not give every voxel axis a direction "
-            "(degenerate or not finite); pass --orientation native to slice it in the file's "
-            "voxel order"
+        raise cannot_read(
+            what,
+            path,
+            "its geometry does not give every voxel axis a direction (degenerate or not "
+            "finite); pass --orientation native to slice it in the file's voxel order",
         ) from None
     world = [int(w) for w in ornt[:, 0]]
     plane = world[2] if plane is None else int(plane)

@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from iqeclip.data.readers.base import Slice
+from iqeclip.data.readers.errors import cannot_read
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits, OverLimit
 from iqeclip.errors import UserError, first_line
@@ -93,29 +94,31 @@ def _header(path: Path, what: str, limits: Limits) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise OverLimit(f"cannot read {what} {path}: {bomb_reason(what, exc, limits)}") from None
+        reason = bomb_reason(what, exc, limits)
+        raise OverLimit(f"cannot read {what} {path}: {reason}", path, reason) from None
     with im:
-        limits.check_slice(f"cannot read {what} {path}", *im.size, what)
+        limits.check_slice(f"cannot read {what} {path}", *im.size, what, path=path)
         yield im
 
 
 @contextmanager
 def _failures(path: Path, what: str) -> Iterator[None]:
-    """Any failure to open or decode ``path`` as a one-line :class:`UserError`."""
+    """Any failure to open or decode ``path`` as a one-line
+    :class:`~iqeclip.data.readers.errors.UnreadableFile`."""
     try:
         yield
     except UserError:
         raise
     except FileNotFoundError:
-        raise UserError(f"cannot read {what} {path}: no such file") from None
+        raise cannot_read(what, path, "no such file") from None
     except UnidentifiedImageError:
         why = "not an image file (unrecognised format)"
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             why = "empty file"
-        raise UserError(f"cannot read {what} {path}: {why}") from None
+        raise cannot_read(what, path, why) from None
     except Exception as exc:  # any decoder failure is a problem with the user's file
         why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
-        raise UserError(f"cannot read {what} {path}: {why or type(exc).__name__}") from None
+        raise cannot_read(what, path, why or type(exc).__name__) from None
 
 
 def open_image(path: Path, what: str, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
@@ -140,13 +143,13 @@ def image_header(path: Path, limits: Limits = DEFAULT_LIMITS) -> Declared:
     where = f"cannot read image {path}"
     with _failures(path, "image"), _header(path, "image", limits) as im:
         n = int(getattr(im, "n_frames", 1))
-        limits.check_input(where, n, 0, "pages")  # the count first: then each page's header
+        limits.check_input(where, n, 0, "pages", path)  # the count, then each page's header
         pixels = 0
         for page in range(n):
             im.seek(page)
-            limits.check_slice(where, *im.size, f"page {page}" if n > 1 else "image")
+            limits.check_slice(where, *im.size, f"page {page}" if n > 1 else "image", path)
             pixels += math.prod(im.size)
-        limits.check_input(where, n, pixels, "pages")
+        limits.check_input(where, n, pixels, "pages", path)
         return Declared(n, pixels)
 
 
@@ -182,7 +185,7 @@ def load_image(path: Path, size: int, limits: Limits = DEFAULT_LIMITS) -> torch.
     try:
         rgb = im.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+        raise cannot_read("image", path, str(exc)) from None
     rgb = rgb.resize((size, size), Image.BICUBIC)
     array = np.asarray(rgb, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
@@ -218,7 +221,7 @@ def load_mask(path: Path, size: int, limits: Limits = DEFAULT_LIMITS) -> torch.T
     try:
         grey = im.convert("L")
     except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read mask {path}: {exc}") from None
+        raise cannot_read("mask", path, str(exc)) from None
     zero_one = int(np.asarray(grey).max(initial=0)) <= 1
     array = np.asarray(grey.resize((size, size), Image.NEAREST))
     binary = array > 0 if zero_one else array >= 128
@@ -285,27 +288,27 @@ def _pages(path: Path, limits: Limits) -> list[Image.Image]:
                 ImageOps.exif_transpose(upright, in_place=True)
                 pages.append(upright)
     except Exception as exc:  # a broken later page is a problem with the user's file
-        raise UserError(f"cannot read image {path}: page {page}: {first_line(exc)}") from None
+        raise cannot_read("image", path, f"page {page}: {first_line(exc)}") from None
     return pages
 
 
 def _page_slice(im: Image.Image, path: Path, index: int | None, intensity: Intensity) -> Slice:
     mode = im.mode
     if mode in WIDE_MODES:
-        image, info = normalise(np.asarray(im), intensity, FULL_RANGE_16)
+        image, levels = normalise(np.asarray(im), intensity, FULL_RANGE_16)
     elif mode == "F":
-        image, info = normalise(np.asarray(im), intensity)
+        image, levels = normalise(np.asarray(im), intensity)
     elif mode in ("L", "LA", "1"):
         grey = np.asarray(im.convert("L"))
-        image, info = normalise(grey, intensity, ("8bit", lambda x: x / 255.0))
+        image, levels = normalise(grey, intensity, ("8bit", lambda x: x / 255.0))
     else:
         try:
             rgb = np.asarray(im.convert("RGB"))
         except (ValueError, OSError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}") from None
+            raise cannot_read("image", path, str(exc)) from None
         colour_intensity = Intensity(percentile=intensity.percentile)
-        image, info = normalise(rgb, colour_intensity, ("8bit", lambda x: x / 255.0))
-    return Slice(image=image, source=path, index=index, meta={"mode": mode, **info})
+        image, levels = normalise(rgb, colour_intensity, ("8bit", lambda x: x / 255.0))
+    return Slice(image=image, source=path, index=index, levels=levels)
 
 
 # load_image's rule for 16/32-bit integer greys (the BMAD preprocessing): the full 16-bit range.

@@ -1,132 +1,107 @@
-"""Which reader a path needs: the one place that decides a file's type.
+"""Which reader a path needs: one list of readers, asked in order, and :func:`register`, which
+adds one (a new format is one :class:`~iqeclip.data.readers.reader.Reader` and one ``register``
+line).
 
-- a folder is a DICOM series folder: the DICOM files directly inside it (by the rules below;
-  hidden files and sub-folders are ignored), read by :func:`read_dicom_series` as one series per
-  SeriesInstanceUID;
-- a name ending in ``.nii`` / ``.nii.gz`` is NIfTI (:mod:`iqeclip.data.readers.nifti`);
-- ``.dcm`` / ``.dicom`` is DICOM (:mod:`iqeclip.data.readers.dicom`);
-- ``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.jpeg`` and ``.bmp`` are PIL images
-  (:mod:`iqeclip.data.readers.pil`);
-- any other file is DICOM when it has the ``DICM`` magic at byte 128 (scanners often write DICOM
-  files without a suffix), else it is not supported.
-
-Suffixes are compared case-insensitively and are checked before the magic. :func:`kind` gives a
-path's type and :func:`read` reads a path by it. Every volume's slices reach the model in one
-view, whatever the format (:mod:`iqeclip.data.readers.orientation`).
+:func:`reader_for` gives a path's reader: a file's by its name first (the first reader whose
+``suffixes`` end it, compared case-insensitively), then any path's by
+:meth:`~iqeclip.data.readers.reader.Reader.sniff` (a folder is a DICOM series folder; a file no
+reader names is DICOM when it has the ``DICM`` magic). The built-in readers (registered by
+:mod:`iqeclip.data.readers`, in this order): DICOM series folders, NIfTI ``.nii`` /
+``.nii.gz``, DICOM ``.dcm`` / ``.dicom`` (or by the magic), PIL images ``.png``, ``.tif``,
+``.tiff``, ``.jpg``, ``.jpeg``, ``.bmp``. :func:`read` reads a path by its reader; every volume's
+slices reach the model in one view, whatever the format
+(:mod:`iqeclip.data.readers.orientation`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from iqeclip.data.readers.base import Slice
-from iqeclip.data.readers.dicom import dicom_header, read_dicom
-from iqeclip.data.readers.dicom_series import read_dicom_files, series_header
+from iqeclip.data.readers.errors import cannot_read
+from iqeclip.data.readers.image import IMAGE_SUFFIXES
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
-from iqeclip.data.readers.nifti import nifti_header, read_nifti
-from iqeclip.data.readers.pil import image_header, read_wide_image
-from iqeclip.errors import UserError
+from iqeclip.data.readers.reader import Reader
+from iqeclip.data.readers.reading import Reading
 
 __all__ = [
-    "DICOM_SUFFIXES",
-    "IMAGE_SUFFIXES",
-    "NIFTI_SUFFIXES",
-    "Kind",
     "declared",
-    "kind",
+    "input_stem",
     "read",
-    "read_dicom_series",
+    "reader_for",
+    "register",
+    "single_image",
+    "unregister",
 ]
 
-Kind = Literal["series", "nifti", "dicom", "image"]
-"""A path's type as :func:`kind` gives it."""
-
-DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-"""Files :func:`read` reads with PIL (:func:`~iqeclip.data.readers.pil.read_wide_image`)."""
+_READERS: list[Reader] = []
+"""The registered readers, in the order :func:`reader_for` asks them."""
 
 
-def _has_dicm_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+def register(reader: Reader, first: bool = False) -> Reader:
+    """Add a reader to the ones :func:`reader_for` asks (after the others; ``first``: before
+    them, so that it wins a suffix another reader claims too). Returns it.
 
-
-def kind(path: Path) -> Kind | None:
-    """A path's type, by the rules of the module docstring.
-
-    Args:
-        path: A file or folder.
-
-    Returns:
-        ``"series"`` for a folder (whatever it holds), ``"nifti"``, ``"dicom"`` or ``"image"``
-        for a file; None for a missing path, something that is neither a file nor a folder, or
-        an unsupported file.
+    The list lives in each process: DataLoader workers started by ``fork`` (Linux) inherit it;
+    under ``spawn`` register the reader in a module the workers import.
     """
+    if first:
+        _READERS.insert(0, reader)
+    else:
+        _READERS.append(reader)
+    return reader
+
+
+def unregister(reader: Reader) -> None:
+    """Remove a registered reader (a test's, a plugin's)."""
+    _READERS.remove(reader)
+
+
+def reader_for(path: Path) -> Reader | None:
+    """A path's reader, by the rules of the module docstring; None for a missing path,
+    something that is neither a file nor a folder, or a file no reader takes."""
     path = Path(path)
-    if path.is_dir():
-        return "series"
-    if not path.is_file():
+    if path.is_file():
+        name = path.name.lower()
+        for reader in _READERS:
+            if reader.suffixes and name.endswith(tuple(reader.suffixes)):
+                return reader
+    elif not path.is_dir():
         return None
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(DICOM_SUFFIXES):
-        return "dicom"
-    if name.endswith(IMAGE_SUFFIXES):
-        return "image"
-    return "dicom" if _has_dicm_magic(path) else None
+    return next((reader for reader in _READERS if reader.sniff(path)), None)
 
 
-def _series_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in Path(folder).iterdir() if not p.name.startswith(".") and kind(p) == "dicom"
-    )
+def single_image(path: Path) -> bool:
+    """Whether ``path`` is known before reading to be one 2-D picture (its reader's
+    :meth:`~iqeclip.data.readers.reader.Reader.single_image`); False for a path no reader takes."""
+    reader = reader_for(path)
+    return reader is not None and reader.single_image(Path(path))
 
 
-def read_dicom_series(
-    folder: Path,
-    intensity: Intensity = DEFAULT_INTENSITY,
-    bad: list[tuple[Path, str]] | None = None,
-    orientation: str = "radiological",
-    limits: Limits = DEFAULT_LIMITS,
-) -> list[Slice]:
-    """Read the DICOM files directly inside a folder, one series per SeriesInstanceUID.
+def input_stem(path: Path) -> str:
+    """A file's name without the suffix a reader names it by (a folder's name)."""
+    name = path.name
+    for reader in _READERS:
+        for suffix in reader.suffixes:
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+    return name
 
-    Files are DICOM by suffix (``.dcm``, ``.dicom``) or by the ``DICM`` magic; other files,
-    hidden files and sub-folders are ignored, and DICOM files without pixel data (DICOMDIR,
-    reports) and non-image DICOM (an RT dose grid) are skipped. Several series, patients or
-    planes in one folder are kept apart (:func:`~iqeclip.data.readers.dicom_series.read_dicom_files`):
-    the slices come volume by volume (SeriesNumber order), each ordered by ImagePositionPatient
-    along the slice normal of its ImageOrientationPatient (oblique series too), falling back to
-    InstanceNumber, then file name.
 
-    Args:
-        folder: The series folder.
-        intensity: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
-        bad: If a list, an unreadable file is left out and appended to it as ``(file, reason)``
-            instead of failing the folder.
-        orientation: As for :func:`~iqeclip.data.readers.dicom.read_dicom`.
-        limits: As for :func:`~iqeclip.data.readers.dicom_series.read_dicom_files`.
-
-    Returns:
-        The slices, volume by volume, as
-        :func:`~iqeclip.data.readers.dicom_series.read_dicom_files` describes them.
-
-    Raises:
-        UserError: pydicom missing, the folder missing or holding no readable DICOM image, or
-            (without ``bad``) any DICOM file unreadable (named).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"cannot read DICOM series {folder}: no such folder")
-    return read_dicom_files(folder, _series_files(folder), intensity, bad, orientation, limits)
+def _found(path: Path) -> Reader:
+    path = Path(path)
+    if not path.exists():
+        raise cannot_read("", path, "no such file or folder")
+    reader = reader_for(path)
+    if reader is None:
+        raise cannot_read(
+            "",
+            path,
+            f"unsupported file type (expected DICOM, NIfTI .nii/.nii.gz, "
+            f"{'/'.join(IMAGE_SUFFIXES)} or a folder of DICOM files)",
+        )
+    return reader
 
 
 def read(
@@ -137,7 +112,7 @@ def read(
     bad: list[tuple[Path, str]] | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> list[Slice]:
-    """Read any supported input by its :func:`kind`.
+    """Read any supported input by its :func:`reader_for`.
 
     Args:
         path: File or series folder.
@@ -145,29 +120,21 @@ def read(
         intensity: Window / percentile options.
         orientation: How volume slices are turned
             (:data:`~iqeclip.data.readers.orientation.ORIENTATIONS`).
-        bad: Series folders only: as for :func:`read_dicom_series` (unreadable files are
-            listed there instead of failing the folder).
+        bad: For a reader of folders: unreadable files are listed there instead of failing
+            the folder (:attr:`~iqeclip.data.readers.reader.Reader.partial`).
         limits: The largest input read (:mod:`~iqeclip.data.readers.limits`), checked from
             the headers before anything is decoded.
 
     Returns:
-        The slices, as the specific reader returns them.
+        The slices, as the reader returns them.
 
     Raises:
-        UserError: A missing path, an unsupported file type, or the reader's errors (an
-            :class:`~iqeclip.data.readers.limits.OverLimit` for an input over ``limits``).
+        UserError: A missing path, an unsupported file type, a bad axis or orientation, or the
+            reader's errors (an :class:`~iqeclip.data.readers.limits.OverLimit` for an input
+            over ``limits``).
     """
-    path = _existing(path)
-    found = kind(path)
-    if found == "series":
-        return read_dicom_series(path, intensity, bad, orientation, limits)
-    if found == "nifti":
-        return read_nifti(path, axis, intensity, orientation, limits)
-    if found == "dicom":
-        return read_dicom(path, intensity, orientation, limits)
-    if found == "image":
-        return read_wide_image(path, intensity, limits)
-    raise _unsupported(path)
+    reader = _found(path)
+    return reader.read(Path(path), Reading(intensity, axis, orientation, limits), bad)
 
 
 def declared(
@@ -189,28 +156,5 @@ def declared(
         UserError: As :func:`read` for what its headers say: a missing path, an unsupported or
             unreadable file, an :class:`~iqeclip.data.readers.limits.OverLimit`.
     """
-    path = _existing(path)
-    found = kind(path)
-    if found == "series":
-        return series_header(path, _series_files(path), limits)
-    if found == "nifti":
-        return nifti_header(path, axis, orientation, limits)
-    if found == "dicom":
-        return dicom_header(path, limits)
-    if found == "image":
-        return image_header(path, limits)
-    raise _unsupported(path)
-
-
-def _existing(path: Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"cannot read {path}: no such file or folder")
-    return path
-
-
-def _unsupported(path: Path) -> UserError:
-    return UserError(
-        f"cannot read {path}: unsupported file type (expected DICOM, NIfTI .nii/.nii.gz, "
-        f"{'/'.join(IMAGE_SUFFIXES)} or a folder of DICOM files)"
-    )
+    reader = _found(path)
+    return reader.declared(Path(path), Reading(axis=axis, orientation=orientation, limits=limits))

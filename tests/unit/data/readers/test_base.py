@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from iqeclip.data.readers import read, read_dicom_series
 from iqeclip.data.readers.dicom import read_dicom
 from iqeclip.data.readers.nifti import read_nifti
-from iqeclip.data.readers.registry import read, read_dicom_series
 from iqeclip.errors import UserError
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from iqeclip.data.readers.base import INSTALL_HINT
 from iqeclip.data.readers.dicom import read_dicom
+from iqeclip.data.readers.errors import INSTALL_HINT
 from iqeclip.data.readers.intensity import Intensity
 from iqeclip.errors import UserError
 from tests.unit.data.readers.conftest import ct_hu, dicom_sample, image_copy, minmax, write_ct
@@ -24,8 +24,8 @@ def test_ct_rescale_to_hu(pydicom: Any) -> None:
     assert float(ds.RescaleIntercept) == -1024.0  # the sample really has an intercept
     (s,) = read_dicom(dicom_sample(pydicom, "CT_small.dcm"))
     assert s.index is None and s.image.shape == raw.shape and s.image.dtype == np.float32
-    assert s.meta["modality"] == "CT" and s.meta["rescale"] == (1.0, -1024.0)
-    assert s.meta["intensity"] == "minmax" and s.meta["window"] is None  # no window in the file
+    assert s.dicom.modality == "CT" and s.dicom.rescale == (1.0, -1024.0)
+    assert s.levels.rule == "minmax" and s.levels.window is None  # no window in the file
     np.testing.assert_allclose(s.image, minmax(hu), atol=1e-6)
     # A window spanning exactly [min HU, max HU] maps the rescaled min to 0 and max to 1.
     lo, hi = hu.min(), hu.max()
@@ -43,7 +43,7 @@ def test_ct_explicit_window(tmp_path: Path, pydicom: Any) -> None:
     path = write_ct(pydicom, tmp_path / "ct.dcm", pixels=pixels)
     hu = pixels * 1.0 - 1024.0
     (s,) = read_dicom(path, Intensity(window=(40, 400)))
-    assert s.meta["intensity"] == "window" and s.meta["window"] == (40.0, 400.0)
+    assert s.levels.rule == "window" and s.levels.window == (40.0, 400.0)
     assert s.image[0, 0] == pytest.approx(0.5)
     assert s.image[0, 1] == 0.0 and s.image[0, 2] == 0.0 and s.image[0, 3] == 1.0
     assert np.all(s.image[hu <= -160] == 0.0) and np.all(s.image[hu >= 240] == 1.0)
@@ -54,14 +54,14 @@ def test_mr_uses_file_window_unless_overridden(pydicom: Any) -> None:
     path = dicom_sample(pydicom, "MR_small.dcm")
     raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
     (s,) = read_dicom(path)
-    assert s.meta["modality"] == "MR"
-    assert s.meta["intensity"] == "file-window" and s.meta["window"] == (600.0, 1600.0)
+    assert s.dicom.modality == "MR"
+    assert s.levels.rule == "file-window" and s.levels.window == (600.0, 1600.0)
     np.testing.assert_allclose(s.image, np.clip((raw + 200) / 1600, 0, 1), atol=1e-6)
     (w,) = read_dicom(path, Intensity(window=(100, 50)))
     np.testing.assert_allclose(w.image, np.clip((raw - 75) / 50, 0, 1), atol=1e-6)
     (p,) = read_dicom(path, Intensity(percentile=(1, 99)))
     lo, hi = np.percentile(raw, [1, 99])
-    assert p.meta["intensity"] == "percentile"
+    assert p.levels.rule == "percentile"
     np.testing.assert_allclose(p.image, (np.clip(raw, lo, hi) - lo) / (hi - lo), atol=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_multiframe_one_slice_per_frame(tmp_path: Path, pydicom: Any) -> None:
     slices = read_dicom(path)
     assert [s.index for s in slices] == list(range(frames.shape[0]))
     for s, frame in zip(slices, frames, strict=True):
-        assert s.image.shape == frame.shape and s.meta["frames"] == frames.shape[0]
+        assert s.image.shape == frame.shape and s.dicom.frames == frames.shape[0]
         np.testing.assert_allclose(s.image, minmax(frame), atol=1e-6)
 
 
@@ -93,10 +93,10 @@ def test_enhanced_per_frame_rescale_and_window(tmp_path: Path, pydicom: Any) -> 
     path = tmp_path / "enhanced.dcm"
     ds.save_as(path)
     slices = read_dicom(path)
-    assert slices[0].meta["rescale"] == (2.0, -5.0) and slices[0].meta["intensity"] == "minmax"
+    assert slices[0].dicom.rescale == (2.0, -5.0) and slices[0].levels.rule == "minmax"
     centre = voi.WindowCenter[0]
-    assert slices[1].meta["intensity"] == "file-window"
-    assert slices[1].meta["window"] == (centre, 1e5)  # first value of a multi-valued window
+    assert slices[1].levels.rule == "file-window"
+    assert slices[1].levels.window == (centre, 1e5)  # first value of a multi-valued window
     expected = np.clip((frames[1] * 2 - 5 - (centre - 5e4)) / 1e5, 0, 1)
     np.testing.assert_allclose(slices[1].image, expected, atol=1e-6)
 
@@ -119,7 +119,7 @@ def test_monochrome1_is_inverted(tmp_path: Path, pydicom: Any) -> None:
     _, _, hu = ct_hu(pydicom)
     path = write_ct(pydicom, tmp_path / "mono1.dcm", PhotometricInterpretation="MONOCHROME1")
     (s,) = read_dicom(path)
-    assert s.meta["photometric"] == "MONOCHROME1"
+    assert s.dicom.photometric == "MONOCHROME1"
     np.testing.assert_allclose(s.image, 1.0 - minmax(hu), atol=1e-6)
     (w,) = read_dicom(path, Intensity(window=(40, 400)))
     np.testing.assert_allclose(w.image, 1.0 - np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
@@ -132,7 +132,7 @@ def test_voi_lut_sequence(tmp_path: Path, pydicom: Any) -> None:
     item.add_new("LUTData", "US", list(range(0, 4096 * 16, 16)))
     path = write_ct(pydicom, tmp_path / "lut.dcm", VOILUTSequence=pydicom.Sequence([item]))
     (s,) = read_dicom(path)
-    assert s.meta["intensity"] == "voi-lut"
+    assert s.levels.rule == "voi-lut"
     np.testing.assert_allclose(s.image, np.clip(hu, 0, 4095) / 4095, atol=1e-6)
 
 
@@ -251,8 +251,8 @@ def test_lossless_syntax_decodes_exactly(
     for s, e in zip(slices, expected, strict=True):
         assert s.image.dtype == np.float32 and s.index == e.index
         assert np.array_equal(s.image, e.image)
-        for key in ("intensity", "window", "rescale", "photometric"):
-            assert s.meta[key] == e.meta[key]
+        assert s.levels.rule == e.levels.rule and s.levels.window == e.levels.window
+        assert s.dicom.rescale == e.dicom.rescale and s.dicom.photometric == e.dicom.photometric
 
 
 @pytest.mark.parametrize("bits", [16, 32])
@@ -303,7 +303,7 @@ def test_compressed_syntax_decodes(
     assert len(slices) == count
     for s in slices:
         assert s.image.shape == shape and s.image.dtype == np.float32
-        assert 0.0 <= s.image.min() < s.image.max() <= 1.0 and not s.meta["constant"]
+        assert 0.0 <= s.image.min() < s.image.max() <= 1.0 and not s.levels.constant
 
 
 def _gdcm_compress(gdcm: Any, source: Path, target: Path, syntax: str) -> Path:
@@ -341,7 +341,7 @@ def test_jpeg_lossless_ct_keeps_hu(tmp_path: Path, pydicom: Any, syntax: str, ui
         (s,) = read_dicom(path, intensity)
         (e,) = read_dicom(ct, intensity)
         assert np.array_equal(s.image, e.image)
-        assert s.meta["rescale"] == (1.0, -1024.0) and s.meta["intensity"] == e.meta["intensity"]
+        assert s.dicom.rescale == (1.0, -1024.0) and s.levels.rule == e.levels.rule
     np.testing.assert_allclose(read_dicom(path)[0].image, minmax(hu), atol=1e-6)
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import PIL.ImageFile
 import pytest
 
-from iqeclip.data.layout import Sample
 from iqeclip.data.readers import (
     DEFAULT_READING,
     Declared,
@@ -24,6 +23,7 @@ from iqeclip.data.readers import (
     read,
 )
 from iqeclip.data.readers.pil import page_count
+from iqeclip.data.sample import Sample
 from iqeclip.data.validate import check_sample
 from iqeclip.errors import UserError
 from tests import bombs

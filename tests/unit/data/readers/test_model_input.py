@@ -63,15 +63,15 @@ def test_series_affine_from_constructed_geometry(tmp_path, pydicom):
     """The grid ITK reads: voxel (i, j, k) is column i, row j of slice k."""
     folder = write_series(pydicom, tmp_path / "series")
     slices = read_dicom_series(folder)
-    affine = slices[0].meta["affine"]
-    assert slices[0].meta["grid"] == (128, 128, 4)
-    assert all(np.array_equal(s.meta["affine"], affine) for s in slices)
+    affine = slices[0].geometry.affine
+    assert slices[0].geometry.grid == (128, 128, 4)
+    assert all(np.array_equal(s.geometry.affine, affine) for s in slices)
     for r, c, k in [(0, 0, 0), (5, 0, 0), (0, 7, 0), (0, 0, 3), (127, 64, 2)]:
         np.testing.assert_allclose(affine @ [c, r, k, 1], [*world_ras(r, c, k), 1], atol=1e-9)
     assert np.linalg.det(affine[:3, :3]) > 0  # right-handed, as ITK's direction
     # this series is axial-ish (normal mostly S), its rows run P and its columns L: the
     # radiological view is the pixel array as stored (the grid slice transposed)
-    assert all(s.meta["view"] == View(axis=2, transpose=True) for s in slices)
+    assert all(s.geometry.view == View(axis=2, transpose=True) for s in slices)
     datasets = [pydicom.dcmread(folder / f"{4 - k:02d}.dcm") for k in range(4)]
     del datasets[0].ImageOrientationPatient
     assert series_affine(datasets) is None  # no geometry claimed without the tags
@@ -79,7 +79,7 @@ def test_series_affine_from_constructed_geometry(tmp_path, pydicom):
 
 def test_label_volume_aligned_to_a_series(tmp_path, pydicom, nib):
     folder = write_series(pydicom, tmp_path / "series", n=3)
-    affine = read_dicom_series(folder)[0].meta["affine"]
+    affine = read_dicom_series(folder)[0].geometry.affine
     labels = np.zeros((128, 128, 3), np.uint8)  # (columns, rows, slices)
     labels[10:20, 30:35, 1] = 1
     stored = nib.Nifti1Image(labels, affine).as_reoriented([[2, -1], [0, 1], [1, -1]])
@@ -128,7 +128,7 @@ def test_reading_options_checked():
 def test_uneven_or_gapped_series_claims_no_affine(tmp_path, pydicom):
     folder = write_series(pydicom, tmp_path / "series", n=4)
     (folder / "02.dcm").unlink()  # slice 2 of 4 is missing: steps 2.5, 5.0
-    assert read_dicom_series(folder)[0].meta["affine"] is None
+    assert read_dicom_series(folder)[0].geometry is None
 
 
 def test_display_of_a_16_bit_image_is_not_clipped(tmp_path):

@@ -27,9 +27,9 @@ def test_nifti_3d_slices_along_each_axis(tmp_path: Path, nib: Any) -> None:
         assert [s.index for s in slices] == list(range(len(slices)))
         s = slices[0]
         assert s.image.shape == shape and s.image.dtype == np.float32
-        assert s.meta["view"].axis == axis % 3 and s.meta["grid"] == (5, 6, 7)
-        np.testing.assert_allclose(s.meta["affine"], affine, atol=1e-6)  # stored as float32
-        assert isinstance(s.meta["header"], nib.Nifti1Header)
+        assert s.geometry.view.axis == axis % 3 and s.geometry.grid == (5, 6, 7)
+        np.testing.assert_allclose(s.geometry.affine, affine, atol=1e-6)  # stored as float32
+        assert isinstance(s.geometry.header, nib.Nifti1Header)
         # Round trip: stacking along the axis gives the volume's layout (per-slice min-max
         # computed here with reductions, independently of np.take).
         others = tuple(a for a in range(3) if a != axis % 3)
@@ -56,15 +56,15 @@ def test_nifti_scaling_window_4d_single_volume_and_2d(tmp_path: Path, nib: Any) 
     path = tmp_path / "scaled.nii"
     nib.save(img, str(path))
     slices = read_nifti(path, intensity=Intensity(window=(300, 400)), orientation="native")
-    assert len(slices) == 3 and slices[0].meta["file_shape"] == (4, 5, 3, 1)
-    assert slices[0].meta["grid"] == (4, 5, 3)
+    assert len(slices) == 3 and slices[0].geometry.header.get_data_shape() == (4, 5, 3, 1)
+    assert slices[0].geometry.grid == (4, 5, 3)
     values = stored[..., 0] * 2.0 - 100.0  # scl_slope / scl_inter applied
     stacked = np.stack([s.image for s in slices], axis=2)
     np.testing.assert_allclose(stacked, np.clip((values - 100) / 400, 0, 1), atol=1e-6)
 
     flat = save_nifti(nib, tmp_path / "flat.nii.gz", RNG.random((8, 9)).astype(np.float32))
     (s,) = read(flat, orientation="native")
-    assert s.index is None and s.image.shape == (8, 9) and s.meta["grid"] == (8, 9, 1)
+    assert s.index is None and s.image.shape == (8, 9) and s.geometry.grid == (8, 9, 1)
     with pytest.raises(UserError, match="--axis"):
         read_nifti(save_nifti(nib, tmp_path / "v.nii", np.zeros((2, 2, 2), np.float32)), axis=3)
 
@@ -80,15 +80,15 @@ def test_nifti_nonfinite_and_constant_slices(tmp_path: Path, nib: Any) -> None:
     slices = read_nifti(path, orientation="native")
     assert all(np.isfinite(s.image).all() for s in slices)
     s0, s1, s2, s3 = slices
-    assert s0.meta["nonfinite"] == 3 and not s0.meta["constant"]
+    assert s0.levels.nonfinite == 3 and not s0.levels.constant
     first = volume[:, :, 0].astype(np.float64)
     good = np.isfinite(first)
     expected = minmax(np.where(good, first, first[good].min()))  # bad -> the finite minimum
     np.testing.assert_allclose(s0.image, expected, atol=1e-6)
     assert s0.image[0, 0] == s0.image[1, 2] == s0.image[2, 3] == 0.0
-    assert s1.meta["nonfinite"] == 6 * 7 and s1.meta["constant"] and not s1.image.any()
-    assert s2.meta["nonfinite"] == 0 and s2.meta["constant"] and not s2.image.any()
-    assert s3.meta["nonfinite"] == 0 and not s3.meta["constant"]
+    assert s1.levels.nonfinite == 6 * 7 and s1.levels.constant and not s1.image.any()
+    assert s2.levels.nonfinite == 0 and s2.levels.constant and not s2.image.any()
+    assert s3.levels.nonfinite == 0 and not s3.levels.constant
 
 
 def test_nifti_errors(tmp_path: Path, nib: Any) -> None:
@@ -149,10 +149,10 @@ def stored_orientations(nib: Any, folder: Path) -> dict[str, tuple[Path, tuple[i
 
 def _stack(slices: list[Any]) -> np.ndarray:
     """The slices put back into the file's voxel grid by their views."""
-    meta = slices[0].meta
-    grid = np.zeros(meta["grid"], np.float32)
+    geometry = slices[0].geometry
+    grid = np.zeros(geometry.grid, np.float32)
     for s in slices:
-        meta["view"].put(grid, s.index or 0, s.image)
+        geometry.view.put(grid, s.index or 0, s.image)
     return grid
 
 
@@ -186,21 +186,21 @@ def test_nifti_slices_reach_the_model_in_the_radiological_view(tmp_path: Path, n
     nx, ny, nz = RAS_SHAPE
     for name, path in files.items():
         slices = read_nifti(path, intensity=LESION_WINDOW)  # axis 2: axial, radiological
-        assert slices[0].meta["orientation"] == "radiological"
+        assert slices[0].geometry.orientation == "radiological"
         codes = nib.aff2axcodes(nib.load(str(path)).affine)
         along = next(i for i, c in enumerate(codes) if c in "SI")
-        assert slices[0].meta["view"].axis == along, name
+        assert slices[0].geometry.view.axis == along, name
         assert [s.index for s in slices] == list(range(nz))  # the file's own slice numbers
         for s in slices:
             k = s.index if codes[along] == "S" else nz - 1 - s.index  # its RAS slice
             np.testing.assert_allclose(s.image, radiological_axial(expected, k), atol=1e-6)
             # where it lies: the S coordinate of its centre, from the RAS affine
-            assert s.meta["slice_mm"] == pytest.approx(RAS_AFFINE[2, 2] * k + RAS_AFFINE[2, 3])
+            assert s.slice_mm == pytest.approx(RAS_AFFINE[2, 2] * k + RAS_AFFINE[2, 3])
         # world check: the lesion's anterior neighbour (600) lies one row above it
         lesion_slice = next(
             s
             for s in slices
-            if s.meta["slice_mm"] == pytest.approx(RAS_AFFINE[2, 2] * z + RAS_AFFINE[2, 3])
+            if s.slice_mm == pytest.approx(RAS_AFFINE[2, 2] * z + RAS_AFFINE[2, 3])
         )
         r, c = np.unravel_index(np.argmax(lesion_slice.image), lesion_slice.image.shape)
         assert (r, c) == (ny - 1 - y, nx - 1 - x), name
@@ -211,7 +211,7 @@ def test_nifti_slice_numbers_are_the_file_voxel_index(tmp_path: Path, nib: Any) 
     path, lesion = reoriented(nib, tmp_path, "PIR")  # axial slices run along the file's axis 1
     slices = read_nifti(path, intensity=LESION_WINDOW)
     hit = max(slices, key=lambda s: s.image.max())
-    assert hit.meta["view"].axis == 1 and hit.index == lesion[1]
+    assert hit.geometry.view.axis == 1 and hit.index == lesion[1]
     assert hit.index != LESION[2]  # the RAS+ array would have numbered it otherwise
 
 
@@ -224,7 +224,7 @@ def test_nifti_maps_go_back_to_the_source_voxel_order(tmp_path: Path, nib: Any) 
             for axis in (0, 1, 2):
                 slices = read_nifti(path, axis, LESION_WINDOW, orientation)
                 back = _stack(slices)
-                assert back.shape == stored.shape == slices[0].meta["source_shape"]
+                assert back.shape == stored.shape == slices[0].geometry.source_shape
                 np.testing.assert_allclose(back, np.clip(stored / 1000, 0, 1), atol=1e-6)
                 assert np.unravel_index(np.argmax(back), back.shape) == lesion, (name, axis)
 
@@ -243,7 +243,7 @@ def test_nifti_canonical_rule_keeps_the_older_pictures(tmp_path: Path, nib: Any)
             expected = [np.take(data, i, axis=axis) for i in range(RAS_SHAPE[axis])]
             # the file order along this axis may run the other way from RAS+
             codes = nib.aff2axcodes(nib.load(str(path)).affine)
-            if codes[slices[0].meta["view"].axis] in "LPI":
+            if codes[slices[0].geometry.view.axis] in "LPI":
                 expected = expected[::-1]
             for got, want in zip(images, expected, strict=True):
                 np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"{name} {axis}")
@@ -254,7 +254,9 @@ def test_nifti_native_slices_follow_the_file_order(tmp_path: Path, nib: Any) -> 
     for name, (path, lesion) in files.items():
         slices = read_nifti(path, intensity=LESION_WINDOW, orientation="native")
         stored = nib.load(str(path)).get_fdata(dtype=np.float32)
-        assert slices[0].meta["orientation"] == "native" and slices[0].meta["grid"] == stored.shape
+        assert (
+            slices[0].geometry.orientation == "native" and slices[0].geometry.grid == stored.shape
+        )
         assert len(slices) == stored.shape[2]
         for s in slices:
             np.testing.assert_allclose(s.image, np.clip(stored[:, :, s.index] / 1000, 0, 1))
@@ -264,9 +266,9 @@ def test_nifti_native_slices_follow_the_file_order(tmp_path: Path, nib: Any) -> 
 def test_nifti_orientation_through_the_registry_and_errors(tmp_path: Path, nib: Any) -> None:
     files = stored_orientations(nib, tmp_path)
     lps = files["lps"][0]
-    assert read(lps)[0].meta["orientation"] == "radiological"  # the default
+    assert read(lps)[0].geometry.orientation == "radiological"  # the default
     native = read(lps, intensity=LESION_WINDOW, orientation="native")
-    assert native[0].meta["orientation"] == "native"
+    assert native[0].geometry.orientation == "native"
     with pytest.raises(UserError, match="--orientation must be one of radiological, canonical"):
         read_nifti(lps, orientation="RAS")
     # An affine that gives one voxel axis no direction cannot be turned.
@@ -281,7 +283,7 @@ def test_nifti_orientation_through_the_registry_and_errors(tmp_path: Path, nib: 
     picture = RNG.random((8, 9)).astype(np.float32)
     las = save_nifti(nib, tmp_path / "las.nii.gz", picture, np.diag([-1.0, 1, 1, 1]))
     (s,) = read(las)
-    assert s.index is None and s.meta["source_shape"] == (8, 9)
+    assert s.index is None and s.geometry.source_shape == (8, 9)
     # voxel axis 0 runs to the left (already as viewed), axis 1 anterior (rows flip)
     np.testing.assert_allclose(s.image, minmax(picture).T[::-1, :], atol=1e-6)
     (old,) = read(las, orientation="canonical")  # the older rule never turned 2-D images

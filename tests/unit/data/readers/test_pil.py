@@ -220,7 +220,7 @@ def test_wide_image_default_is_load_images_rule_and_options_win(
     with Image.open(path) as im:
         assert im.mode.startswith("I;16")
     (s,) = read_wide_image(path)
-    assert s.index is None and s.meta["intensity"] == "fullrange16"
+    assert s.index is None and s.levels.rule == "fullrange16"
     np.testing.assert_allclose(s.image, values / 65535.0, atol=1e-7)
     # every command gives the same model input for the same 16-bit file: load_image's rule
     assert torch.equal(slice_to_uint8_rgb(s, 30), load_image(path, 30))
@@ -257,7 +257,7 @@ def test_eight_bit_images_match_load_image(tmp_path: Path) -> None:
     Image.fromarray(RNG.integers(0, 256, size=(13, 19, 3), dtype=np.uint8)).save(colour)
     for path, shape in [(grey, (21, 17)), (colour, (13, 19, 3))]:
         (s,) = read(path)
-        assert s.image.shape == shape and s.meta["intensity"] == "8bit"
+        assert s.image.shape == shape and s.levels.rule == "8bit"
         out = slice_to_uint8_rgb(s, 24)
         assert out.dtype == torch.uint8 and out.shape == (3, 24, 24)
         assert torch.equal(out, load_image(path, 24))
@@ -265,11 +265,11 @@ def test_eight_bit_images_match_load_image(tmp_path: Path) -> None:
 
 def test_slice_to_uint8_rgb() -> None:
     image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
-    out = slice_to_uint8_rgb(Slice(image=image, source=Path("x"), index=None, meta={}), 8)
+    out = slice_to_uint8_rgb(Slice(image=image, source=Path("x"), index=None), 8)
     assert out.shape == (3, 8, 8) and out.dtype == torch.uint8
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
     assert int(out[0, 0, 0]) == 0 and int(out[0, 7, 7]) == 255
-    zeros = Slice(image=np.zeros((5, 5), np.float32), source=Path("x"), index=0, meta={})
+    zeros = Slice(image=np.zeros((5, 5), np.float32), source=Path("x"), index=0)
     assert not slice_to_uint8_rgb(zeros, 16).any()
     with pytest.raises(UserError):
         slice_to_uint8_rgb(zeros, 0)
@@ -278,8 +278,8 @@ def test_slice_to_uint8_rgb() -> None:
 def test_exif_orientation_applied_by_every_reader(tmp_path):
     """A scan stored sideways with EXIF orientation 6 (display: rotate 90 degrees clockwise) is
     read upright everywhere, so a mask drawn as viewers show the image lines up with it."""
-    from iqeclip.data.layout import Sample
     from iqeclip.data.readers import load_mask, model_input, read_wide_image
+    from iqeclip.data.sample import Sample
     from iqeclip.data.validate import check_sample
 
     upright = np.zeros((20, 30), np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for the registry: a path's type, DICOM series folders and :func:`read`'s dispatch."""
+"""Tests for the registry: a path's reader, DICOM series folders and :func:`read`'s dispatch."""
 
 from __future__ import annotations
 
@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iqeclip.data.readers.registry import kind, read, read_dicom_series
+from iqeclip.data.readers import read, read_dicom_series, reader_for
 from iqeclip.errors import UserError
 from tests.unit.data.readers.conftest import dicom_sample, write_ct
 
 
-def test_kind_by_suffix_then_magic(tmp_path: Path, pydicom: Any) -> None:
+def _name(path: Path) -> str | None:
+    """The name of a path's reader, None for no reader."""
+    reader = reader_for(path)
+    return None if reader is None else reader.name
+
+
+def test_reader_by_suffix_then_magic(tmp_path: Path, pydicom: Any) -> None:
     files = tmp_path / "files"
     files.mkdir()
     for name, expected in [
@@ -29,19 +35,19 @@ def test_kind_by_suffix_then_magic(tmp_path: Path, pydicom: Any) -> None:
         ("notes.txt", None),
     ]:
         (files / name).write_bytes(b"\0" * 200)
-        assert kind(files / name) == expected, name
-    assert kind(files / "missing.dcm") is None and kind(tmp_path / "missing") is None
+        assert _name(files / name) == expected, name
+    assert _name(files / "missing.dcm") is None and _name(tmp_path / "missing") is None
     no_suffix = files / "IM0001"
     shutil.copy(dicom_sample(pydicom, "CT_small.dcm"), no_suffix)
-    assert kind(no_suffix) == "dicom"  # the DICM magic at byte 128
+    assert _name(no_suffix) == "dicom"  # the DICM magic at byte 128
     named_png = files / "odd.png"
     shutil.copy(dicom_sample(pydicom, "CT_small.dcm"), named_png)
-    assert kind(named_png) == "image"  # a known suffix wins over the magic
+    assert _name(named_png) == "image"  # a known suffix wins over the magic
     (files / "text").write_text("x" * 200)
-    assert kind(files / "text") is None
+    assert _name(files / "text") is None
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert kind(empty) == "series" and kind(files) == "series"  # folders are read as series
+    assert _name(empty) == "series" and _name(files) == "series"  # folders are read as series
 
 
 def test_page_count_from_the_header(tmp_path: Path) -> None:
@@ -67,8 +73,8 @@ def test_series_order_by_instance_then_position(tmp_path: Path, pydicom: Any) ->
     slices = read_dicom_series(series)
     assert [s.source.name for s in slices] == ["b.dcm", "c.dcm", "a.dcm"]
     assert [s.index for s in slices] == [0, 1, 2]
-    assert all(s.meta["series"] == series and s.meta["frame"] is None for s in slices)
-    assert [s.meta["instance"] for s in slices] == [1.0, 2.0, 3.0]
+    assert all(s.dicom.series == series and s.dicom.frame is None for s in slices)
+    assert [s.dicom.instance for s in slices] == [1.0, 2.0, 3.0]
     assert read(series)[0].source.name == "b.dcm"
 
     by_z = tmp_path / "by_z"
@@ -93,7 +99,7 @@ def test_read_dispatch_and_errors(tmp_path: Path, pydicom: Any) -> None:
     no_suffix = tmp_path / "IM0001"
     shutil.copy(dicom_sample(pydicom, "CT_small.dcm"), no_suffix)
     (s,) = read(no_suffix)
-    assert s.meta["modality"] == "CT"
+    assert s.dicom.modality == "CT"
     with pytest.raises(UserError, match="no such file or folder"):
         read(tmp_path / "missing.dcm")
     (tmp_path / "notes.xyz").write_text("hello")
@@ -152,14 +158,14 @@ def test_series_folder_split_by_uid_and_ordered_along_the_normal(
     folder = tmp_path / "export"
     names = write_two_series(pydicom, folder)
     slices = read_dicom_series(folder)
-    assert [s.meta["series_uid"] for s in slices] == [AXIAL_UID] * 3 + [OBLIQUE_UID] * 3
+    assert [s.dicom.series_uid for s in slices] == [AXIAL_UID] * 3 + [OBLIQUE_UID] * 3
     assert [s.source.name for s in slices] == names[AXIAL_UID] + names[OBLIQUE_UID]
     assert [s.index for s in slices] == [0, 1, 2, 0, 1, 2]  # one volume per series
-    assert [s.meta["sop_instance_uid"] for s in slices[3:]] == [
+    assert [s.dicom.sop_instance_uid for s in slices[3:]] == [
         f"{OBLIQUE_UID}.{k}" for k in (1, 2, 3)
     ]
-    assert [s.meta["series_number"] for s in (slices[0], slices[3])] == [2.0, 5.0]
-    assert all(s.meta["series"] == folder for s in slices)
+    assert [s.dicom.series_number for s in (slices[0], slices[3])] == [2.0, 5.0]
+    assert all(s.dicom.series == folder for s in slices)
     assert [s.source.name for s in read(folder)] == [s.source.name for s in slices]
 
 
