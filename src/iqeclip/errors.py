@@ -1,12 +1,28 @@
 """User-facing errors.
 
-Every problem a user can cause (a missing folder, a bad flag, an unreadable file, a checkpoint
+Every problem a user can cause (a missing folder, a bad option, an unreadable file, a checkpoint
 built for another model) is raised as :class:`UserError` with a one-line message that names the
-file or flag at fault. The command line prints it as ``error: <message>`` and exits with code 2,
-without a traceback.
+file or parameter at fault. Parameters are marked with :func:`param`, so that each reader sees
+them in its own words: a Python caller reads ``ckpt_path x.pth: no such file``, the command line
+(which prints ``error: <message>`` and exits with code 2, without a traceback) renders the same
+error as ``--ckpt_path x.pth: no such file``.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+__all__ = ["UserError", "first_line", "param"]
+
+_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters: no text a user gives holds them
+_MARKED = re.compile(f"{_OPEN}([^{_CLOSE}]*){_CLOSE}")
+
+
+def param(name: str) -> str:
+    """``name`` marked as a parameter in a :class:`UserError` message: ``str(exc)`` shows it as
+    is, the command line as its flag (``param("ckpt_path")``: ``ckpt_path``, ``--ckpt_path``)."""
+    return f"{_OPEN}{name}{_CLOSE}"
 
 
 def first_line(exc: BaseException) -> str:
@@ -17,7 +33,27 @@ def first_line(exc: BaseException) -> str:
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+    """A problem with the user's input, reported as one line without a traceback.
+
+    The message keeps its :func:`param` marks (in ``args``, so they survive pickling to another
+    process); ``str(exc)`` names the parameters as Python does, :meth:`render` as a caller
+    chooses. An error that wraps another builds its message from :attr:`message` to keep them.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+    @property
+    def message(self) -> str:
+        """The message with its parameters still marked."""
+        return self.args[0]
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with each marked parameter written as ``name(parameter)``."""
+        return _MARKED.sub(lambda found: name(found.group(1)), self.message)
+
+    def __str__(self) -> str:
+        return self.render(str)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"

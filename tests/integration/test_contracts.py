@@ -54,8 +54,8 @@ def test_numeric_bounds_checked_before_any_work(bench, tmp_path, capsys):
         ["calibrate", "--ckpt_path", "x.pth", "--normal", ".", "--target_fpr", "1"], capsys
     )
     assert "--target_fpr must be in [0, 1), got 1.0" in err
-    with pytest.raises(UserError, match="--save_every must be at least 1"):
-        RunConfig(save_every=0)  # the Python API checks the same bounds
+    with pytest.raises(UserError, match=r"^save_every must be at least 1"):
+        RunConfig(save_every=0)  # the Python API checks the same bounds, naming the parameter
 
 
 def _rows(path):
@@ -140,20 +140,20 @@ def test_predict_keeps_rows_of_finished_inputs_and_resumes(bench, checkpoint, tm
     assert nib.load(str(whole / "z_flat_anomaly.nii.gz")).shape == (30, 20)
 
     out = tmp_path / "out"
-    write = module.Writer.write
+    write = module.Writer.add
     calls = []
 
     def dies_on_the_third(self, item, amap, score):
         calls.append(item.name)
         if len(calls) == 3:
             raise KeyboardInterrupt  # a kill mid-run
-        write(self, item, amap, score)
+        return write(self, item, amap, score)
 
-    module.Writer.write = dies_on_the_third
+    module.Writer.add = dies_on_the_third
     try:
         assert main(predict_argv(checkpoint, folder, out=out)) == 130
     finally:
-        module.Writer.write = write
+        module.Writer.add = write
     assert not (out / "predictions.csv").exists()
     kept = _rows(next(out.glob(".predictions.partial.*.csv")))
     assert [r["path"] or r["_group"] for r in kept] == [  # each input's rows, then its marker

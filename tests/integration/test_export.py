@@ -24,12 +24,8 @@ from tests.conftest import build_tiny
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from iqeclip.inference.export import (  # noqa: E402
-    META_KEYS,
-    OnnxDetector,
-    export_onnx,
-    load_detector,
-)
+from iqeclip.inference.detectors import META_KEYS, OnnxDetector, load_detector  # noqa: E402
+from iqeclip.inference.export import export_onnx  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -214,7 +210,7 @@ def _calibration(**changes):
         ({"meta": '{"run": "few"}'}, "its iqeclip.meta.run is 'few', not a JSON object"),
         (
             {"config": lambda c: {**c, "img_size": 20000}},
-            "its stored model configuration is invalid: --img_size must be in [8, 1024], got 20000",
+            "its stored model configuration is invalid: img_size must be in [8, 1024], got 20000",
         ),
         (
             {"config": lambda c: {**c, "img_size": "abc"}},

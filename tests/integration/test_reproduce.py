@@ -400,7 +400,7 @@ def test_a_cell_with_an_unreadable_metrics_file_is_run_again(tmp_path, monkeypat
 
     trained = []
 
-    def train(model_cfg, run):
+    def train(model_cfg, run, report=None):
         trained.append(run.seed)
         Path(run.metrics_json).write_text(json.dumps({"image_auroc": 0.75, "n_images": 4}))
 

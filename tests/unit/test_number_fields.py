@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iqeclip.errors import UserError
-from iqeclip.inference.predict import volume_aggregate
+from iqeclip.inference.thresholds import volume_aggregate
 from iqeclip.reproduce.grid import parse_settings
 
 
@@ -21,6 +21,6 @@ def test_volume_score_topk_takes_ascii_digits(k):
 
 @pytest.mark.parametrize("shots", ["²", "٣", "0"])
 def test_settings_take_ascii_shot_counts(shots):
-    with pytest.raises(UserError, match=rf"^--settings '{shots}': use zero or a shot count"):
+    with pytest.raises(UserError, match=rf"^settings '{shots}': use zero or a shot count"):
         parse_settings(["zero", shots])
     assert parse_settings(["zero", "16", "4"]) == [0, 16, 4]

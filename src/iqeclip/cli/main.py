@@ -1,10 +1,12 @@
 """Command line: ``iqeclip <command>`` (also ``python -m iqeclip``), a thin layer over the API.
 
-Each command is a row of :data:`COMMANDS`: its sections of options (config dataclasses, turned
-into flags by :mod:`iqeclip.cli.options`) and the function that runs it. Every command also takes
-``--config FILE`` (YAML; flags on the command line win) and ``--print_config`` (print the resolved
-options as YAML and exit). Problems the user can fix are reported as one line ``error: ...`` with
-exit code 2. The console shows the library's log records (``-q`` only warnings, ``-v`` debug).
+Each command is a row of :data:`COMMANDS`: its sections of options (config dataclasses, of which
+it takes the options that name it, turned into flags by :mod:`iqeclip.cli.options`) and the
+function that runs it. Every command also takes ``--config FILE`` (YAML; flags on the command line
+win) and ``--print_config`` (print the resolved options as YAML and exit). Problems the user can
+fix are reported as one line ``error: ...`` with exit code 2, the parameters an error names
+written as the command's flags. The console shows the library's log records (``-q`` only
+warnings, ``-v`` debug).
 """
 
 from __future__ import annotations
@@ -44,62 +46,19 @@ from iqeclip.runtime.files import save_yaml
 
 __all__ = ["COMMANDS", "main", "parse_features_list"]
 
-RUN_COMMON = (
-    "obj",
-    "data_path",
-    "batch_size",
-    "seed",
-    "device",
-    "workers",
-    "log_path",
-    "metrics_json",
-    "overwrite",
-    "on_bad_input",
-    "cache_dir",
-    "cache_dtype",
-    "cache_budget_gb",
-)
-FEW = ("shot", "iterate", "fewshot_seed_dir")
-TRAIN = ("epochs", "learning_rate", "save_dir", "select", "resume", "save_every", "report_dir")
-OWN_DATA = ("normal_dir", "abnormal_dir", "masks_dir")
-TEST = ("ckpt_path", "report_dir")
-REPRODUCE_RUN = (
-    "data_path",
-    "batch_size",
-    "seed",
-    "device",
-    "workers",
-    "on_bad_input",
-    "cache_dir",
-    "cache_dtype",
-    "cache_budget_gb",
-    "fewshot_seed_dir",
-    "epochs",
-    "learning_rate",
-    "select",
-    "save_every",
-)
-MEDICAL = ("manifest", "min_lesion_px", "margin", "window", "percentile", "axis", "orientation")
-
 MODEL = Section("model", ModelConfig)
 MODEL_OVERRIDES = Section("model", ModelConfig, overrides=True)
-MOVED_WEIGHTS = Section(
+MOVED_WEIGHTS = Section(  # predict, serve, calibrate, export: weights that moved, the precision
     "model",
     ModelConfig,
-    ("pretrain", "precision"),
     overrides=True,
     help={
         "pretrain": "backbone weights if they moved since training (tag or file)",
         "precision": "vision-tower dtype",
     },
 )
-MOVED_PRETRAIN = Section(
-    "model",
-    ModelConfig,
-    ("pretrain",),
-    overrides=True,
-    help={"pretrain": MOVED_WEIGHTS.help["pretrain"]},
-)
+RUN_ZERO = Section("run", RunConfig, fixed={"setting": "zero"})
+RUN_FEW = Section("run", RunConfig, fixed={"setting": "few"})
 
 
 @dataclass(frozen=True)
@@ -127,9 +86,10 @@ def _run_config(command: str, values: dict[str, Any]) -> RunConfig:
 
 def cmd_train(command: str, values: Values) -> None:
     from iqeclip.engine.workflows import train_few, train_zero
+    from iqeclip.report.run import write_test_report
 
     train = train_zero if command == "train-zero" else train_few
-    train(ModelConfig(**values["model"]), _run_config(command, values["run"]))
+    train(ModelConfig(**values["model"]), _run_config(command, values["run"]), write_test_report)
 
 
 def cmd_test(command: str, values: Values) -> Path | None:
@@ -283,30 +243,26 @@ def cmd_demo(command: str, values: Values) -> Path:
     return Path(cfg.out)
 
 
-def _run_section(setting: str, *names: str) -> Section:
-    return Section("run", RunConfig, names, fixed={"setting": setting})
-
-
 COMMANDS: dict[str, Command] = {
     "train-zero": Command(
         "zero-shot training: leave the target out, train on the other datasets",
-        (MODEL, _run_section("zero", *RUN_COMMON, *TRAIN, *MEDICAL)),
+        (MODEL, RUN_ZERO),
         cmd_train,
     ),
     "train-few": Command(
         "few-shot training on K abnormal + K normal images of the target",
-        (MODEL, _run_section("few", *RUN_COMMON, *FEW, *TRAIN, *OWN_DATA, *MEDICAL)),
+        (MODEL, RUN_FEW),
         cmd_train,
     ),
     "test-zero": Command(
         "evaluate a zero-shot checkpoint on the target's test split",
-        (MODEL_OVERRIDES, _run_section("zero", *RUN_COMMON, *TEST, *MEDICAL)),
+        (MODEL_OVERRIDES, RUN_ZERO),
         cmd_test,
         required=("ckpt_path",),
     ),
     "test-few": Command(
         "evaluate a few-shot checkpoint on the target's test split",
-        (MODEL_OVERRIDES, _run_section("few", *RUN_COMMON, *FEW, *TEST, *MEDICAL)),
+        (MODEL_OVERRIDES, RUN_FEW),
         cmd_test,
         required=("ckpt_path",),
     ),
@@ -336,11 +292,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "reproduce": Command(
         "the paper's result grid: every target x setting x draw, resumable, with tables",
-        (
-            MODEL,
-            Section("reproduce", ReproduceConfig),
-            _run_section("zero", *REPRODUCE_RUN),
-        ),
+        (MODEL, Section("reproduce", ReproduceConfig), RUN_ZERO),
         cmd_reproduce,
     ),
     "predict": Command(
@@ -351,7 +303,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         "export a checkpoint's whole scoring path as one ONNX graph (iqeclip[export])",
-        (MOVED_PRETRAIN, Section("export", ExportConfig)),
+        (MOVED_WEIGHTS, Section("export", ExportConfig)),
         cmd_export,
         required=("ckpt_path", "out"),
     ),
@@ -399,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
         for section in command.sections:
-            options.add_section(p, section)
+            options.add_section(p, name, section)
         g = p.add_argument_group("options of every command")
         g.add_argument(
             *options.spellings("config"),
@@ -436,9 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(name: str, args: argparse.Namespace) -> Values:
     """The values of a command: its ``--config`` file, then the flags given, then checks."""
     command = COMMANDS[name]
-    layers = [options.given(args, command.sections)]
+    layers = [options.given(args, name, command.sections)]
     if args.config:
-        layers.insert(0, options.from_file(args.config, command.sections))
+        layers.insert(0, options.from_file(args.config, name, command.sections))
     values = options.merge(command.sections, *layers)
     for key in command.required:
         if not any(values[s.name].get(key) for s in command.sections):
@@ -467,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolved = options.record(args.command, command.sections, values)  # as applied
             save_yaml(resolved, folder / "config.yaml")
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sections = COMMANDS[args.command].sections
+        print(f"error: {exc.render(lambda name: options.flag(name, sections))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The generic layer from config dataclasses to argparse, YAML config files and back.
 
 A command takes its options from one or more *sections*, each a config dataclass of
-:mod:`iqeclip.config` (``model``, ``run``, ``predict``, ...). Every flag, in both spellings
+:mod:`iqeclip.config` (``model``, ``run``, ``predict``, ...): those options of the dataclass that
+name the command (:func:`iqeclip.config.fields_for`). Every flag, in both spellings
 (``--batch_size`` and ``--batch-size``), with its help, choices and default, is derived from the
 field's :class:`~iqeclip.config.Option`. Flags default to "not given", so that a command knows what
 was asked for explicitly: ``--config FILE`` values fill in what the command line does not say, and
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from iqeclip.config import option_of
+from iqeclip.config import fields_for, option_of
 from iqeclip.errors import UserError
 from iqeclip.runtime.files import load_yaml
 
@@ -28,7 +29,7 @@ Values = dict[str, dict[str, Any]]  # section name -> field values
 
 @dataclass(frozen=True)
 class Section:
-    """A group of a command's options: fields ``names`` (None: all) of the dataclass ``cls``.
+    """A group of a command's options: the options of the dataclass ``cls`` that it takes.
 
     ``overrides``: the values only override a stored configuration (the model section of the
     commands that load a checkpoint), so the resolved record holds just what was given.
@@ -39,7 +40,6 @@ class Section:
 
     name: str
     cls: type
-    names: tuple[str, ...] | None = None
     overrides: bool = False
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     help: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -51,12 +51,9 @@ class Section:
             return "as in the checkpoint"
         return str((self.defaults or {}).get(field.name, _default(field)))
 
-    def fields(self) -> list[dataclasses.Field]:
-        return [
-            f
-            for f in dataclasses.fields(self.cls)
-            if option_of(f) is not None and (self.names is None or f.name in self.names)
-        ]
+    def fields(self, command: str) -> list[dataclasses.Field]:
+        """The options of this section that ``command`` takes, in ``--help`` order."""
+        return fields_for(self.cls, command)
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         """The section's resolved record: every field, or just the given ones for overrides."""
@@ -81,10 +78,21 @@ def _converter(field: dataclasses.Field):
     return {"int": int, "float": float}.get(kind, str)
 
 
-def add_section(parser: argparse.ArgumentParser, section: Section) -> None:
-    """Add the flags of ``section`` to ``parser`` (one argument group per section)."""
+def flag(name: str, sections: Iterable[Section]) -> str:
+    """The flag of the parameter ``name`` (an option's field, as a :func:`~iqeclip.errors.param`
+    names it): ``--normal`` for ``normal_dir``, else ``--<name>``."""
+    for section in sections:
+        for field in dataclasses.fields(section.cls):
+            opt = option_of(field)
+            if field.name == name and opt is not None and opt.flag:
+                return f"--{opt.flag}"
+    return f"--{name}"
+
+
+def add_section(parser: argparse.ArgumentParser, command: str, section: Section) -> None:
+    """Add the flags ``command`` takes from ``section`` to ``parser`` (one argument group)."""
     group = parser.add_argument_group(section.name)
-    for field in section.fields():
+    for field in section.fields(command):
         opt = option_of(field)
         default = _default(field)
         text = section.help.get(field.name, opt.help)
@@ -118,12 +126,12 @@ def add_section(parser: argparse.ArgumentParser, section: Section) -> None:
             )
 
 
-def given(args: argparse.Namespace, sections: Iterable[Section]) -> Values:
+def given(args: argparse.Namespace, command: str, sections: Iterable[Section]) -> Values:
     """The values given on the command line, per section (``parse`` hooks applied)."""
     out: Values = {}
     for section in sections:
         values = {}
-        for field in section.fields():
+        for field in section.fields(command):
             if hasattr(args, field.name):
                 opt = option_of(field)
                 value = getattr(args, field.name)
@@ -132,7 +140,7 @@ def given(args: argparse.Namespace, sections: Iterable[Section]) -> Values:
     return out
 
 
-def from_file(path: str | Path, sections: Iterable[Section]) -> Values:
+def from_file(path: str | Path, command: str, sections: Iterable[Section]) -> Values:
     """The sections of a YAML config file (``iqeclip <command> --print_config``, a checkpoint's
     ``.yaml``). Other top-level keys (``command``, ``epoch``, ...) are ignored; an unknown key
     inside a section is an error naming it."""
@@ -146,7 +154,7 @@ def from_file(path: str | Path, sections: Iterable[Section]) -> Values:
         unknown = sorted(set(block) - set(known))
         if unknown:
             raise UserError(f"--config {path}: unknown {section.name} keys: {', '.join(unknown)}")
-        flags = {f.name for f in section.fields()}
+        flags = {f.name for f in section.fields(command)}
         values = {}
         for key, value in block.items():
             opt = option_of(known[key])

@@ -1,12 +1,15 @@
 """Configuration: every option of every command, declared once.
 
 Each option is a dataclass field whose metadata holds an :class:`Option` (help, choices, other
-spellings, bounds; :mod:`iqeclip.config.option`). The command line (:mod:`iqeclip.cli.options`),
-YAML config files and the records beside checkpoints and results are all derived from these
-fields. Options that several commands take (``--device``, ``--seed``, ``--batch_size``, ...) are
-declared once in :mod:`iqeclip.config.shared`; each dataclass only chooses its default. This
-module holds the model, training/test, predict and calibrate configurations;
-:mod:`iqeclip.config.apps` those of the apps.
+spellings, bounds, the commands that take it, whether ``--resume`` holds it fixed, whether a
+checkpoint must agree on it; :mod:`iqeclip.config.option`). The command line
+(:mod:`iqeclip.cli.options`), YAML config files, the records beside checkpoints and results and
+the settings a resumed run must keep are all derived from these fields: adding an option is one
+field in one dataclass. Options that several commands take (``--device``, ``--seed``,
+``--batch_size``, ...) are declared once in :mod:`iqeclip.config.shared`; each dataclass only
+chooses its default. This module holds the model and training/test configurations;
+:mod:`iqeclip.config.scoring` those of predict and calibrate, :mod:`iqeclip.config.apps` those of
+the apps.
 
 :class:`ModelConfig` holds everything that decides the shape and computation of a detector. It is
 *resolved* against the backbone architecture (defaults that depend on the depth are filled in),
@@ -34,39 +37,48 @@ from iqeclip.config.apps import (
     ServeConfig,
     SynthConfig,
 )
-from iqeclip.config.option import Checked, Option, check_bounds, check_types, option_of
+from iqeclip.config.option import (
+    FIXED_ON_RESUME,
+    Checked,
+    Option,
+    check_bounds,
+    check_types,
+    fields_for,
+    option_of,
+    resume_fixed,
+)
+from iqeclip.config.scoring import CalibrateConfig, PredictConfig
 from iqeclip.config.shared import (
     AXIS,
-    BACKEND,
     BATCH_SIZE,
     CKPT_PATH,
     DATA_PATH,
     DEVICE,
+    FEW,
     LEARNING_RATE,
     MANIFEST,
     MARGIN,
-    MAX_MEGAPIXELS,
-    MAX_SLICES,
-    MAX_TOTAL_MEGAPIXELS,
     MIN_LESION_PX,
-    MODEL_FILE,
+    MODEL_COMMANDS,
     MODEL_NAME,
     OBJ,
     ON_BAD_INPUT,
     ORIENTATION,
-    OUT,
     OVERWRITE,
     PERCENTILE,
     PRECISION,
     PRETRAIN,
+    REPRODUCE,
+    RUNS,
+    SCORE,
     SEED,
-    SETTING,
     SHOT,
-    VOLUME_SCORE,
+    TEST,
+    TRAIN,
     WINDOW,
     WORKERS,
 )
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 __all__ = [
     "BENCH_MODEL",
@@ -89,26 +101,11 @@ __all__ = [
     "cache_home",
     "check_bounds",
     "default_cache_dir",
+    "fields_for",
     "option_of",
     "parse_features_list",
+    "resume_fixed",
 ]
-
-# Fields that change the trainable state or the computation; a checkpoint must agree on all of
-# them. ``pretrain`` is left out on purpose: the same weights can be named by a tag or a file.
-ARCHITECTURE_FIELDS = (
-    "model_name",
-    "img_size",
-    "features_list",
-    "prompt_len",
-    "deep_prompt_len",
-    "total_d_layer_len",
-    "use_global",
-    "quick_gelu",
-    "normalize",
-    "iqm_layers",
-    "iqm_heads",
-)
-
 
 MAX_IMG_SIZE = 1024
 """The largest ``--img_size``: twice the largest native input of open_clip's ViTs (512), so
@@ -127,7 +124,8 @@ def parse_features_list(tokens: Any) -> list[int] | None:
     parts = [p for p in re.split(r"[,\s]+", body) if p]
     if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
         raise UserError(
-            f"--features_list expects block numbers like 6 12 18 24 or [6,12,18,24], got {text!r}"
+            f"{param('features_list')} expects block numbers like 6 12 18 24 or [6,12,18,24], "
+            f"got {text!r}"
         )
     return [int(p) for p in parts]
 
@@ -162,43 +160,70 @@ class ModelConfig(Checked):
         dropout: IQM dropout during training (the published runs effectively used 0.0).
         precision: dtype of the frozen vision tower: ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
             Not an architecture field: a checkpoint trained in one precision tests in another.
+
+    The architecture fields (``architecture=True``) change the trainable state or the
+    computation; a checkpoint must agree on all of them. ``pretrain`` is not one on purpose: the
+    same weights can be named by a tag or a file.
     """
 
-    model_name: str = MODEL_NAME("ViT-L-14-336")
-    pretrain: str = PRETRAIN("openai")
-    img_size: int = Option("input side in pixels", minimum=8, maximum=MAX_IMG_SIZE)(240)
+    model_name: str = MODEL_NAME("ViT-L-14-336", commands=MODEL_COMMANDS, architecture=True)
+    pretrain: str = PRETRAIN("openai", commands=(*MODEL_COMMANDS, *SCORE, "export"))
+    img_size: int = Option(
+        "input side in pixels",
+        minimum=8,
+        maximum=MAX_IMG_SIZE,
+        commands=MODEL_COMMANDS,
+        architecture=True,
+    )(240)
     features_list: list[int] | None = Option(
         "1-based tapped blocks, '6 12 18 24' or '[6,12,18,24]' (None: the quartile blocks)",
         nargs="+",
         parse=parse_features_list,
+        commands=MODEL_COMMANDS,
+        architecture=True,
     )(None)
-    prompt_len: int = Option("class-based prompting tokens", minimum=1)(2)
-    deep_prompt_len: int = Option("learnable text prompt slots", minimum=1)(1)
+    prompt_len: int = Option(
+        "class-based prompting tokens", minimum=1, commands=MODEL_COMMANDS, architecture=True
+    )(2)
+    deep_prompt_len: int = Option(
+        "learnable text prompt slots", minimum=1, commands=MODEL_COMMANDS, architecture=True
+    )(1)
     total_d_layer_len: int | None = Option(
-        "deep text prompt layers: 0 or text layers - 1 (None: text layers - 1)"
+        "deep text prompt layers: 0 or text layers - 1 (None: text layers - 1)",
+        commands=MODEL_COMMANDS,
+        architecture=True,
     )(None)
     use_global: bool = Option(
         "condition class tokens and IQM queries on the global image embedding (the published "
         "scripts inverted this flag); --no_use_global: image-independent tokens",
         negation="no_use_global",
+        commands=MODEL_COMMANDS,
+        architecture=True,
     )(True)
     quick_gelu: bool = Option(
         "build the backbone with QuickGELU, the activation OpenAI trained with (default: exact "
-        "GELU, as the published runs)"
+        "GELU, as the published runs)",
+        commands=MODEL_COMMANDS,
+        architecture=True,
     )(False)
     normalize: str = Option(
         "input normalisation: none (pixels in [0,1], the paper) or clip mean/std",
         choices=("none", "clip"),
+        commands=MODEL_COMMANDS,
+        architecture=True,
     )("none")
-    iqm_layers: int = Option("IQM depth", minimum=1)(4)
-    iqm_heads: int = Option("IQM attention heads", minimum=1)(8)
+    iqm_layers: int = Option("IQM depth", minimum=1, commands=MODEL_COMMANDS, architecture=True)(4)
+    iqm_heads: int = Option(
+        "IQM attention heads", minimum=1, commands=MODEL_COMMANDS, architecture=True
+    )(8)
     dropout: float = Option(
         "IQM dropout while training (0.0 is the published computation)",
         minimum=0,
         maximum=1,
         below=True,
+        commands=MODEL_COMMANDS,
     )(0.0)
-    precision: str = PRECISION("fp32")
+    precision: str = PRECISION("fp32", commands=(*MODEL_COMMANDS, *SCORE))
 
     def resolved(self, vision_layers: int, text_layers: int) -> ModelConfig:
         """Fill the architecture-dependent defaults and validate every field.
@@ -211,7 +236,7 @@ class ModelConfig(Checked):
             A new, fully specified configuration.
 
         Raises:
-            UserError: naming the flag whose value cannot work with this backbone.
+            UserError: naming the parameter whose value cannot work with this backbone.
         """
         cfg = dataclasses.replace(self)
         if cfg.features_list is None:
@@ -221,22 +246,26 @@ class ModelConfig(Checked):
         bad = [f for f in cfg.features_list if not 1 <= f <= vision_layers]
         if bad:
             raise UserError(
-                f"--features_list {bad} is outside 1..{vision_layers}, the blocks of {cfg.model_name}"
+                f"{param('features_list')} {bad} is outside 1..{vision_layers}, the blocks of "
+                f"{cfg.model_name}"
             )
         if len(set(cfg.features_list)) != len(cfg.features_list):
-            raise UserError(f"--features_list {cfg.features_list} names a block twice")
+            raise UserError(f"{param('features_list')} {cfg.features_list} names a block twice")
         if cfg.total_d_layer_len is None:
             cfg.total_d_layer_len = text_layers - 1
         if cfg.total_d_layer_len not in (0, text_layers - 1):
             raise UserError(
-                f"--total_d_layer_len must be 0 or {text_layers - 1} (text layers - 1) for "
+                f"{param('total_d_layer_len')} must be 0 or {text_layers - 1} (text layers - 1) "
+                "for "
                 f"{cfg.model_name}, got {cfg.total_d_layer_len}"
             )
         check_bounds(cfg)
         if cfg.normalize not in ("none", "clip"):
-            raise UserError(f"--normalize must be 'none' or 'clip', got {cfg.normalize!r}")
+            raise UserError(f"{param('normalize')} must be 'none' or 'clip', got {cfg.normalize!r}")
         if cfg.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"--precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+            raise UserError(
+                f"{param('precision')} must be fp32, bf16 or fp16, got {cfg.precision!r}"
+            )
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +299,11 @@ class ModelConfig(Checked):
         ]
 
 
+ARCHITECTURE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ModelConfig) if getattr(option_of(f), "architecture", False)
+)
+"""The fields of :class:`ModelConfig` declared ``architecture`` (see its docstring)."""
+
 DEFAULT_SELECT: dict[str, str] = {"zero": "source-val", "few": "last"}  # --select None
 SELECTIONS: dict[str, str] = {
     "last": "the weights after the last epoch",
@@ -285,10 +319,13 @@ SELECTIONS: dict[str, str] = {
 class RunConfig(Checked):
     """Everything about a training or test run that is not the model.
 
+    Each option names the commands that take it (``train-*``, ``test-*``, ``reproduce``) and
+    whether a resumed training run must keep it (``fixed_on_resume``).
+
     Attributes:
         obj: target dataset name (``Brain``, ``Liver``, ...; ``custom`` for your own folders).
         data_path: folder holding the ``<Name>_AD`` datasets.
-        setting: ``zero`` or ``few`` (set by the command, not an option).
+        setting: ``zero`` or ``few`` (set by the command, not an option; fixed on ``--resume``).
         shot: K for few-shot (testing: must be the checkpoint's; None takes it).
         iterate: few-shot support: ``0`` reads the ``<K>-shot.txt`` list, ``-1`` draws with the seed.
         fewshot_seed_dir: where ``<Name>/<K>-shot.txt`` lists live (default: see the data docs).
@@ -325,135 +362,100 @@ class RunConfig(Checked):
             ``native``).
     """
 
-    obj: str = OBJ("Brain", help="target dataset ('custom' for --normal/--abnormal data)")
-    data_path: str = DATA_PATH("./data")
-    setting: str = "zero"
-    shot: int = SHOT(4)
-    iterate: int = Option("0: read <K>-shot.txt; -1: draw the support set with --seed")(0)
+    obj: str = OBJ(
+        "Brain",
+        help="target dataset ('custom' for --normal/--abnormal data)",
+        commands=RUNS,
+        fixed_on_resume=True,
+    )
+    data_path: str = DATA_PATH("./data", commands=RUNS + REPRODUCE)
+    setting: str = dataclasses.field(default="zero", metadata={FIXED_ON_RESUME: True})
+    shot: int = SHOT(4, commands=FEW, fixed_on_resume=True)
+    iterate: int = Option(
+        "0: read <K>-shot.txt; -1: draw the support set with --seed",
+        commands=FEW,
+        fixed_on_resume=True,
+    )(0)
     fewshot_seed_dir: str | None = Option(
-        "folder of <Name>/<K>-shot.txt (None: <data_path>/fewshot_seed, then ./dataset/fewshot_seed)"
+        "folder of <Name>/<K>-shot.txt (None: <data_path>/fewshot_seed, then "
+        "./dataset/fewshot_seed)",
+        commands=FEW + REPRODUCE,
     )(None)
-    batch_size: int = BATCH_SIZE(16)
-    epochs: int = Option("epochs", aliases=("epoch",), minimum=1)(50)
-    learning_rate: float = LEARNING_RATE(1e-4)
-    seed: int = SEED(42)
-    device: str = DEVICE("auto")
-    workers: int | None = WORKERS(None)
+    batch_size: int = BATCH_SIZE(16, commands=RUNS + REPRODUCE, fixed_on_resume=True)
+    epochs: int = Option(
+        "epochs", aliases=("epoch",), minimum=1, commands=TRAIN + REPRODUCE, fixed_on_resume=True
+    )(50)
+    learning_rate: float = LEARNING_RATE(1e-4, commands=TRAIN + REPRODUCE, fixed_on_resume=True)
+    seed: int = SEED(42, commands=RUNS + REPRODUCE, fixed_on_resume=True)
+    device: str = DEVICE("auto", commands=RUNS + REPRODUCE)
+    workers: int | None = WORKERS(None, commands=RUNS + REPRODUCE)
     select: str | None = Option(
         "checkpoint selection (None: source-val zero-shot, last few-shot; target-test is the "
         "published, optimistic protocol)",
         choices=("last", "source-val", "target-test"),
+        commands=TRAIN + REPRODUCE,
+        fixed_on_resume=True,
     )(None)
-    save_dir: str = Option("checkpoint folder")("./ckpt")
-    ckpt_path: str | None = CKPT_PATH(None, help="checkpoint to test")
-    log_path: str | None = Option("log file, appended (None: log/<command>_<obj>.log)")(None)
-    metrics_json: str | None = Option("write the target test metrics to this JSON file")(None)
-    overwrite: bool = OVERWRITE(False, help="replace an existing checkpoint or metrics file")
+    save_dir: str = Option("checkpoint folder", commands=TRAIN)("./ckpt")
+    ckpt_path: str | None = CKPT_PATH(None, help="checkpoint to test", commands=TEST)
+    log_path: str | None = Option(
+        "log file, appended (None: log/<command>_<obj>.log)", commands=RUNS
+    )(None)
+    metrics_json: str | None = Option(
+        "write the target test metrics to this JSON file", commands=RUNS
+    )(None)
+    overwrite: bool = OVERWRITE(
+        False, help="replace an existing checkpoint or metrics file", commands=RUNS
+    )
     cache_dir: str | None = Option(
         "frozen-feature cache folder; --no_cache: compute the backbone every time",
         negation="no_cache",
+        commands=RUNS + REPRODUCE,
     )(default_cache_dir())
     cache_dtype: str = Option(
-        "cache entries in fp32 (exact) or fp16 (half the disk)", choices=("fp32", "fp16")
+        "cache entries in fp32 (exact) or fp16 (half the disk)",
+        choices=("fp32", "fp16"),
+        commands=RUNS + REPRODUCE,
     )("fp32")
-    cache_budget_gb: float = Option("use the cache only if its size estimate fits (GB)", minimum=0)(
-        50.0
-    )
-    normal_dir: str | None = Option("folder of normal support images", flag="normal")(None)
-    abnormal_dir: str | None = Option("folder of abnormal support images", flag="abnormal")(None)
+    cache_budget_gb: float = Option(
+        "use the cache only if its size estimate fits (GB)", minimum=0, commands=RUNS + REPRODUCE
+    )(50.0)
+    normal_dir: str | None = Option(
+        "folder of normal support images",
+        flag="normal",
+        commands=("train-few",),
+        fixed_on_resume=True,
+    )(None)
+    abnormal_dir: str | None = Option(
+        "folder of abnormal support images",
+        flag="abnormal",
+        commands=("train-few",),
+        fixed_on_resume=True,
+    )(None)
     masks_dir: str | None = Option(
-        "masks of the abnormal images, same file names (optional)", flag="masks"
+        "masks of the abnormal images, same file names (optional)",
+        flag="masks",
+        commands=("train-few",),
+        fixed_on_resume=True,
     )(None)
     report_dir: str | None = Option(
-        "write scores, example maps and an HTML/markdown report to this folder", flag="report"
+        "write scores, example maps and an HTML/markdown report to this folder",
+        flag="report",
+        commands=RUNS,
     )(None)
-    resume: bool = Option("continue an interrupted run from its saved training state")(False)
+    resume: bool = Option(
+        "continue an interrupted run from its saved training state", commands=TRAIN
+    )(False)
     save_every: int = Option(
-        "save the training state every N steps, and at each epoch end", minimum=1
+        "save the training state every N steps, and at each epoch end",
+        minimum=1,
+        commands=TRAIN + REPRODUCE,
     )(50)
-    on_bad_input: str = ON_BAD_INPUT("error")
-    manifest: str | None = MANIFEST(None)
-    min_lesion_px: int = MIN_LESION_PX(1)
-    margin: int = MARGIN(0)
-    window: str | None = WINDOW(None)
-    percentile: str | None = PERCENTILE(None)
-    axis: int = AXIS(2)
-    orientation: str = ORIENTATION("radiological")
-
-
-@dataclass
-class PredictConfig(Checked):
-    """``iqeclip predict``: score your own images, DICOM series and NIfTI volumes."""
-
-    ckpt_path: str | None = CKPT_PATH(None)
-    inputs: list[str] = Option(
-        "image files, folders (recursive), DICOM files or series folders, NIfTI volumes",
-        positional=True,
-        nargs="*",
-    )([])
-    out: str | None = OUT(None)
-    masks: str | None = Option(
-        "folder of ground-truth masks named like the inputs (contour on the overlay)"
-    )(None)
-    axis: int | None = AXIS(None, help=AXIS.help + " (None: the checkpoint's)")
-    orientation: str | None = ORIENTATION(None, help=ORIENTATION.help + " (None: the checkpoint's)")
-    window: str | None = WINDOW(None)
-    percentile: str | None = PERCENTILE(None)
-    volume_score: str | None = VOLUME_SCORE(
-        None,
-        help="a volume's score from its slice scores (volumes.csv): max, or topk:K, the "
-        "mean of the K highest (None: the calibrated rule, else max)",
-    )
-    outputs: str | None = Option(
-        "what to write per slice, comma-separated from overlay, map, npy, mask, input (the "
-        "picture as read) (None: overlay,map,npy, and mask when the checkpoint has a calibrated "
-        "pixel threshold)"
-    )(None)
-    batch_size: int = BATCH_SIZE(8, help="images per forward pass")
-    workers: int | None = WORKERS(None)
-    device: str = DEVICE("auto")
-    setting: str | None = SETTING(None)
-    overwrite: bool = OVERWRITE(
-        False, help="remove the outputs an earlier run listed in --out/predictions.csv, then run"
-    )
-    resume: bool = Option("continue an interrupted predict run in --out: score what is missing")(
-        False
-    )
-    on_bad_input: str = ON_BAD_INPUT("error")
-    backend: str = BACKEND("torch")
-    model: str | None = MODEL_FILE(None)
-    max_megapixels: float = MAX_MEGAPIXELS(50.0)
-    max_slices: int = MAX_SLICES(2000)
-    max_total_megapixels: float = MAX_TOTAL_MEGAPIXELS(500.0)
-
-
-@dataclass
-class CalibrateConfig(Checked):
-    """``iqeclip calibrate``: choose decision thresholds and store them in the checkpoint."""
-
-    ckpt_path: str | None = CKPT_PATH(None)
-    normal: str | None = Option("folder of normal images (threshold by --target_fpr)")(None)
-    data_path: str | None = DATA_PATH(
-        None, help="folder with <Name>_AD datasets: calibrate on --obj's valid split"
-    )
-    obj: str | None = OBJ(None, help="dataset name for --data_path")
-    target_fpr: float = Option(
-        "false-positive rate allowed on normal calibration images", minimum=0, maximum=1, below=True
-    )(0.05)
-    f1: bool = Option("maximise F1 on the labelled valid split instead of --target_fpr")(False)
-    manifest: str | None = MANIFEST(
-        None,
-        help="calibrate on the valid rows of this CSV manifest (docs/workflows.md); its "
-        "volumes also calibrate the volume score",
-    )
-    min_lesion_px: int = MIN_LESION_PX(1)
-    margin: int = MARGIN(0)
-    volume_score: str = VOLUME_SCORE("max")
-    window: str | None = WINDOW(None)
-    percentile: str | None = PERCENTILE(None)
-    axis: int | None = AXIS(None, help=AXIS.help + " (None: the checkpoint's)")
-    orientation: str | None = ORIENTATION(None, help=ORIENTATION.help + " (None: the checkpoint's)")
-    batch_size: int = BATCH_SIZE(8, help="images per forward pass")
-    device: str = DEVICE("auto")
-    setting: str | None = SETTING(None)
-    on_bad_input: str = ON_BAD_INPUT("error")
+    on_bad_input: str = ON_BAD_INPUT("error", commands=RUNS + REPRODUCE)
+    manifest: str | None = MANIFEST(None, commands=RUNS, fixed_on_resume=True)
+    min_lesion_px: int = MIN_LESION_PX(1, commands=RUNS, fixed_on_resume=True)
+    margin: int = MARGIN(0, commands=RUNS, fixed_on_resume=True)
+    window: str | None = WINDOW(None, commands=RUNS, fixed_on_resume=True)
+    percentile: str | None = PERCENTILE(None, commands=RUNS, fixed_on_resume=True)
+    axis: int = AXIS(2, commands=RUNS, fixed_on_resume=True)
+    orientation: str = ORIENTATION("radiological", commands=RUNS, fixed_on_resume=True)

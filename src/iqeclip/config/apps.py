@@ -26,7 +26,7 @@ from iqeclip.config.shared import (
     SHOT,
     WORKERS,
 )
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 __all__ = [
     "BenchmarkConfig",
@@ -57,7 +57,7 @@ def parse_hosts(tokens: Any) -> list[str]:
     for host in hosts:
         if not HOST.fullmatch(host):
             raise UserError(
-                "--allowed_hosts expects host names or addresses such as viewer.lan or "
+                f"{param('allowed_hosts')} expects host names or addresses such as viewer.lan or "
                 f"10.0.0.5:8000, got {host!r}"
             )
     return hosts

@@ -1,5 +1,7 @@
 """How an option is declared: an :class:`Option` in a dataclass field's metadata (help text,
-other spellings, choices, bounds), and the checks that every configuration runs when it is made."""
+other spellings, choices, bounds, the commands that take it, whether ``--resume`` holds it
+fixed), what is derived from the declarations (:func:`fields_for`, :func:`resume_fixed`), and the
+checks that every configuration runs when it is made."""
 
 from __future__ import annotations
 
@@ -9,9 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
-__all__ = ["Checked", "Option", "check_bounds", "check_types", "option_of"]
+__all__ = [
+    "FIXED_ON_RESUME",
+    "Checked",
+    "Option",
+    "check_bounds",
+    "check_types",
+    "fields_for",
+    "option_of",
+    "resume_fixed",
+]
+
+FIXED_ON_RESUME = "fixed_on_resume"
+"""The field metadata key that holds a field fixed on ``--resume`` (see :func:`resume_fixed`)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,10 @@ class Option:
         positional: a positional argument rather than a flag.
         minimum: the smallest allowed value (``above``: values must exceed it).
         maximum: the largest allowed value (``below``: values must stay under it).
+        commands: the commands that take it (None: every command with a section of its class).
+        fixed_on_resume: a resumed training run must have the value the interrupted one had.
+        architecture: it shapes the trainable state or the computation (:class:`ModelConfig`),
+            so a checkpoint must agree on it.
     """
 
     help: str
@@ -43,6 +61,9 @@ class Option:
     above: bool = False
     maximum: float | None = None
     below: bool = False
+    commands: tuple[str, ...] | None = None
+    fixed_on_resume: bool = False
+    architecture: bool = False
 
     def __post_init__(self) -> None:
         # ``above=0`` reads as a bound but sets none: refuse the declaration at import
@@ -57,13 +78,12 @@ class Option:
                 )
 
     def check(self, name: str, value: Any) -> None:
-        """Raise a one-line :class:`UserError` naming the flag if ``value`` is out of bounds or
-        not finite (NaN, infinity)."""
+        """Raise a one-line :class:`UserError` naming the parameter if ``value`` is out of bounds
+        or not finite (NaN, infinity)."""
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return
-        flag = f"--{self.flag or name}"
         if not math.isfinite(value):  # NaN passes every comparison, inf every lower bound
-            raise UserError(f"{flag} must be a finite number, got {value}")
+            raise UserError(f"{param(name)} must be a finite number, got {value}")
         low, high = self.minimum, self.maximum
         bad = (low is not None and (value <= low if self.above else value < low)) or (
             high is not None and (value >= high if self.below else value > high)
@@ -76,21 +96,39 @@ class Option:
             span = f"greater than {low:g}" if self.above else f"at least {low:g}"
         else:
             span = f"below {high:g}" if self.below else f"at most {high:g}"
-        raise UserError(f"{flag} must be {span}, got {value}")
+        raise UserError(f"{param(name)} must be {span}, got {value}")
 
     def __call__(self, default: Any = None, **changes: Any) -> Any:
-        """A dataclass field with this option and ``default`` (``changes`` adapt the help)."""
+        """A dataclass field with this option and ``default`` (``changes`` adapt the option to
+        the field: its help, the commands that take it, ...)."""
         option = dataclasses.replace(self, **changes) if changes else self
+        metadata = {"option": option, FIXED_ON_RESUME: option.fixed_on_resume}
         if isinstance(default, list):
-            return dataclasses.field(
-                default_factory=lambda: list(default), metadata={"option": option}
-            )
-        return dataclasses.field(default=default, metadata={"option": option})
+            return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+        return dataclasses.field(default=default, metadata=metadata)
 
 
 def option_of(field: dataclasses.Field) -> Option | None:
     """The :class:`Option` of a dataclass field, or None for fields that are not options."""
     return field.metadata.get("option")
+
+
+def fields_for(cls: type, command: str) -> list[dataclasses.Field]:
+    """The options of the dataclass ``cls`` that ``command`` takes (:attr:`Option.commands`),
+    in the order they are declared: the order of the command's ``--help``."""
+    return [
+        field
+        for field in dataclasses.fields(cls)
+        if (option := option_of(field)) is not None
+        and (option.commands is None or command in option.commands)
+    ]
+
+
+def resume_fixed(config: Any) -> tuple[str, ...]:
+    """The fields of a configuration (a dataclass or one of its instances) that must not change
+    between an interrupted and a resumed run: the options declared ``fixed_on_resume``, and
+    fields whose metadata says so (``setting``, which the command sets)."""
+    return tuple(f.name for f in dataclasses.fields(config) if f.metadata.get(FIXED_ON_RESUME))
 
 
 def check_bounds(config: Any) -> None:

@@ -1,4 +1,5 @@
-"""Options that several commands take: declared here once, defaults chosen by each dataclass."""
+"""Options that several commands take: declared here once, defaults chosen by each dataclass; and
+the groups of commands that options name in :attr:`~iqeclip.config.option.Option.commands`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ __all__ = [
     "CKPT_PATH",
     "DATA_PATH",
     "DEVICE",
+    "FEW",
     "LEARNING_RATE",
     "MANIFEST",
     "MARGIN",
@@ -17,6 +19,7 @@ __all__ = [
     "MAX_SLICES",
     "MAX_TOTAL_MEGAPIXELS",
     "MIN_LESION_PX",
+    "MODEL_COMMANDS",
     "MODEL_NAME",
     "OBJ",
     "ON_BAD_INPUT",
@@ -26,13 +29,28 @@ __all__ = [
     "PERCENTILE",
     "PRECISION",
     "PRETRAIN",
+    "REPRODUCE",
+    "RUNS",
+    "SCORE",
     "SEED",
     "SETTING",
     "SHOT",
+    "TEST",
+    "TRAIN",
     "VOLUME_SCORE",
     "WINDOW",
     "WORKERS",
 ]
+
+TRAIN = ("train-zero", "train-few")
+TEST = ("test-zero", "test-few")
+FEW = ("train-few", "test-few")
+RUNS = (*TRAIN, *TEST)
+REPRODUCE = ("reproduce",)
+MODEL_COMMANDS = (*RUNS, "demo", "reproduce", "benchmark", "info")
+"""The commands that take every model option (test-* as overrides of the checkpoint's)."""
+SCORE = ("predict", "serve", "calibrate")
+"""The commands that score with a checkpoint: of its model, only moved weights and precision."""
 
 MODEL_NAME = Option("open_clip architecture (ViT-L-14-336 in the paper; iqe-tiny for tests)")
 PRETRAIN = Option(

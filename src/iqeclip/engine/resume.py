@@ -20,32 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime.files import atomic_write
 
 FORMAT = "iqeclip-resume/1"
-# Run settings that must not change between the interrupted and the resumed run.
-FIXED = (
-    "obj",
-    "setting",
-    "shot",
-    "iterate",
-    "batch_size",
-    "seed",
-    "learning_rate",
-    "select",
-    "epochs",
-    "normal_dir",
-    "abnormal_dir",
-    "masks_dir",
-    "manifest",
-    "min_lesion_px",
-    "margin",
-    "window",
-    "percentile",
-    "axis",
-    "orientation",
-)
 
 
 def state_path(checkpoint: Path) -> Path:
@@ -105,21 +83,25 @@ def load_state(
     """
     if not path.is_file():
         raise UserError(
-            f"--resume: no training state at {path} (nothing to resume, or the run finished)"
+            f"{param('resume')}: no training state at {path} (nothing to resume, or the run "
+            "finished)"
         )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["meta"])
         tensors = load_file(str(path))
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
-        raise UserError(f"--resume: {path} is not a readable training state ({exc})") from None
+        raise UserError(
+            f"{param('resume')}: {path} is not a readable training state ({exc})"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"--resume: {path} is not an iqeclip training state")
+        raise UserError(f"{param('resume')}: {path} is not an iqeclip training state")
     changed = [k for k in settings if meta["settings"].get(k) != settings[k]]
     if changed:
         was = ", ".join(f"{k}={meta['settings'].get(k)!r}" for k in changed[:3])
         raise UserError(
-            f"--resume: {path} belongs to another run ({was}); start it again without --resume"
+            f"{param('resume')}: {path} belongs to another run ({was}); start it again without "
+            f"{param('resume')}"
         )
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
     opt_state: dict[int, dict[str, torch.Tensor]] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 if TYPE_CHECKING:
     from iqeclip.config import ModelConfig
@@ -80,18 +80,22 @@ class Architecture:
         cfg = model_configs().get(name)
         if cfg is None:
             raise UserError(
-                f"--model_name {name!r} is not an open_clip architecture (e.g. ViT-L-14-336, "
-                "ViT-B-16, iqe-tiny; all: python -c 'import open_clip; print(open_clip.list_models())')"
+                f"{param('model_name')} {name!r} is not an open_clip architecture (e.g. "
+                "ViT-L-14-336, ViT-B-16, iqe-tiny; all: python -c 'import open_clip; "
+                "print(open_clip.list_models())')"
             )
         vision, text = cfg["vision_cfg"], cfg["text_cfg"]
         if isinstance(vision.get("layers"), (list, tuple)):
-            raise UserError(f"--model_name {name!r} is not a ViT (IQE-CLIP taps ViT blocks)")
+            raise UserError(
+                f"{param('model_name')} {name!r} is not a ViT (IQE-CLIP taps ViT blocks)"
+            )
         unknown = (
             (vision.keys() - _VISION_KEYS) | (text.keys() - _TEXT_KEYS) | (cfg.keys() - _TOP_KEYS)
         )
         if unknown:
             raise UserError(
-                f"--model_name {name!r}: IQE-CLIP needs a plain CLIP ViT with the CLIP text tower"
+                f"{param('model_name')} {name!r}: IQE-CLIP needs a plain CLIP ViT with the CLIP "
+                "text tower"
             )
         arch = cls(
             name=name,
@@ -104,8 +108,9 @@ class Architecture:
         )
         if arch.text_width != arch.embed_dim:
             raise UserError(
-                f"--model_name {name!r}: text width {arch.text_width} differs from embed_dim "
-                f"{arch.embed_dim}; IQE-CLIP feeds the image embedding back as text tokens"
+                f"{param('model_name')} {name!r}: text width {arch.text_width} differs from "
+                f"embed_dim {arch.embed_dim}; IQE-CLIP feeds the image embedding back as text "
+                "tokens"
             )
         return arch
 
@@ -153,8 +158,8 @@ def pretrain_source(model_name: str, pretrain: str) -> str:
     tags = pretrained_tags(model_name)
     if pretrain not in tags:
         raise UserError(
-            f"--pretrain {pretrain!r} is neither 'none', an existing file, nor an open_clip "
-            f"tag of {model_name} ({', '.join(tags) or 'none known'})"
+            f"{param('pretrain')} {pretrain!r} is neither 'none', an existing file, nor an "
+            f"open_clip tag of {model_name} ({', '.join(tags) or 'none known'})"
         )
     return "tag"
 

@@ -28,7 +28,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, first_line, param
 from iqeclip.model import weights
 from iqeclip.model.architecture import (
     CONFIG_DIR,
@@ -92,8 +92,9 @@ def create_clip(
                 model = open_clip.create_model(model_name, pretrained=pretrain, **kwargs)
             except RuntimeError as exc:
                 raise UserError(
-                    f"--pretrain {pretrain}: cannot obtain the weights ({first_line(exc)}); "
-                    "pass a local file instead, e.g. --pretrain ViT-L-14-336px.pt"
+                    f"{param('pretrain')} {pretrain}: cannot obtain the weights "
+                    f"({first_line(exc)}); "
+                    f"pass a local file instead, e.g. {param('pretrain')} ViT-L-14-336px.pt"
                 ) from None
     if not meta:
         model = model.to(device)

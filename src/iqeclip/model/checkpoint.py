@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from iqeclip.config import ModelConfig
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.model.architecture import Architecture
 from iqeclip.runtime.files import atomic_write, locked, save_yaml
 
@@ -65,7 +65,7 @@ def update_checkpoint_meta(
         The metadata written.
     """
     path = Path(path)
-    with locked(path, "--ckpt_path"):
+    with locked(path, param("ckpt_path")):
         config, state, meta = read_checkpoint(path)
         meta = {**meta, **update(meta)}
         _write(path, state, config, meta)
@@ -94,7 +94,7 @@ def read_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--ckpt_path {path}: no such file")
+        raise UserError(f"{param('ckpt_path')} {path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -102,13 +102,14 @@ def read_checkpoint(
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
-            f"--ckpt_path {path}: not a readable iqeclip checkpoint ({reason})"
+            f"{param('ckpt_path')} {path}: not a readable iqeclip checkpoint ({reason})"
         ) from None
     if metadata.get("format") != FORMAT:
         raise UserError(
-            f"--ckpt_path {path}: not an iqeclip checkpoint (format {metadata.get('format')!r})"
+            f"{param('ckpt_path')} {path}: not an iqeclip checkpoint "
+            f"(format {metadata.get('format')!r})"
         )
-    where = f"--ckpt_path {path}"
+    where = f"{param('ckpt_path')} {path}"
     config = stored_config(stored_json(metadata, "config", where), where, resolve=True)
     meta = stored_meta(metadata, "meta", where)
     for name, tensor in state.items():
@@ -184,7 +185,7 @@ def _check_run(run: dict[str, Any], where: str) -> None:
                     raise UserError("not text")
                 parse(run[field])
             except UserError as exc:
-                refuse(field, str(exc))
+                refuse(field, exc.message)
 
 
 def stored_config(data: dict[str, Any], where: str, resolve: bool = False) -> ModelConfig:
@@ -200,7 +201,9 @@ def stored_config(data: dict[str, Any], where: str, resolve: bool = False) -> Mo
             arch = Architecture.from_name(config.model_name)
             config.resolved(arch.vision_layers, arch.text_layers)
     except UserError as exc:
-        raise UserError(f"{where}: its stored model configuration is invalid: {exc}") from None
+        raise UserError(
+            f"{where}: its stored model configuration is invalid: {exc.message}"
+        ) from None
     return config
 
 
@@ -225,7 +228,7 @@ def load_checkpoint(
     diff = model.config.mismatches(config)
     if diff:
         raise UserError(
-            f"--ckpt_path {path} was built for another model: {'; '.join(diff[:3])} "
+            f"{param('ckpt_path')} {path} was built for another model: {'; '.join(diff[:3])} "
             "(this run vs checkpoint)"
         )
     if config.pretrain != model.config.pretrain:
@@ -239,7 +242,7 @@ def load_checkpoint(
     extra = [k for k in state if k not in own]
     if bad or extra:
         raise UserError(
-            f"--ckpt_path {path}: tensors do not fit this model (e.g. {(bad or extra)[0]})"
+            f"{param('ckpt_path')} {path}: tensors do not fit this model (e.g. {(bad or extra)[0]})"
         )
     model.head.load_state_dict(state)
     return meta

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqeclip.config import ModelConfig
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.model.architecture import NUM_QUERIES, Architecture
 from iqeclip.model.backbone import Backbone, TextTower, activation_name, create_clip
 from iqeclip.model.iqm import IQM
@@ -139,7 +139,9 @@ class IQEClip(nn.Module):
         cfg = config.resolved(arch.vision_layers, arch.text_layers)
         clip = create_clip(cfg.model_name, cfg.pretrain, cfg.img_size, cfg.quick_gelu, device)
         if cfg.precision == "fp16" and torch.device(device).type == "cpu":
-            raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+            raise UserError(
+                f"{param('precision')} fp16 needs a CUDA device; use bf16 or fp32 on the CPU"
+            )
         backbone = Backbone(clip, cfg.features_list, cfg.normalize, cfg.precision)
         token_ids = prompt_token_ids(cfg.model_name)
         with torch.device(device):

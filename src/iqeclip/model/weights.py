@@ -23,7 +23,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, first_line, param
 
 DTYPE_NAMES = {
     torch.float32: "fp32",
@@ -82,7 +82,7 @@ def read_state_dict(path: str | Path, shapes_only: bool = False) -> State:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--pretrain {path}: no such file")
+        raise UserError(f"{param('pretrain')} {path}: no such file")
     try:
         if path.suffix == ".safetensors":
             state = _read_safetensors(path, shapes_only)
@@ -96,13 +96,15 @@ def read_state_dict(path: str | Path, shapes_only: bool = False) -> State:
             where = "meta" if shapes_only else "cpu"
             state = torch.load(str(path), map_location=where, weights_only=True)
     except Exception as exc:  # any reader failure is the file's fault, reported in one line
-        raise UserError(f"--pretrain {path}: cannot read weights ({first_line(exc)})") from None
+        raise UserError(
+            f"{param('pretrain')} {path}: cannot read weights ({first_line(exc)})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
-        raise UserError(f"--pretrain {path}: the file holds no state dict")
+        raise UserError(f"{param('pretrain')} {path}: the file holds no state dict")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--pretrain {path}: the file holds entries that are not tensors")
+        raise UserError(f"{param('pretrain')} {path}: the file holds entries that are not tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)
@@ -168,7 +170,8 @@ def check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, name: 
         parts += [f"unexpected keys such as {', '.join(unexpected[:3])}"] if unexpected else []
         detail = "; ".join(parts)
     raise UserError(
-        f"--pretrain {path}: weights do not fit {name}: the file holds {describe(state)}; {detail}"
+        f"{param('pretrain')} {path}: weights do not fit {name}: the file holds "
+        f"{describe(state)}; {detail}"
     )
 
 

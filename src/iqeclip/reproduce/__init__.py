@@ -15,7 +15,7 @@ from typing import Any
 
 from iqeclip.config import ModelConfig, ReproduceConfig, RunConfig
 from iqeclip.data.layout import dataset_root
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.reproduce.grid import Cell, plan, run_grid
 from iqeclip.reproduce.table import write_tables
 from iqeclip.runtime import distributed
@@ -48,10 +48,10 @@ def run_reproduce(
         ``curves.svg``.
     """
     if not cfg.out:
-        raise UserError("reproduce needs --out (the grid's folder)")
+        raise UserError(f"reproduce needs {param('out')} (the grid's folder)")
     out = Path(cfg.out)
     if not cfg.table_only:
-        check_writable("--out", out, folder=True)
+        check_writable(param("out"), out, folder=True)
         for target in cfg.targets:
             dataset_root(base.data_path, target)  # a missing dataset stops before any work
         cells = plan(cfg.targets, cfg.settings, cfg.draws)
@@ -67,7 +67,7 @@ def run_reproduce(
             )
         )
     elif not out.is_dir():
-        raise UserError(f"--out {out}: no such folder to tabulate")
+        raise UserError(f"{param('out')} {out}: no such folder to tabulate")
     notes = []
     stored = load_yaml(out / RECORD) if (out / RECORD).exists() else {}
     if str((stored.get("model") or {}).get("pretrain", "")).lower() == "none":
@@ -92,4 +92,4 @@ def _planned(stored: dict[str, Any], path: Path) -> list[Cell]:
     try:
         return plan([str(t) for t in targets], [str(s) for s in settings], draws)
     except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        raise UserError(f"{path}: {exc.message}") from None

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from iqeclip.config import ModelConfig, RunConfig
 from iqeclip.engine.resume import state_path
 from iqeclip.engine.trainer import checkpoint_path
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_write_text, save_yaml, try_lock
 
@@ -121,7 +121,7 @@ def parse_settings(settings: Sequence[str]) -> list[int]:
         elif str(text).isascii() and str(text).isdigit() and int(text) >= 1:
             shots.append(int(text))
         else:
-            raise UserError(f"--settings {text!r}: use zero or a shot count such as 4")
+            raise UserError(f"{param('settings')} {text!r}: use zero or a shot count such as 4")
     return shots
 
 
@@ -159,6 +159,7 @@ def run_cell(
         record: The grid's resolved options, saved (with the cell's run) as ``config.yaml``.
     """
     from iqeclip.engine.workflows import train_few, train_zero
+    from iqeclip.report.run import write_test_report
 
     folder = out / cell.folder
     main = distributed.is_main()
@@ -186,13 +187,13 @@ def run_cell(
             start = time.perf_counter()
             train = train_zero if cell.setting == "zero" else train_few
             try:
-                train(model_cfg, run)
+                train(model_cfg, run, write_test_report)
             except UserError as exc:
                 if not resume:
                     raise
                 raise UserError(
-                    f"cell {cell.folder} cannot continue: {exc} (the grid's options changed? "
-                    "use another --out, or delete that cell's folder)"
+                    f"cell {cell.folder} cannot continue: {exc.message} (the grid's options "
+                    f"changed? use another {param('out')}, or delete that cell's folder)"
                 ) from None
             seconds = time.perf_counter() - start
         if main:
@@ -277,7 +278,7 @@ def run_grid(
     """Run every unfinished cell (``jobs`` at a time as separate processes); returns the cells by
     outcome (``done`` before, ``ran`` now, ``locked`` by another process)."""
     if jobs > 1 and distributed.is_distributed():
-        raise UserError("--jobs runs cells as separate processes: not under torchrun")
+        raise UserError(f"{param('jobs')} runs cells as separate processes: not under torchrun")
     outcome: dict[str, list[Cell]] = {"done": [], "ran": [], "locked": []}
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=distributed.no_progress_bar())
 

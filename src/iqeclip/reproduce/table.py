@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from iqeclip.data.layout import CLASS_INDEX
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.report.figures import _axes_svg, _legend_svg, _svg
 from iqeclip.reproduce.cells import RESULT_COLUMNS, Collected, collect
 from iqeclip.reproduce.grid import DONE, TARGETS, Cell
@@ -109,22 +109,22 @@ def load_references(path: str | Path | None = None) -> list[dict[str, Any]]:
         text = resources.files("iqeclip.reproduce").joinpath("references.yaml").read_text("utf-8")
         where = "references.yaml"
     else:
-        text, where = read_text(Path(path), "--references"), str(path)
+        text, where = read_text(Path(path), param("references")), str(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(
-            f"--references {where}: not valid YAML: {str(exc).splitlines()[0]}"
+            f"{param('references')} {where}: not valid YAML: {str(exc).splitlines()[0]}"
         ) from None
     if not isinstance(data, list):
-        raise UserError(f"--references {where}: expected a list of methods")
+        raise UserError(f"{param('references')} {where}: expected a list of methods")
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
-            raise UserError(f"--references {where} entry {i + 1}: expected a mapping")
+            raise UserError(f"{param('references')} {where} entry {i + 1}: expected a mapping")
         missing = {"method", "source", "shot", "AC"} - set(entry)
         if missing:
             raise UserError(
-                f"--references {where} entry {i + 1}: missing {', '.join(sorted(missing))}"
+                f"{param('references')} {where} entry {i + 1}: missing {', '.join(sorted(missing))}"
             )
         maps = [entry.get(k) or {} for k in ("AC", "AS")]
         if not (
@@ -133,7 +133,7 @@ def load_references(path: str | Path | None = None) -> list[dict[str, Any]]:
             and all(isinstance(v, (int, float)) for m in maps for v in m.values())
         ):
             raise UserError(
-                f"--references {where} entry {i + 1}: shot must be an integer and AC/AS "
+                f"{param('references')} {where} entry {i + 1}: shot must be an integer and AC/AS "
                 "mappings of target to a number (%)"
             )
     return data
@@ -398,7 +398,7 @@ def write_tables(
             if grid.unreadable
             else f"no */*/draw*/{DONE}"
         )
-        raise UserError(f"--out {out}: no finished cell to tabulate ({why})")
+        raise UserError(f"{param('out')} {out}: no finished cell to tabulate ({why})")
     status = _status(grid)
     if status:
         logger.warning(f"{status} The tables mark the missing entries.")

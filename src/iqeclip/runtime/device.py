@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime import distributed
 
 
@@ -41,7 +41,7 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device") from None
+        raise UserError(f"{param('device')} {device!r} is not a torch device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+        raise UserError(f"{param('device')} {device}: CUDA is not available on this machine")
     return dev

@@ -86,7 +86,7 @@ def locked(path: Path, flag: str, timeout: float = LOCK_TIMEOUT) -> Iterator[Non
 
     Args:
         path: the file being updated.
-        flag: the option that named it (for the message).
+        flag: the option that named it (for the message; :func:`~iqeclip.errors.param` marks it).
         timeout: seconds to wait for another holder.
 
     Raises:
@@ -135,7 +135,7 @@ def check_writable(flag: str, path: str | Path | None, folder: bool = False) -> 
     """Refuse, before any work, an output location that cannot be written.
 
     Args:
-        flag: The option that named it (for the message).
+        flag: The option that named it (for the message; :func:`~iqeclip.errors.param` marks it).
         path: The file (or with ``folder``, the folder) to be written; None: nothing to check.
         folder: ``path`` is a folder to create or write into.
 
@@ -188,7 +188,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def read_text(path: Path, what: str) -> str:
     """A user's UTF-8 text file (a BOM is dropped); a problem is a :class:`UserError` that names
-    ``what`` (e.g. ``support list``, ``--manifest``) and the file."""
+    ``what`` (e.g. ``support list``, ``param("manifest")``) and the file."""
     try:
         return Path(path).read_bytes().decode("utf-8-sig")
     except FileNotFoundError:

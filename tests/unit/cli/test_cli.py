@@ -78,7 +78,7 @@ def test_features_list_forms(tokens):
 
 
 def test_features_list_garbage():
-    with pytest.raises(UserError, match="--features_list"):
+    with pytest.raises(UserError, match=r"^features_list expects block numbers"):
         parse_features_list(["six"])
 
 

@@ -114,7 +114,7 @@ def test_non_finite_weights_are_refused_in_one_line_before_any_model_is_built(
     state["iqm.norm_in.weight"][:3] = torch.tensor([float("nan"), float("inf"), -1e39])
     _tamper(path, state)
     message = (
-        f"--ckpt_path {path}: tensor iqm.norm_in.weight holds 3 non-finite values "
+        f"ckpt_path {path}: tensor iqm.norm_in.weight holds 3 non-finite values "
         "(NaN/inf): the checkpoint is corrupt"
     )
     with pytest.raises(UserError) as caught:
@@ -158,16 +158,16 @@ def test_non_finite_weights_are_refused_in_one_line_before_any_model_is_built(
         ),
         (
             {"config": {"img_size": 20000}},
-            "its stored model configuration is invalid: --img_size must be in [8, 1024], got 20000",
+            "its stored model configuration is invalid: img_size must be in [8, 1024], got 20000",
         ),
         ({"config": {"img_size": 64.0}}, "img_size must be int, got 64.0"),
         ({"config": {"use_global": 1}}, "use_global must be bool, got 1"),
         ({"config": {"iqm_layers": True}}, "iqm_layers must be int, got True"),
         ({"config": {"dropout": float("nan")}}, "dropout must be float, got nan"),
         ({"config": {"features_list": "6 12"}}, "features_list must be list[int] | None"),
-        ({"config": {"iqm_heads": 0}}, "--iqm_heads must be at least 1, got 0"),
-        ({"config": {"features_list": [6, 99]}}, "--features_list [99] is outside 1..24"),
-        ({"config": {"normalize": "imagenet"}}, "--normalize must be 'none' or 'clip'"),
+        ({"config": {"iqm_heads": 0}}, "invalid: iqm_heads must be at least 1, got 0"),
+        ({"config": {"features_list": [6, 99]}}, "invalid: features_list [99] is outside 1..24"),
+        ({"config": {"normalize": "imagenet"}}, "invalid: normalize must be 'none' or 'clip'"),
         ({"config": {"model_name": _DROP}}, "missing model configuration keys: model_name"),
         ({"config": {"colour": "red"}}, "unknown model configuration keys: colour"),
     ],
@@ -182,7 +182,7 @@ def test_bad_metadata_is_refused_in_one_line_before_any_model_is_built(
     with pytest.raises(UserError) as caught:
         IQEClip.from_checkpoint(path)
     text = str(caught.value)
-    assert text.startswith(f"--ckpt_path {path}: ") and "\n" not in text
+    assert text.startswith(f"ckpt_path {path}: ") and "\n" not in text
     assert message in text
 
 

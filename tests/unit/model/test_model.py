@@ -86,16 +86,16 @@ def test_only_the_head_gets_gradients(tiny):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "flag"),
+    ("overrides", "name"),
     [
-        ({"features_list": [0, 2]}, "--features_list"),
-        ({"total_d_layer_len": 2}, "--total_d_layer_len"),
-        ({"normalize": "imagenet"}, "--normalize"),
-        ({"img_size": 4}, "--img_size"),
+        ({"features_list": [0, 2]}, "^features_list"),
+        ({"total_d_layer_len": 2}, "^total_d_layer_len"),
+        ({"normalize": "imagenet"}, "^normalize"),
+        ({"img_size": 4}, "^img_size"),
     ],
 )
-def test_bad_configuration_names_the_flag(overrides, flag):
-    with pytest.raises(UserError, match=flag):
+def test_bad_configuration_names_the_parameter(overrides, name):
+    with pytest.raises(UserError, match=name):
         IQEClip.build(
             ModelConfig(model_name="iqe-tiny", pretrain="none", **overrides), device="meta"
         )

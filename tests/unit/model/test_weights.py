@@ -196,7 +196,7 @@ def test_info_fails_on_a_file_that_does_not_fit(tmp_path, capsys):
 def test_info_names_none_and_tags_without_a_file():
     assert describe_weights("iqe-tiny", "none", 64).startswith("weights: none (random init")
     assert describe_weights("ViT-B-16", "openai", 240).startswith("weights: open_clip tag openai")
-    with pytest.raises(UserError, match="--pretrain 'nonsense'"):
+    with pytest.raises(UserError, match=r"^pretrain 'nonsense'"):
         describe_weights("iqe-tiny", "nonsense", 64)
 
 
@@ -220,7 +220,7 @@ def test_bad_weight_files(tmp_path):
     torch.save({"foo.weight": torch.zeros(2)}, other)
     with pytest.raises(UserError, match="weights do not fit iqe-tiny: the file holds no CLIP ViT"):
         create_clip("iqe-tiny", str(other), 64, quick_gelu=False)
-    with pytest.raises(UserError, match="--pretrain 'nonsense'"):
+    with pytest.raises(UserError, match=r"^pretrain 'nonsense'"):
         create_clip("iqe-tiny", "nonsense", 64, quick_gelu=False)
     partial = _values("fp32")
     del partial["visual.ln_post.weight"]
