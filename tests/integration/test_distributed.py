@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -101,10 +102,20 @@ def test_sharded_evaluation_equals_one_process(bench, trained, tmp_path):
     ckpt = trained / "one" / "Brain_2.pth"
     log = ["--log_path", str(tmp_path / "log")]
     common = [*few_shot_eval_argv(bench, ckpt), "--batch_size", "1", *log]
-    assert main([*common, "--metrics_json", str(tmp_path / "one.json")]) == 0
-    _torchrun([*common, "--metrics_json", str(tmp_path / "two.json")], tmp_path)
+    one_run = ["--metrics_json", str(tmp_path / "one.json"), "--report", str(tmp_path / "r1")]
+    assert main([*common, *one_run]) == 0
+    two_run = ["--metrics_json", str(tmp_path / "two.json"), "--report", str(tmp_path / "r2")]
+    _torchrun([*common, *two_run], tmp_path)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert one == two
+    # rank 0 writes the run folder from the one scoring pass every rank received
+    for name in ("metrics.json", "scores.csv", "pixel_histograms.npy", "report.md"):
+        assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes()
+    examples = sorted(p.name for p in (tmp_path / "r1" / "examples").iterdir())
+    assert examples and examples == sorted(p.name for p in (tmp_path / "r2" / "examples").iterdir())
+    for name in examples:
+        a, b = (np.load(tmp_path / r / "examples" / name) for r in ("r1", "r2"))
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 def test_sharded_prediction_writes_each_output_once(bench, trained, tmp_path):

@@ -91,6 +91,16 @@ def test_the_model_core_imports_nothing_above_it():
             assert not bad, f"{name} imports {bad}"
 
 
+def test_the_report_runs_no_model():
+    """A report draws from a run folder or a test's values: nothing of the model, the engine or
+    inference is imported (a test's examples come with their maps)."""
+    forbidden = ("iqeclip.model", "iqeclip.engine", "iqeclip.inference")
+    for name, imported in _graph().items():
+        if name.startswith("iqeclip.report"):
+            bad = sorted(i for i in imported if i.startswith(forbidden))
+            assert not bad, f"{name} imports {bad}"
+
+
 def test_nothing_imports_the_command_line():
     for name, imported in _graph().items():
         if not name.startswith("iqeclip.cli") and name != "iqeclip.__main__":

@@ -24,7 +24,7 @@ from iqeclip.engine.workflows import train_few, train_zero
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.content import metric_name
 from iqeclip.report.heatmaps import draw_contour, grid, overlay
-from iqeclip.report.run import RANDOM_NOTE
+from iqeclip.report.run import RANDOM_NOTE, write_test_report
 from iqeclip.runtime.device import resolve_device
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
@@ -151,11 +151,26 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
         print(
             f"zero-shot: {args.zero_epochs} epochs on the other datasets, then the {args.obj} test"
         )
-        results = {"zero": train_zero(model_cfg, zero_run)}
+        results = {"zero": train_zero(model_cfg, zero_run, write_test_report)}
         print(
             f"{args.shot}-shot: {args.few_epochs} epochs on {args.shot} + {args.shot} {args.obj} images, then its test"
         )
-        results[f"few-{args.shot}"] = train_few(model_cfg, few_run)
+        results[f"few-{args.shot}"] = train_few(model_cfg, few_run, write_test_report)
+    reports = [Path(run.report_dir) / "report.html" for run in (zero_run, few_run)]
+    _summary(model_cfg, model_overrides, args, data_path, results, reports)
+    return results
+
+
+def _summary(
+    model_cfg: ModelConfig,
+    model_overrides: dict[str, Any],
+    args: DemoConfig,
+    data_path: Path,
+    results: dict[str, dict[str, Any]],
+    reports: list[Path],
+) -> None:
+    """The result table, the notes, the maps figure and ``report.md`` of the demo."""
+    out = Path(args.out)
     rows = [
         {"setting": "zero", "shot": 0, **results["zero"]},
         {"setting": "few", "shot": args.shot, **results[f"few-{args.shot}"]},
@@ -177,7 +192,6 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     ):
         models[name] = IQEClip.from_checkpoint(ckpt, device, **model_overrides)
     _figure(models, data_path, args.obj, out / "maps.png")
-    reports = [Path(run.report_dir) / "report.html" for run in (zero_run, few_run)]
     links = "\n".join(f"- [{path.parent.name}]({path.relative_to(out)})" for path in reports)
     definitions = "\n".join(f"- **{metric_name(c)[0]}**: {metric_name(c)[1]}" for c in COLUMNS)
     report = (
@@ -198,4 +212,3 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
         print(note)
     print(f"reports: {', '.join(map(str, reports))} (iqeclip report {out} rebuilds them)")
     print(f"summary: {out / 'report.md'} (figure: {out / 'maps.png'})")
-    return results

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from iqeclip.data.datasets import ImageDataset
-from iqeclip.data.layout import Sample
 from iqeclip.data.readers import as_input
+from iqeclip.data.sample import Sample
 from iqeclip.engine.cache import FeatureCache
+from iqeclip.engine.stream import stream
 from iqeclip.metrics import PixelMetricAccumulator, compute_metrics, pixel_metrics
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import Setting
@@ -31,6 +32,9 @@ from iqeclip.runtime.files import atomic_write_text
 MAX_EXACT_PIXELS = 2**26  # ~1,165 maps of 240 x 240: 256 MB of float32 maps, exact metrics
 
 MapSink = Callable[[int, np.ndarray, np.ndarray], None]
+ExampleSink = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+"""Receives ``(start index, scores (B,) float64, images (B, 3, H, W) uint8, maps (B, H, W)
+float32, masks (B, H, W) bool)`` of every batch (e.g. :class:`~iqeclip.engine.testing.ExampleKeeper`)."""
 
 
 class KeptMaps:
@@ -109,6 +113,7 @@ def predict_samples(
     desc: str = "test",
     cache: FeatureCache | None = None,
     sink: MapSink | None = None,
+    examples: ExampleSink | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the detector over ``samples``.
 
@@ -122,13 +127,11 @@ def predict_samples(
         cache: frozen-feature cache to read from and fill (``None``: compute every time).
         sink: receives ``(start index, maps (B, H, W) float32, masks (B, H, W) bool)`` of every
             batch (e.g. :class:`KeptMaps`, :class:`StreamedMaps`); maps are not kept otherwise.
+        examples: receives the scores and input images of every batch with its maps and masks.
 
     Returns:
         Image scores ``(N,)`` and labels ``(N,)``.
     """
-    device = next(model.head.parameters()).device
-    was_training = model.head.training
-    model.head.eval()
     n = len(samples)
     scores, labels = np.empty(n, np.float64), np.empty(n, np.int64)
     # Batches are dealt round-robin to the ranks (one rank: all of them); after each round every
@@ -143,22 +146,22 @@ def predict_samples(
         num_workers=workers,
         pin_memory=pin(model.device),
     )
-    batches = iter(loader)
+    results = stream(model, ((batch[0], batch) for batch in loader), setting, cache)
     rounds = -(-len(starts) // world)
     for round_ in tqdm(
         range(rounds), desc=desc, unit="batch", leave=False, disable=distributed.no_progress_bar()
     ):
         local = None
-        batch = next(batches, None)
-        if batch is not None:
-            images, mask, label, _ = batch
-            patch, glob = frozen_features(model, images, device, cache)
-            batch_maps, batch_scores = model.predict_features(patch, glob, setting)
+        scored = next(results, None)
+        if scored is not None:
+            (images, mask, label, _), batch_maps, batch_scores = scored
+            maps_wanted = sink is not None or examples is not None
             local = (
                 batch_scores.double().cpu().numpy(),
                 label.numpy(),
-                batch_maps.float().cpu().numpy() if sink is not None else None,
-                mask.numpy() if sink is not None else None,
+                batch_maps.float().cpu().numpy() if maps_wanted else None,
+                mask.numpy() if maps_wanted else None,
+                images.numpy() if examples is not None else None,
             )
         for k, result in enumerate(distributed.gather(local)):
             if result is None:
@@ -168,7 +171,9 @@ def predict_samples(
             scores[start:stop], labels[start:stop] = result[0], result[1]
             if sink is not None:
                 sink(start, result[2], result[3])
-    model.head.train(was_training)
+            if examples is not None:
+                examples(start, result[0], result[4], result[2], result[3])
+    results.close()  # the head back in its mode
     return scores, labels
 
 
@@ -206,6 +211,7 @@ def evaluate_groups(
     max_exact_pixels: int = MAX_EXACT_PIXELS,
     scores_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     histograms_out: dict[str, np.ndarray] | None = None,
+    examples: ExampleSink | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics of several datasets, scored in at most two passes (with and without masks).
 
@@ -218,6 +224,8 @@ def evaluate_groups(
         scores_out: if given, receives ``(image scores, labels)`` per dataset name.
         histograms_out: if given, receives the :class:`PixelHistograms` counts per dataset name
             with masks.
+        examples: if given, receives every batch of :func:`predict_samples` (its start indexes
+            the samples of the pass: give it with one group).
 
     Returns:
         The metrics of :func:`evaluate` per dataset name.
@@ -242,7 +250,7 @@ def evaluate_groups(
         )
         feed = sink if histograms is None else _Both(sink, histograms)
         scores, labels = predict_samples(
-            model, everything, setting, batch_size, workers, desc, cache, feed
+            model, everything, setting, batch_size, workers, desc, cache, feed, examples
         )
         start = 0
         for i, (name, samples) in enumerate(chosen):

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iqeclip.config import RunConfig
-from iqeclip.data.layout import Sample, draw_support, has_masks, list_split
+from iqeclip.data.layout import draw_support, has_masks, list_split
 from iqeclip.data.manifest import Manifest, has_pixel_masks, read_manifest
 from iqeclip.data.readers import DEFAULT_READING, Reading, reading_from
-from iqeclip.engine.trainer import BadInputs, RunLog, sample_key
+from iqeclip.data.sample import Sample
+from iqeclip.engine.runlog import RunLog
+from iqeclip.engine.trainer import BadInputs, sample_key
 
 __all__ = ["manifest_support", "run_manifest", "run_reading", "test_set", "with_reading"]
 

@@ -2,32 +2,33 @@
 
 :class:`Trainer` owns the model, the optimiser (Adam (0.5, 0.999); 0.01 for the temperature, as
 published), the feature cache, the resumable training state and the checkpoint; :meth:`Trainer.fit`
-is the one epoch loop of zero- and few-shot training. :class:`RunLog` writes the published log
-lines; :class:`BadInputs` applies ``--on_bad_input`` before any work.
+is the one epoch loop of zero- and few-shot training and :meth:`Trainer.finish` ends a run with
+its final test (:func:`~iqeclip.engine.testing.run_test`). :class:`BadInputs` applies
+``--on_bad_input`` before any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from iqeclip.config import ModelConfig, RunConfig
+from iqeclip.config import ModelConfig, RunConfig, resume_fixed
 from iqeclip.data.datasets import EpochBatchSampler, ShardedBatchSampler
-from iqeclip.data.layout import Sample
+from iqeclip.data.sample import Sample
 from iqeclip.data.validate import Skipped, validate_samples, write_skipped
 from iqeclip.engine.cache import FeatureCache, open_cache
-from iqeclip.engine.evaluate import evaluate, frozen_features, metric_lines, write_metrics_json
-from iqeclip.engine.resume import FIXED as RESUME_FIXED
+from iqeclip.engine.evaluate import evaluate, frozen_features
 from iqeclip.engine.resume import load_state, save_state, state_path
+from iqeclip.engine.runlog import RunLog
+from iqeclip.engine.testing import ReportWriter, require_writer, run_test
 from iqeclip.errors import UserError
 from iqeclip.model.checkpoint import save_checkpoint
 from iqeclip.model.detector import IQEClip
@@ -36,43 +37,9 @@ from iqeclip.runtime import distributed
 from iqeclip.runtime.device import loader_workers, resolve_device, seed_everything
 from iqeclip.runtime.files import check_writable
 
-logger = logging.getLogger(__name__)
 Select = Literal["last", "source-val", "target-test"]
 TEMP_LR = 0.01  # learning rate of the text-branch temperature, as published
 BETAS = (0.5, 0.999)
-
-
-class RunLog:
-    """Lines to the ``iqeclip`` logger (the console, under the CLI) and appended to the log file."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.file: TextIO | None = None
-        self.active = distributed.is_main()  # under torchrun only rank 0 logs
-        if path is not None and self.active:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def __call__(self, line: str, level: int = logging.INFO) -> None:
-        if not self.active:
-            return
-        logger.log(level, line)
-        if self.file is not None:
-            self.file.write(line + "\n")
-            self.file.flush()
-
-    def detail(self, line: str) -> None:
-        """A line for the log file, shown on the console with ``-v`` only (the resolved options:
-        config.yaml beside every result holds them too)."""
-        self(line, logging.DEBUG)
-
-    def metrics(self, name: str, metrics: dict[str, Any]) -> None:
-        """The published ``<name> AUC : 0.xxxx`` (and ``pAUC``) lines."""
-        for line in metric_lines(name, metrics):
-            self(line)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 class BadInputs:
@@ -186,9 +153,18 @@ def refuse_overwrite(run: RunConfig, *paths: Path | None) -> None:
 class Trainer:
     """Shared machinery of the two training workflows: model, optimiser, selection, saving."""
 
-    def __init__(self, model_cfg: ModelConfig, run: RunConfig, log: RunLog, n_images: int) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        run: RunConfig,
+        log: RunLog,
+        n_images: int,
+        report: ReportWriter | None = None,
+    ) -> None:
+        require_writer(run, report)
         self.run = run
         self.log = log
+        self.report = report  # writes the final test's run folder (--report)
         self.device = resolve_device(run.device)
         self.workers = loader_workers(run.workers, self.device)
         self.ckpt = checkpoint_path(run)
@@ -222,7 +198,7 @@ class Trainer:
     def settings(self) -> dict[str, Any]:
         """What must not change between an interrupted and a resumed run."""
         run = dataclasses.asdict(self.run)
-        return {**{k: run[k] for k in RESUME_FIXED}, "model": self.model.config.to_dict()}
+        return {k: run[k] for k in resume_fixed(self.run)} | {"model": self.model.config.to_dict()}
 
     def start(self) -> tuple[int, int]:
         """``(epoch, batches done in it)`` to start from: ``(0, 0)``, or the saved state."""
@@ -253,14 +229,7 @@ class Trainer:
         if every > 0 and done % every == 0 and done < n_batches:
             self.save_state(epoch, done)
 
-    def evaluate(
-        self,
-        samples: list[Sample],
-        pixel: bool,
-        desc: str,
-        scores_out: dict | None = None,
-        histograms_out: dict | None = None,
-    ) -> dict[str, Any]:
+    def evaluate(self, samples: list[Sample], pixel: bool, desc: str) -> dict[str, Any]:
         return evaluate(
             self.model,
             samples,
@@ -270,8 +239,6 @@ class Trainer:
             self.workers,
             desc,
             self.cache,
-            scores_out=scores_out,
-            histograms_out=histograms_out,
         )
 
     def consider(self, score: float, meta: dict[str, Any], where: str) -> None:
@@ -292,46 +259,33 @@ class Trainer:
             save_checkpoint(self.ckpt, self.model, {**meta, "run": run, **support})
 
     def finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
-        """Restore the selected weights, evaluate on the target test split, log and return.
+        """Restore the selected weights, run the final test on the target test split, return
+        its metrics.
 
         The training state is removed last, once the metrics and the report are written: a run
         killed during its final test resumes into the test, not into training from scratch.
         """
-        metrics = self._finish(test_samples, pixel, select)
-        if distributed.is_main():
-            self.state_path.unlink(missing_ok=True)  # the run is complete
-        return metrics
-
-    def _finish(self, test_samples: list[Sample], pixel: bool, select: Select) -> dict[str, Any]:
         if self.best_state is not None:
             self.model.head.load_state_dict(self.best_state)
+        metrics: dict[str, Any] = {}
         if not test_samples:
             self.log(f"checkpoint: {self.ckpt} (no {self.run.obj}_AD/test split to evaluate on)")
-            return {}
-        scored: dict[str, Any] = {}
-        histograms: dict[str, Any] | None = {} if self.run.report_dir else None
-        metrics = self.evaluate(test_samples, pixel, f"{self.run.obj} test", scored, histograms)
-        self.log.metrics(self.run.obj, metrics)
-        if self.run.report_dir:  # every rank: the examples are scored on all of them
-            from iqeclip.report.run import write_test_report
-
-            html = write_test_report(
-                self.run.report_dir,
+        else:
+            metrics = run_test(
                 self.model,
                 test_samples,
-                *scored[""],
-                metrics,
+                pixel,
                 dataclasses.replace(self.run, ckpt_path=str(self.ckpt)),
-                pixel_histograms=(histograms or {}).get(""),
+                batch_size=2 * self.run.batch_size,
+                workers=self.workers,
+                cache=self.cache,
+                log=self.log,
                 selection=select,
-            )
-            self.log(f"report: {html}")
-        self.log(f"checkpoint: {self.ckpt} (selected by {select})")
-        if self.cache is not None:
-            self.cache.flush()
-            self.log(self.cache.hit_rate())
-        if self.run.metrics_json and distributed.is_main():
-            write_metrics_json(self.run.metrics_json, metrics, **record_fields(self.run))
+                report=self.report,
+            ).metrics
+            self.log(f"checkpoint: {self.ckpt} (selected by {select})")
+        if distributed.is_main():
+            self.state_path.unlink(missing_ok=True)  # the run is complete
         return metrics
 
     def fit(
@@ -396,11 +350,3 @@ class Trainer:
             return sampler
         sampler.batch_size *= distributed.world_size()  # global batch = per-rank x world size
         return ShardedBatchSampler(sampler, distributed.rank(), distributed.world_size())
-
-
-def record_fields(run: RunConfig) -> dict[str, Any]:
-    return {
-        "dataset": run.obj,
-        "setting": run.setting,
-        "shot": run.shot if run.setting == "few" else 0,
-    }

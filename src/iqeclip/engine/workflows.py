@@ -10,6 +10,7 @@ the same seeded initial state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import random
 import warnings
@@ -26,25 +27,22 @@ from iqeclip.data.datasets import (
     augmented_support,
 )
 from iqeclip.data.layout import (
-    Sample,
     available_datasets,
     has_masks,
     list_split,
     samples_from_folders,
     support_set,
 )
-from iqeclip.data.manifest import has_pixel_masks
+from iqeclip.data.manifest import Manifest, has_pixel_masks
+from iqeclip.data.readers import Reading
+from iqeclip.data.sample import Sample
 from iqeclip.engine.evaluate import evaluate_groups, selection_score
-from iqeclip.engine.sources import (
-    manifest_support,
-    run_manifest,
-    run_reading,
-    test_set,
-    with_reading,
-)
+from iqeclip.engine.prologue import open_run
+from iqeclip.engine.runlog import RunLog
+from iqeclip.engine.sources import manifest_support, run_reading, test_set, with_reading
+from iqeclip.engine.testing import ReportWriter
 from iqeclip.engine.trainer import (
     BadInputs,
-    RunLog,
     Select,
     Trainer,
     check_outputs,
@@ -79,34 +77,45 @@ def _warn_target_test(log: RunLog) -> None:
     log(f"warning: {msg}")
 
 
-def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
-    """Zero-shot training on the other datasets; returns the target test metrics."""
+def _zero_shot_sources(
+    run: RunConfig, reading: Reading, bad: BadInputs, manifest: Manifest | None
+) -> list[tuple[str, list[Sample], bool]]:
+    """``(name, samples, pixel masks)`` of each zero-shot training source: the test split of
+    every other dataset in ``--data_path``, and the train rows of the manifest."""
+    listed = [] if manifest is None else manifest.split("train")
+    names = [n for n in available_datasets(run.data_path) if n != run.obj]
+    sources = [
+        (
+            n,
+            with_reading(list_split(run.data_path, n, "test", bad.missing_masks), reading),
+            has_masks(run.data_path, n),
+        )
+        for n in names
+    ] + ([("manifest", listed, has_pixel_masks(listed))] if listed else [])
+    if not sources:
+        raise UserError(
+            f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other "
+            "<Name>_AD datasets (or the train rows of a --manifest)"
+        )
+    return sources
+
+
+def train_zero(
+    model_cfg: ModelConfig, run: RunConfig, report: ReportWriter | None = None
+) -> dict[str, Any]:
+    """Zero-shot training on the other datasets; returns the target test metrics.
+
+    ``report`` writes the final test's run folder (required with ``run.report_dir``).
+    """
     run = dataclasses.replace(run, setting="zero")
     select: Select = run.select or DEFAULT_SELECT["zero"]
     if select not in ("last", "source-val", "target-test"):
         raise UserError(f"--select {select!r} must be last, source-val or target-test")
     check_outputs(run, training=True)
-    log = RunLog(run.log_path)
-    try:
-        bad = BadInputs(run.on_bad_input, model_cfg.img_size)
-        reading = run_reading(run)
-        manifest = run_manifest(run, reading, bad, log)
+    with open_run(run, model_cfg.img_size, functools.partial(run_reading, run)) as start:
+        log, bad, reading, manifest = start.log, start.bad, start.reading, start.manifest
         test_samples, target_pixel = test_set(run, reading, bad, manifest)
-        listed = [] if manifest is None else manifest.split("train")
-        names = [n for n in available_datasets(run.data_path) if n != run.obj]
-        sources = [
-            (
-                n,
-                with_reading(list_split(run.data_path, n, "test", bad.missing_masks), reading),
-                has_masks(run.data_path, n),
-            )
-            for n in names
-        ] + ([("manifest", listed, has_pixel_masks(listed))] if listed else [])
-        if not sources:
-            raise UserError(
-                f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other "
-                "<Name>_AD datasets (or the train rows of a --manifest)"
-            )
+        sources = _zero_shot_sources(run, reading, bad, manifest)
         parts, val = [], []
         for name, samples, pixel in sources:
             samples = bad.check(samples, pixel)
@@ -115,7 +124,7 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
                 val.append((name, held, pixel))
             parts.append(ImageDataset(samples, model_cfg.img_size, segmentation=pixel))
         n_images = sum(len(p) for p in parts) + sum(len(h) for _, h, _ in val) + len(test_samples)
-        trainer = Trainer(model_cfg, run, log, n_images)
+        trainer = Trainer(model_cfg, run, log, n_images, report)
         bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
         counts = (f"{n} ({len(p)})" for (n, _, _), p in zip(sources, parts, strict=True))
         log(f"sources: {', '.join(counts)}")
@@ -165,12 +174,15 @@ def train_zero(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         else:
             trainer.save_checkpoint({"epoch": run.epochs})
         return trainer.finish(test_samples, target_pixel, select)
-    finally:
-        log.close()
 
 
-def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
-    """Few-shot training on K abnormal + K normal support images; returns the test metrics."""
+def train_few(
+    model_cfg: ModelConfig, run: RunConfig, report: ReportWriter | None = None
+) -> dict[str, Any]:
+    """Few-shot training on K abnormal + K normal support images; returns the test metrics.
+
+    ``report`` writes the final test's run folder (required with ``run.report_dir``).
+    """
     run = dataclasses.replace(run, setting="few")
     select: Select = run.select or DEFAULT_SELECT["few"]
     if select not in ("last", "target-test"):
@@ -178,11 +190,8 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
             f"--select {select!r}: few-shot training supports last or target-test (no source data)"
         )
     check_outputs(run, training=True)
-    log = RunLog(run.log_path)
-    try:
-        bad = BadInputs(run.on_bad_input, model_cfg.img_size)
-        reading = run_reading(run)
-        manifest = run_manifest(run, reading, bad, log)
+    with open_run(run, model_cfg.img_size, functools.partial(run_reading, run)) as start:
+        log, bad, reading, manifest = start.log, start.bad, start.reading, start.manifest
         own = bool(run.normal_dir or run.abnormal_dir)
         if own and manifest is not None:
             raise UserError("--manifest and --normal/--abnormal are two sources: give one")
@@ -208,7 +217,7 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         if not abnormal or not normal:
             raise UserError("no usable support images are left after --on_bad_input skip")
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
-        trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples))
+        trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples), report)
         trainer.support = [sample_key(s) for s in (*abnormal, *normal)]
         trainer.support_abnormal = len(abnormal)
         bad.report(trainer.ckpt.parent, trainer.ckpt.stem, log)
@@ -230,5 +239,3 @@ def train_few(model_cfg: ModelConfig, run: RunConfig) -> dict[str, Any]:
         if select == "last":
             trainer.save_checkpoint({"epoch": run.epochs})
         return trainer.finish(test_samples, test_pixel, select)
-    finally:
-        log.close()

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from iqeclip.config import DEFAULT_SELECT, RunConfig
 from iqeclip.engine.cache import open_cache
-from iqeclip.engine.evaluate import evaluate, write_metrics_json
-from iqeclip.engine.sources import run_manifest, test_set
-from iqeclip.engine.trainer import (
-    BadInputs,
-    RunLog,
-    check_outputs,
-    record_fields,
-    refuse_overwrite,
-)
+from iqeclip.engine.prologue import open_run
+from iqeclip.engine.sources import test_set
+from iqeclip.engine.testing import run_test
+from iqeclip.engine.trainer import check_outputs, refuse_overwrite
 from iqeclip.errors import UserError
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.model.checkpoint import read_checkpoint
 from iqeclip.model.detector import IQEClip
-from iqeclip.runtime import distributed
+from iqeclip.report.run import write_test_report
 from iqeclip.runtime.device import loader_workers, resolve_device
 
 
@@ -43,59 +37,34 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     stored, _, meta = read_checkpoint(run.ckpt_path)  # a bad checkpoint stops before any work
     run = _trained_like(run, meta.get("run", {}))
     img_size = model_overrides.get("img_size", stored.img_size)
-    log = RunLog(run.log_path)
-    try:
+    reading = functools.partial(
+        checkpoint_reading, meta, run.window, run.percentile, run.axis, run.orientation
+    )
+    with open_run(run, img_size, reading) as start:
+        log = start.log
         device = resolve_device(run.device)
-        bad = BadInputs(run.on_bad_input, img_size)
-        reading = checkpoint_reading(meta, run.window, run.percentile, run.axis, run.orientation)
-        manifest = run_manifest(run, reading, bad, log)
-        samples, pixel = test_set(run, reading, bad, manifest)
+        samples, pixel = test_set(run, start.reading, start.bad, start.manifest)
         folder = report_dir or Path(run.metrics_json or run.log_path or ".").parent
-        bad.report(folder, f"test_{run.obj}", log)
+        start.bad.report(folder, f"test_{run.obj}", log)
         model = IQEClip.from_checkpoint(run.ckpt_path, device, **model_overrides)
         for key, value in {**model.config.to_dict(), **dataclasses.asdict(run)}.items():
             log.detail(f"{key}: {value}")
         cache = open_cache(
             model, len(samples), run.cache_dir, run.cache_dtype, run.cache_budget_gb, log
         )
-        workers = loader_workers(run.workers, device)
-        scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        histograms: dict[str, np.ndarray] | None = {} if run.report_dir else None
-        metrics = evaluate(
+        result = run_test(
             model,
             samples,
-            run.setting,
             pixel,
-            run.batch_size,
-            workers,
-            f"{run.obj} test",
-            cache,
-            scores_out=scored,
-            histograms_out=histograms,
+            run,
+            batch_size=run.batch_size,
+            workers=loader_workers(run.workers, device),
+            cache=cache,
+            log=log,
+            selection=meta.get("run", {}).get("select") or DEFAULT_SELECT[run.setting],
+            report=write_test_report,
         )
-        log.metrics(run.obj, metrics)
-        if cache is not None:
-            cache.flush()
-            log(cache.hit_rate())
-        if metrics_json is not None and distributed.is_main():
-            write_metrics_json(metrics_json, metrics, **record_fields(run))
-        if run.report_dir:
-            from iqeclip.report.run import write_test_report
-
-            html = write_test_report(
-                run.report_dir,
-                model,
-                samples,
-                *scored[""],
-                metrics,
-                run,
-                pixel_histograms=(histograms or {}).get(""),
-                selection=meta.get("run", {}).get("select") or DEFAULT_SELECT[run.setting],
-            )
-            log(f"report: {html}")
-        return metrics
-    finally:
-        log.close()
+        return result.metrics
 
 
 def _trained_like(run: RunConfig, trained: dict[str, Any]) -> RunConfig:

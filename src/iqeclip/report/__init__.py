@@ -13,11 +13,10 @@ Modules:
   (a run folder or a folder of them), the entry points that write the reports.
 - :mod:`~iqeclip.report.heatmaps`: colour maps, overlays, ground-truth contours, image grids.
 - :mod:`~iqeclip.report.run`: the run folder of ``test --report``
-  (:func:`~iqeclip.report.run.write_test_report`).
+  (:func:`~iqeclip.report.run.write_test_report`), written from the values of the test (the
+  report runs no model: it imports nothing of the model, engine or inference packages).
 """
 
-# report.run is not re-exported: it imports the model, data and engine packages (torch), and
-# importing this package, e.g. for the heatmaps in predict, should stay light.
 from iqeclip.report.figures import CURVE_BOX, CURVE_SIZE, histogram_svg, pr_svg, roc_svg
 from iqeclip.report.folder import (
     Example,

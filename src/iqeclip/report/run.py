@@ -15,18 +15,13 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from iqeclip.config import SELECTIONS
-from iqeclip.data.datasets import ImageDataset
-from iqeclip.data.layout import Sample
-from iqeclip.engine.evaluate import KeptMaps, predict_samples
-from iqeclip.model.detector import IQEClip
 from iqeclip.report.folder import save_example
 from iqeclip.report.write import write_report
-from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 RANDOM_NOTE = (
@@ -38,73 +33,80 @@ RANDOM_NOTE = (
 )
 
 
+class FinalTest(Protocol):
+    """What a test's run folder is written from: :class:`iqeclip.engine.testing.TestResult`,
+    named here by what is read of it (the report imports nothing of the engine).
+
+    ``samples`` have ``image`` (a path) and ``index`` (the slice, or None); ``examples`` have
+    ``sample``, ``score``, ``label``, ``image`` ``(H, W, 3)`` uint8, ``amap`` ``(H, W)`` and
+    ``mask`` (or None).
+    """
+
+    metrics: dict[str, Any]
+    samples: Sequence[Any]
+    scores: np.ndarray
+    labels: np.ndarray
+    pixel_histograms: np.ndarray | None
+    examples: Sequence[Any]
+    top_k: int
+
+
 def write_test_report(
     run_dir: str | Path,
-    model: IQEClip,
-    samples: Sequence[Sample],
-    scores: np.ndarray,
-    labels: np.ndarray,
-    metrics: dict[str, Any],
-    run: Any,
-    top_k: int = 8,
-    pixel_histograms: np.ndarray | None = None,
+    result: FinalTest,
+    *,
+    dataset: str,
+    setting: str,
+    shot: int,
+    checkpoint: str,
+    pretrain: str,
     selection: str | None = None,
 ) -> Path:
     """Write the run folder of a test and its report; returns the HTML path.
 
-    ``pixel_histograms`` (per image, its map's histograms over normal and anomalous pixels, see
-    :class:`~iqeclip.engine.evaluate.PixelHistograms`) are saved as ``pixel_histograms.npy``, for
-    bootstrap intervals of the pixel AUROC that resample images. ``selection`` is the
-    ``--select`` rule that chose the checkpoint's weights, recorded with what it means.
+    ``result.pixel_histograms`` (per image, its map's histograms over normal and anomalous
+    pixels) are saved as ``pixel_histograms.npy``, for bootstrap intervals of the pixel AUROC
+    that resample images. ``selection`` is the ``--select`` rule that chose the checkpoint's
+    weights, recorded with what it means; ``pretrain`` ``none`` adds the random-backbone note.
     """
     run_dir = Path(run_dir)
-    order = np.argsort(scores)
-    picks = sorted(set(order[-top_k:].tolist()) | set(order[:top_k].tolist()))
-    chosen = [samples[i] for i in picks]
-    size = model.config.img_size
-    kept = KeptMaps(len(chosen), size)
-    # every rank takes part in scoring the examples (it is collective under torchrun); rank 0 writes
-    predict_samples(model, chosen, run.setting, run.batch_size, desc="report examples", sink=kept)
-    if not distributed.is_main():
-        return run_dir / "report.html"
     record = {
-        "dataset": run.obj,
-        "setting": run.setting,
-        "shot": run.shot if run.setting == "few" else 0,
-        **{k: v for k, v in metrics.items() if not (isinstance(v, float) and v != v)},
+        "dataset": dataset,
+        "setting": setting,
+        "shot": shot,
+        **{k: v for k, v in result.metrics.items() if not (isinstance(v, float) and v != v)},
     }
     if selection is not None:
         record["selection"] = f"{selection}: {SELECTIONS.get(selection, selection)}"
-    if model.config.pretrain.lower() == "none":
+    if pretrain.lower() == "none":
         record["note"] = RANDOM_NOTE
-    record["checkpoint"] = str(run.ckpt_path)
+    record["checkpoint"] = checkpoint
     atomic_write_text(run_dir / "metrics.json", json.dumps(record, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "slice", "label", "score"])
-    for sample, label, score in zip(samples, labels, scores, strict=True):
+    for sample, label, score in zip(result.samples, result.labels, result.scores, strict=True):
         index = "" if sample.index is None else sample.index
         writer.writerow([str(sample.image), index, int(label), f"{score:.6f}"])
     atomic_write_text(run_dir / "scores.csv", buffer.getvalue())
-    if pixel_histograms is not None:
+    histograms = result.pixel_histograms
+    if histograms is not None:
 
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:
-                np.save(f, pixel_histograms)
+                np.save(f, histograms)
 
         atomic_write(run_dir / "pixel_histograms.npy", write)
-    data = ImageDataset(chosen, size)
-    for row, (i, sample) in enumerate(zip(picks, chosen, strict=True)):
-        image, mask = data[row][0].permute(1, 2, 0).numpy(), data[row][1].numpy()
+    for row, example in enumerate(result.examples):
         save_example(
             run_dir,
-            f"{row:03d}_{sample.image.stem}",
-            image,
-            kept.maps[row],
-            float(scores[i]),
-            int(labels[i]),
-            str(sample.image),
-            mask if sample.mask is not None else None,
+            f"{row:03d}_{example.sample.image.stem}",
+            example.image,
+            example.amap,
+            example.score,
+            example.label,
+            str(example.sample.image),
+            example.mask,
         )
-    html, _ = write_report(run_dir, top_k=top_k)
+    html, _ = write_report(run_dir, top_k=result.top_k)
     return html
