@@ -112,6 +112,41 @@ def test_png_answer_is_what_predict_writes(client, checkpoint, bench, tmp_path):
     }
 
 
+def test_the_answer_is_predicts_values_with_no_file_read_back(
+    client, checkpoint, tmp_path, monkeypatch
+):
+    """serve answers from the Predictions predict returns: nothing of the result folder is read
+    back to make the answer, and the CSV of the download is predict's (paths as uploaded)."""
+    path = volume(tmp_path / "scan.nii.gz", n=4)
+    expected = predict(checkpoint, [path])  # the values, nothing written
+    cli = tmp_path / "cli"
+    predict(checkpoint, [path], cli, outputs="input,overlay,map,npy")  # what serve writes
+    reads = []
+    real_open = Path.open
+
+    def watched(self, *args, **kwargs):
+        if "out" in self.parts and "r" in (args[0] if args else kwargs.get("mode", "r")):
+            reads.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("serve read a map back")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "open", watched)
+        m.setattr(np, "load", no_load)
+        answer = post(client, path).json()
+    assert [r for r in reads if r.endswith((".csv", ".npy"))] == []
+    assert [s["score"] for s in answer["slices"]] == [p.score for p in expected.slices]
+    assert [s["index"] for s in answer["slices"]] == [p.slice for p in expected.slices]
+    (v,) = expected.volumes
+    assert answer["score"] == v.score and answer["volumes"][0]["n_slices"] == v.n_slices
+    archive = zipfile.ZipFile(io.BytesIO(client.get(answer["download"]).content))
+    served = archive.read("predictions.csv").decode()
+    mine = (cli / "predictions.csv").read_text().replace(f"{path.parent}/", "")
+    assert served == mine
+
+
 @pytest.mark.parametrize(
     "make",
     [

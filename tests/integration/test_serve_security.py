@@ -38,7 +38,7 @@ pytest.importorskip("pydicom")
 pytest.importorskip("nibabel")
 from fastapi.testclient import TestClient
 
-from iqeclip.inference import export, writers
+from iqeclip.inference import detectors, writers
 from iqeclip.serve import jobs as jobs_module
 from iqeclip.serve.app import create_app
 from tests.integration.test_serve import cli_rows, png16, series_zip
@@ -248,7 +248,7 @@ def test_allowed_hosts_option_is_a_comma_list_checked_before_the_model_loads(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(export, "load_detector", no_model)
+    monkeypatch.setattr(detectors, "load_detector", no_model)
     argv = ["serve", "--ckpt_path", str(checkpoint), "--print_config"]
     assert main([*argv, "--allowed_hosts", "viewer.lan,10.0.0.5:8000"]) == 0
     assert "- viewer.lan\n  - 10.0.0.5:8000" in capsys.readouterr().out
@@ -458,7 +458,7 @@ def test_bad_upload_limit_is_refused_before_the_model_loads(checkpoint, monkeypa
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(export, "load_detector", no_model)
+    monkeypatch.setattr(detectors, "load_detector", no_model)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

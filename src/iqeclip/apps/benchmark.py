@@ -42,11 +42,12 @@ from PIL import Image
 
 from iqeclip.apps.breakdown import backbone_flops, breakdown
 from iqeclip.config import BENCH_MODEL, BenchmarkConfig, ModelConfig
-from iqeclip.data.readers import as_input
 from iqeclip.engine.cache import FeatureCache
+from iqeclip.engine.stream import stream
 from iqeclip.engine.trainer import make_optimizer, make_scaler, train_step
-from iqeclip.errors import UserError
-from iqeclip.inference.export import OnnxDetector, export_onnx
+from iqeclip.errors import UserError, param
+from iqeclip.inference.detectors import OnnxDetector
+from iqeclip.inference.export import export_onnx
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device, seed_everything
 
@@ -63,6 +64,47 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _training_batch(batch_size: int, size: int) -> tuple[torch.Tensor, ...]:
+    """Random images, half of them with a square lesion: ``(images, masks, labels, valid)``."""
+    images = torch.rand(batch_size, 3, size, size)
+    masks = torch.zeros(batch_size, size, size, dtype=torch.bool)
+    masks[batch_size // 2 :, size // 4 : size // 2, size // 4 : size // 2] = True
+    labels = (torch.arange(batch_size) >= batch_size // 2).long()
+    return images, masks, labels, torch.ones(batch_size, dtype=torch.bool)
+
+
+def _deviation_from_fp32(
+    model: IQEClip, config: ModelConfig, images: torch.Tensor, dev: torch.device
+) -> float | None:
+    """The largest map difference of a bf16/fp16 backbone from the same model in fp32."""
+    if model.config.precision == "fp32":
+        return None
+    reference = IQEClip.build(dataclasses.replace(config, precision="fp32"), dev)
+    reference.head.load_state_dict(model.head.state_dict())
+    low, _ = model.predict(images.to(dev), "zero")
+    full, _ = reference.predict(images.to(dev), "zero")
+    return float((low - full).abs().max())
+
+
+def _with_onnx(
+    model: IQEClip,
+    images: torch.Tensor,
+    dev: torch.device,
+    path: Path,
+    work: dict[str, Callable[[], Any]],
+) -> tuple[OnnxDetector, dict[str, Any]]:
+    """The model exported to ``path`` and loaded with onnxruntime, its timing added to
+    ``work``, and how far its maps are from PyTorch's."""
+    onnx = _onnx_detector(model, path)
+    reference, _ = model.predict(images.to(dev), "zero")
+    mine, _ = onnx.predict(images, "zero")
+    work["onnx"] = lambda: onnx.predict(images, "zero")
+    return onnx, {
+        "onnx_max_map_deviation": float((mine - reference.cpu()).abs().max()),
+        "onnx_threads": onnx.session.get_session_options().intra_op_num_threads,
+    }
+
+
 def benchmark(
     config: ModelConfig,
     batch_size: int,
@@ -75,23 +117,15 @@ def benchmark(
     """Measure and return the figures (see the module docstring)."""
     dev = resolve_device(device)
     if backend == "onnx" and (dev.type != "cpu" or config.precision != "fp32"):
-        raise UserError("benchmark --backend onnx compares both backends on the CPU in fp32")
+        raise UserError(
+            f"benchmark {param('backend')} onnx compares both backends on the CPU in fp32"
+        )
     seed_everything(seed)
     model = IQEClip.build(config, dev)
     size = model.config.img_size
-    images = torch.rand(batch_size, 3, size, size)
-    masks = torch.zeros(batch_size, size, size, dtype=torch.bool)
-    masks[batch_size // 2 :, size // 4 : size // 2, size // 4 : size // 2] = True
-    labels = (torch.arange(batch_size) >= batch_size // 2).long()
-    batch = (images, masks, labels, torch.ones(batch_size, dtype=torch.bool))
-    deviation = None
-    if model.config.precision != "fp32":
-        reference = IQEClip.build(dataclasses.replace(config, precision="fp32"), dev)
-        reference.head.load_state_dict(model.head.state_dict())
-        low, _ = model.predict(images.to(dev), "zero")
-        full, _ = reference.predict(images.to(dev), "zero")
-        deviation = float((low - full).abs().max())
-        del reference
+    batch = _training_batch(batch_size, size)
+    images, masks, labels, _ = batch
+    deviation = _deviation_from_fp32(model, config, images, dev)
     optimizer, scaler = make_optimizer(model, 1e-4), make_scaler(model)
     visual_input = images.to(dev, model.backbone.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,14 +140,7 @@ def benchmark(
         }
         onnx, extra = None, {}
         if backend == "onnx":  # exported before training steps change the head
-            onnx = _onnx_detector(model, Path(tmp) / "model.onnx")
-            reference, _ = model.predict(images.to(dev), "zero")
-            mine, _ = onnx.predict(images, "zero")
-            extra = {
-                "onnx_max_map_deviation": float((mine - reference.cpu()).abs().max()),
-                "onnx_threads": onnx.session.get_session_options().intra_op_num_threads,
-            }
-            work["onnx"] = lambda: onnx.predict(images, "zero")
+            onnx, extra = _with_onnx(model, images, dev, Path(tmp) / "model.onnx", work)
         for fn in work.values():  # warm-up round
             _timed(fn, dev)
         times: dict[str, list[float]] = {k: [] for k in work}
@@ -168,8 +195,9 @@ def pipeline(model: IQEClip, n_images: int, batch_size: int, workers: int, seed:
     already loaded, with ``workers`` reader processes and with none. The three are timed in two
     interleaved rounds and the faster round of each is kept.
     """
+    from iqeclip.data.items import read_items
+    from iqeclip.data.readers import DEFAULT_READING
     from iqeclip.data.synth import _RENDERERS
-    from iqeclip.inference.inputs import DEFAULT_READING, read_items
     from iqeclip.inference.predict import predict
 
     rng = np.random.default_rng(seed)
@@ -187,9 +215,9 @@ def pipeline(model: IQEClip, n_images: int, batch_size: int, workers: int, seed:
         )
         batches = inputs.split(batch_size)
 
-        def model_only() -> None:
-            for batch in batches:
-                model.predict(as_input(batch, model.device), "zero")
+        def model_only() -> None:  # the scoring stream, without reading or writing
+            for _ in stream(model, ((batch, None) for batch in batches), "zero"):
+                pass
 
         def end_to_end(n: int, name: str) -> Callable[[], None]:
             out = Path(tmp) / name  # a fresh folder per timed run

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from iqeclip.data.layout import Sample, has_masks, list_split
+from iqeclip.data.layout import has_masks, list_split
 from iqeclip.data.manifest import Volume, has_pixel_masks, read_manifest
 from iqeclip.data.readers import Reading
+from iqeclip.data.sample import Sample
 from iqeclip.data.validate import validate_samples
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.engine.trainer import sample_key
@@ -76,71 +77,27 @@ def calibrate_checkpoint(
     rule = "f1" if f1 else "target_fpr"
     if f1 and normal is not None:
         raise UserError("--f1 needs labelled data (--data_path and --obj, or --manifest)")
-    aggregate = volume_aggregate(volume_score)
+    volume_aggregate(volume_score)  # checked before any work
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
     reading = checkpoint_reading(model.meta, window, percentile, axis, orientation)
     setting = setting or model.meta.get("run", {}).get("setting", "zero")
-    pixel_threshold = volume = None
     if normal is not None:
-        skipped: list = []
-        items = scored_items(
+        found = _normal_scores(model, normal, setting, batch_size, reading, on_bad_input)
+        pixel_threshold = volume = None
+        source = f"normal images in {normal}"
+    else:
+        found, pixel_threshold, volume, source = _labelled_scores(
             model,
-            expand_inputs([normal], unreadable=skipped if on_bad_input == "skip" else None),
+            data_path,
+            obj,
+            manifest,
             setting,
             batch_size,
             reading,
-            skipped=skipped,
-            on_bad_input=on_bad_input,
+            (on_bad_input, min_lesion_px, margin),
+            (rule, target_fpr, volume_score),
         )
-        found = [(item, amap, score) for item, amap, score in items if not item.blank]
-        scores = np.array([s for _, _, s in found])
-        keys = [sample_key(Sample(i.source, 0, None, i.index)) for i, _, _ in found]
-        if skipped:
-            logger.info(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
-        labels = np.zeros(len(scores), np.int64)
-        source = f"normal images in {normal}"
-    else:
-        volumes: list[Volume] = []
-        if manifest is not None:
-            listed = read_manifest(manifest, reading, min_lesion_px, margin, on_bad_input)
-            samples, pixel = listed.split("valid"), has_pixel_masks(listed.split("valid"))
-            volumes = listed.split_volumes("valid")
-            logger.info(listed.summary("valid"))
-            source = f"valid rows of {manifest}"
-        else:
-            pixel = has_masks(data_path, obj)
-            missing = "keep" if on_bad_input == "skip" else "error"
-            split = list_split(data_path, obj, "valid", missing)
-            samples = [dataclasses.replace(s, reading=reading) for s in split]
-            source = f"{obj} valid split"
-        samples, skipped_samples = validate_samples(
-            samples, model.config.img_size, on_bad_input, pixel
-        )
-        if skipped_samples:
-            logger.info(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
-        if not samples:
-            raise UserError(f"calibrate: no usable image in the {source}")
-        keys = [sample_key(s) for s in samples]
-        kept = KeptMaps(len(samples), model.config.img_size) if pixel else None
-        scores, labels = predict_samples(
-            model, samples, setting, batch_size, desc="calibrate", sink=kept
-        )
-        if kept is not None:
-            pixel_threshold = calibrate(
-                kept.maps.ravel(), kept.masks.ravel().astype(np.int64), rule, target_fpr
-            )
-        classes = {v.label for v in volumes}
-        if volumes and (classes == {0, 1} or (rule == "target_fpr" and 0 in classes)):
-            volume = _volume_threshold(
-                model, volumes, setting, batch_size, reading, aggregate, rule, target_fpr
-            )
-            volume["score"] = volume_score
-        elif volumes:
-            logger.info(
-                f"no volume threshold: the {len(volumes)} valid volumes hold no "
-                f"{'normal' if 0 not in classes else 'abnormal'} volume (needed by the "
-                f"{rule} rule); volumes.csv will use the image threshold"
-            )
+    scores, labels, keys = found
     _warn_small_or_overlapping(model.meta, scores, labels, keys, rule, target_fpr)
     record = {
         "image": calibrate(scores, labels, rule, target_fpr),
@@ -152,6 +109,106 @@ def calibrate_checkpoint(
         "source": source,
         "setting": setting,
     }
+    _store(ckpt_path, record)
+    return record
+
+
+Scores = tuple[np.ndarray, np.ndarray, list[str]]  # image scores, labels, the images' keys
+
+
+def _normal_scores(
+    model: IQEClip,
+    normal: str | Path,
+    setting: str,
+    batch_size: int,
+    reading: Reading,
+    on_bad_input: str,
+) -> Scores:
+    """The scores of a folder of normal inputs, read and scored as predict does (blank slices
+    left out)."""
+    skipped: list = []
+    items = scored_items(
+        model,
+        expand_inputs([normal], unreadable=skipped if on_bad_input == "skip" else None),
+        setting,
+        batch_size,
+        reading,
+        skipped=skipped,
+        on_bad_input=on_bad_input,
+    )
+    found = [(item, amap, score) for item, amap, score in items if not item.blank]
+    scores = np.array([s for _, _, s in found])
+    keys = [sample_key(Sample(i.source, 0, None, i.index)) for i, _, _ in found]
+    if skipped:
+        logger.info(f"skipped {len(skipped)} unreadable images (--on_bad_input skip)")
+    return scores, np.zeros(len(scores), np.int64), keys
+
+
+def _labelled_scores(
+    model: IQEClip,
+    data_path: str | Path | None,
+    obj: str | None,
+    manifest: str | Path | None,
+    setting: str,
+    batch_size: int,
+    reading: Reading,
+    policy: tuple[str, int, int],
+    rule_of: tuple[str, float, str],
+) -> tuple[Scores, float | None, dict[str, Any] | None, str]:
+    """The scores of a labelled ``valid`` split (a dataset's, or a manifest's rows), the pixel
+    threshold where it has masks, the volume threshold where a manifest lists volumes, and the
+    source's description. ``policy``: on_bad_input, min_lesion_px, margin; ``rule_of``: rule,
+    target_fpr, volume_score."""
+    on_bad_input, min_lesion_px, margin = policy
+    rule, target_fpr, volume_score = rule_of
+    volumes: list[Volume] = []
+    if manifest is not None:
+        listed = read_manifest(manifest, reading, min_lesion_px, margin, on_bad_input)
+        samples, pixel = listed.split("valid"), has_pixel_masks(listed.split("valid"))
+        volumes = listed.split_volumes("valid")
+        logger.info(listed.summary("valid"))
+        source = f"valid rows of {manifest}"
+    else:
+        pixel = has_masks(data_path, obj)
+        missing = "keep" if on_bad_input == "skip" else "error"
+        split = list_split(data_path, obj, "valid", missing)
+        samples = [dataclasses.replace(s, reading=reading) for s in split]
+        source = f"{obj} valid split"
+    samples, skipped_samples = validate_samples(samples, model.config.img_size, on_bad_input, pixel)
+    if skipped_samples:
+        logger.info(f"skipped {len(skipped_samples)} unusable images (--on_bad_input skip)")
+    if not samples:
+        raise UserError(f"calibrate: no usable image in the {source}")
+    keys = [sample_key(s) for s in samples]
+    kept = KeptMaps(len(samples), model.config.img_size) if pixel else None
+    scores, labels = predict_samples(
+        model, samples, setting, batch_size, desc="calibrate", sink=kept
+    )
+    pixel_threshold = None
+    if kept is not None:
+        pixel_threshold = calibrate(
+            kept.maps.ravel(), kept.masks.ravel().astype(np.int64), rule, target_fpr
+        )
+    volume = None
+    classes = {v.label for v in volumes}
+    if volumes and (classes == {0, 1} or (rule == "target_fpr" and 0 in classes)):
+        aggregate = volume_aggregate(volume_score)
+        volume = _volume_threshold(
+            model, volumes, setting, batch_size, reading, aggregate, rule, target_fpr
+        )
+        volume["score"] = volume_score
+    elif volumes:
+        logger.info(
+            f"no volume threshold: the {len(volumes)} valid volumes hold no "
+            f"{'normal' if 0 not in classes else 'abnormal'} volume (needed by the "
+            f"{rule} rule); volumes.csv will use the image threshold"
+        )
+    return (scores, labels, keys), pixel_threshold, volume, source
+
+
+def _store(ckpt_path: str | Path, record: dict[str, Any]) -> None:
+    """Store ``record`` as the checkpoint's thresholds, the earlier ones in its history."""
+    pixel_threshold, volume = record["pixel"], record["volume"]
     earlier: dict[str, Any] | None = None
 
     def keep_earlier(meta: dict[str, Any]) -> dict[str, Any]:
@@ -171,13 +228,12 @@ def calibrate_checkpoint(
     pixel_text = f", pixel threshold {pixel_threshold:.6f}" if pixel_threshold is not None else ""
     if volume is not None:
         pixel_text += (
-            f", volume threshold {volume['threshold']:.6f} ({volume_score} of the slice scores, "
+            f", volume threshold {volume['threshold']:.6f} ({volume['score']} of the slice scores, "
             f"{volume['n_volumes']} volumes)"
         )
     logger.info(
         f"image threshold {record['image']:.6f}{pixel_text} ({describe(record)}) stored in {ckpt_path}"
     )
-    return record
 
 
 def _volume_threshold(

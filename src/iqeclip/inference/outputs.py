@@ -37,26 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from iqeclip.errors import UserError
+from iqeclip.inference.files import TABLES, is_output_name
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_target, atomic_write_text, try_lock
 
 __all__ = [
-    "FIXED_FILES",
     "OutLock",
     "Partial",
     "guard",
-    "is_output_name",
-    "nifti_temporary",
     "resume_point",
 ]
 
 logger = logging.getLogger(__name__)
 
-FIXED_FILES = ("predictions.csv", "volumes.csv", "skipped_inputs.csv", "config.yaml")
-"""The files of a predict run that do not depend on the inputs (config.yaml: its options)."""
-_OUTPUT = re.compile(
-    r"_(overlay\.png|map\.png|map\.npy|mask\.png|input\.png|anomaly\.nii\.gz|mask\.nii\.gz)$"
-)
 _PARTIAL = ".predictions.partial.{}.csv"
 _COLUMNS_EXTRA = ("_input", "_group")
 _DONE = "done"
@@ -65,21 +58,8 @@ _LOCK = ".predict.lock"
 _NIFTI_TEMPORARY = re.compile(r"\.(.+\.nii\.gz)\.tmp\.nii\.gz")
 
 
-def is_output_name(name: str) -> bool:
-    """Whether a file name has the form of a per-slice or volume output of predict."""
-    return _OUTPUT.search(name) is not None
-
-
-def nifti_temporary(path: Path) -> Path:
-    """Where predict writes a NIfTI before renaming it to ``path``: ``.<name>.tmp.nii.gz``
-    (nibabel picks the compression by the suffix, so it must end in ``.nii.gz``)."""
-    return path.with_name(f".{path.name}.tmp.nii.gz")
-
-
 def _ours(name: str, stems: Iterable[str]) -> bool:
-    return name in FIXED_FILES or (
-        _OUTPUT.search(name) is not None and any(name.startswith(f"{s}_") for s in stems)
-    )
+    return name in TABLES or (is_output_name(name) and any(name.startswith(f"{s}_") for s in stems))
 
 
 class OutLock:
@@ -220,7 +200,7 @@ def _previous_outputs(out: Path) -> set[str]:
     tables = [t for t in tables if t.is_file()]
     if not tables:
         return set()
-    listed: set[str] = set(FIXED_FILES)
+    listed: set[str] = set(TABLES)
     for table in tables:  # a finished run's predictions.csv, an interrupted one's partial rows
         with table.open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):

@@ -10,12 +10,13 @@ anomaly maps in the source's voxel grid, with its affine (and header). ``--outpu
 per-slice files; a calibrated pixel threshold adds binary masks (``<name>_mask.png``, and
 ``<stem>_mask.nii.gz`` for volumes); every input with slices gets a row of ``volumes.csv``.
 Each volume of a DICOM folder is its own input there (stem ``<folder>_series<N>``, see
-:func:`~iqeclip.inference.inputs.read_items`), and every row of ``predictions.csv`` names its
+:func:`~iqeclip.data.items.read_items`), and every row of ``predictions.csv`` names its
 own file, its DICOM UIDs and the files written for it (:data:`CSV_COLUMNS`). Reading inputs
-and scoring them in batches is :mod:`iqeclip.inference.inputs`, writing the results
-:mod:`iqeclip.inference.writers`; decisions are made on full-precision numbers, a constant
-slice is blank (no decision) and a non-finite score is an error for its input, never a
-decision.
+and scoring them in batches is :mod:`iqeclip.inference.inputs`, deciding
+:mod:`iqeclip.inference.decisions` (on full-precision numbers; a constant slice is blank, with no
+decision, and a non-finite score is an error for its input, never a decision), and writing
+:mod:`iqeclip.inference.writers`. :func:`predict` returns the predictions as values
+(:class:`~iqeclip.inference.results.Predictions`); without ``out`` it writes nothing.
 """
 
 from __future__ import annotations
@@ -24,36 +25,35 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from iqeclip.data.items import Item
 from iqeclip.data.readers import (
     DEFAULT_LIMITS,
     Limits,
+    Reading,
     describe_intensity,
     reading_options,
 )
 from iqeclip.data.validate import Skipped, write_skipped
 from iqeclip.errors import UserError
-from iqeclip.inference.export import OnnxDetector, load_detector
-from iqeclip.inference.inputs import Item, checkpoint_reading, scored_items
+from iqeclip.inference.decisions import Decisions, nonfinite
+from iqeclip.inference.detectors import Detector, load_detector
+from iqeclip.inference.files import DEFAULT_OUTPUTS, SLICE_FILES
+from iqeclip.inference.inputs import checkpoint_reading, scored_items
 from iqeclip.inference.listing import check_inputs, expand_inputs, unique_stems
 from iqeclip.inference.outputs import Partial, guard, resume_point
-from iqeclip.inference.thresholds import describe, volume_aggregate
-from iqeclip.inference.writers import (
-    CSV_COLUMNS,
-    DEFAULT_OUTPUTS,
-    OUTPUTS,
-    Writer,
-)
-from iqeclip.model.detector import IQEClip
+from iqeclip.inference.results import Predictions
+from iqeclip.inference.writers import CSV_COLUMNS, Writer, prediction_of
 from iqeclip.runtime import distributed
 from iqeclip.runtime.device import loader_workers
 from iqeclip.runtime.files import WriterPool, check_writable
+
+__all__ = ["CSV_COLUMNS", "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,30 @@ def say(line: str) -> None:
         logger.info(line)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What a predict run settled before any work."""
+
+    detector: Detector
+    source: str
+    reading: Reading
+    setting: str
+    decisions: Decisions
+    outputs: frozenset[str]
+    paths: list[Path]
+    stems: dict[Path, str]
+    masks: Path | None
+    usable: list[Path]
+    skipped: list[Skipped]
+    batch_size: int
+    on_bad_input: str
+    keep_maps: bool
+
+
 def predict(
-    ckpt_path: str | Path,
+    ckpt_path: str | Path | None,
     inputs: Sequence[str | Path],
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     masks: str | Path | None = None,
     axis: int | None = None,
@@ -86,48 +106,34 @@ def predict(
     resume: bool = False,
     backend: str = "torch",
     model: str | Path | None = None,
-    detector: IQEClip | OnnxDetector | None = None,
+    detector: Detector | None = None,
     applied: dict[str, Any] | None = None,
     max_megapixels: float = DEFAULT_LIMITS.megapixels,
     max_slices: int = DEFAULT_LIMITS.slices,
     max_total_megapixels: float = DEFAULT_LIMITS.total_megapixels,
-) -> Path:
-    """Score ``inputs`` with a checkpoint and write every output into ``out``.
+    keep_maps: bool | None = None,
+) -> Predictions:
+    """Score ``inputs`` with a checkpoint (or ``backend="onnx"``: the exported ``model``, or an
+    already loaded ``detector``); write every output into ``out`` if given; return the
+    predictions, in the order of ``predictions.csv``.
 
-    ``outputs`` is a comma list of what to write per slice (:data:`OUTPUTS`); the default is
-    overlay, map and npy, plus the binary mask (``<name>_mask.png``, map >= the pixel threshold)
-    when ``calibrate`` stored a pixel threshold in the checkpoint (then volumes also get
-    ``<stem>_mask.nii.gz``). Inputs with slices get a row of ``volumes.csv``, scored by
-    ``volume_score``: ``max`` of the slice scores, or ``topk:K``, the mean of the K highest
-    (default: the rule ``calibrate`` calibrated the volume threshold for, else ``max``). The
-    decision of a volume applies the calibrated volume threshold, else the image threshold.
-    The intensity rule is the checkpoint's unless ``window`` / ``percentile`` is given.
-    ``backend="onnx"`` scores with the exported ``model`` file instead of the checkpoint
-    (:mod:`iqeclip.inference.export`), through the same readers and writers; ``detector`` is an
-    already loaded one (``iqeclip serve`` loads it once for all requests). Every input is
-    checked against ``max_megapixels`` (pixels of one slice), ``max_slices`` and
-    ``max_total_megapixels`` (slices of one input, and their pixels together) from its headers,
-    before anything of it is decoded (:mod:`~iqeclip.data.readers.limits`).
-
-    Before any work the output folder is locked against other predict runs until this one
-    returns, and checked (:func:`~iqeclip.inference.outputs.guard`), and every input and mask is
-    validated as training validates its images (:func:`~iqeclip.inference.inputs.check_inputs`).
-    Rows are kept as each input finishes, so ``resume`` continues an interrupted run, in the
-    same batches (:func:`~iqeclip.inference.outputs.resume_point`). The reading in use (the checkpoint's unless given)
-    is logged once and, when ``applied`` is a dict, stored in it as options (``window``,
-    ``percentile``, ``axis``, ``orientation``) for the run's ``config.yaml``.
-
-    Returns:
-        The path of ``predictions.csv``.
+    ``outputs``: a comma list of per-slice files (default overlay, map and npy, plus mask with a
+    calibrated pixel threshold); ``volume_score``: ``max`` or ``topk:K`` (default: the
+    calibrated rule, else max); the reading is the checkpoint's unless ``window``,
+    ``percentile``, ``axis`` or ``orientation`` is given, and is stored in ``applied`` (a dict)
+    for config.yaml; ``max_*`` bound what an input may hold, from its headers. Without ``out``
+    nothing is written and each prediction keeps its map and picture (``keep_maps``). The module
+    docstring says what is checked, locked and kept before and during the work.
     """
-    out = Path(out)
-    check_writable("--out", out, folder=True)
+    out = None if out is None else Path(out)
+    if out is not None:
+        check_writable("--out", out, folder=True)
+    elif resume or overwrite:
+        raise UserError(f"--{'resume' if resume else 'overwrite'} needs --out (a folder)")
     if detector is None:
         detector = load_detector(backend, ckpt_path, model, device, model_overrides)
-    source = str(ckpt_path if model is None else model)
-    meta = detector.meta
     reading = dataclasses.replace(
-        checkpoint_reading(meta, window, percentile, axis, orientation),
+        checkpoint_reading(detector.meta, window, percentile, axis, orientation),
         limits=Limits(max_megapixels, max_slices, max_total_megapixels, options=True),
     )
     if applied is not None:
@@ -136,99 +142,190 @@ def predict(
         f"reading: {describe_intensity(reading.intensity)}, --axis {reading.axis}, "
         f"--orientation {reading.orientation}"
     )
-    setting = setting or meta.get("run", {}).get("setting", "zero")
-    thresholds = meta.get("thresholds")
-    pixel_threshold = (thresholds or {}).get("pixel")
-    chosen = _outputs(outputs, pixel_threshold)
-    volume_score, volume_threshold = _volume_rule(volume_score, thresholds)
-    aggregate = volume_aggregate(volume_score)
+    run = _plan(
+        detector,
+        str(ckpt_path or model or "the detector given"),
+        reading,
+        inputs,
+        out,
+        masks=Path(masks) if masks else None,
+        setting=setting,
+        outputs=outputs,
+        volume_score=volume_score,
+        batch_size=batch_size,
+        on_bad_input=on_bad_input,
+        keep_maps=out is None if keep_maps is None else keep_maps,
+    )
+    with _locked(run, out, overwrite, resume):  # no other predict run writes into out
+        return _predict(run, out, resume, loader_workers(workers, detector.device))
+
+
+def _plan(
+    detector: Detector,
+    source: str,
+    reading: Reading,
+    inputs: Sequence[str | Path],
+    out: Path | None,
+    *,
+    masks: Path | None,
+    setting: str | None,
+    outputs: str | None,
+    volume_score: str | None,
+    batch_size: int,
+    on_bad_input: str,
+    keep_maps: bool,
+) -> _Run:
+    """The run's decisions, outputs and inputs, each checked before any work: a bad input under
+    ``on_bad_input="error"`` stops the run before the output folder is touched."""
+    thresholds = detector.meta.get("thresholds")
+    chosen = _outputs(outputs, (thresholds or {}).get("pixel"))
+    decisions = Decisions.of(thresholds, volume_score)
     unreadable: list[Skipped] | None = [] if on_bad_input == "skip" else None
     paths = expand_inputs(inputs, exclude=out, unreadable=unreadable)
-    stems = unique_stems(paths)
-    masks = Path(masks) if masks else None
-    # every input is checked before the folder is touched: a bad input under error changes nothing
-    usable, skipped = check_inputs(paths, masks, detector.config.img_size, on_bad_input, reading)
-    skipped = [*(unreadable or []), *skipped]  # folders the input walk could not read first
+    size = detector.config.img_size
+    usable, skipped = check_inputs(paths, masks, size, on_bad_input, reading)
+    return _Run(
+        detector,
+        source,
+        reading,
+        setting or detector.meta.get("run", {}).get("setting", "zero"),
+        decisions,
+        chosen,
+        paths,
+        unique_stems(paths),
+        masks,
+        usable,
+        [*(unreadable or []), *skipped],  # folders the input walk could not read first
+        batch_size,
+        on_bad_input,
+        keep_maps,
+    )
+
+
+def _locked(
+    run: _Run, out: Path | None, overwrite: bool, resume: bool
+) -> contextlib.AbstractContextManager:
+    """The output folder locked and checked (:func:`~iqeclip.inference.outputs.guard`) by one
+    rank, every rank obeying it; nothing without a folder."""
+    if out is None:
+        return contextlib.nullcontext()
     identity = {
-        "checkpoint": str(Path(source).resolve()),
-        "inputs": [str(p.resolve()) for p in paths],
+        "checkpoint": str(Path(run.source).resolve()),
+        "inputs": [str(p.resolve()) for p in run.paths],
         # the batch size too: batches shape the CPU kernels' rounding, and a resumed run must
         # equal an uninterrupted one byte for byte
-        "options": [setting, repr(reading), sorted(chosen), volume_score, str(masks), batch_size],
+        "options": [
+            run.setting,
+            repr(run.reading),
+            sorted(run.outputs),
+            run.decisions.volume_score,
+            str(run.masks),
+            run.batch_size,
+        ],
         "world_size": distributed.world_size(),
     }
     problem, lock = None, contextlib.nullcontext()
     if distributed.is_main():  # one rank locks, looks at (and cleans) the folder; all obey it
         try:
-            lock = guard(out, list(stems.values()), overwrite, resume, identity)
+            lock = guard(out, list(run.stems.values()), overwrite, resume, identity)
         except UserError as exc:
-            problem = str(exc)
-    with lock:  # no other predict run writes into out until this one returns
-        problem = distributed.broadcast(problem)
-        if problem is not None:
-            raise UserError(problem)
-        if thresholds:
-            threshold, rule = thresholds["image"], describe(thresholds)
-            say(f"decision: score >= {threshold:.6f} is abnormal ({rule})")
-        else:
-            threshold, rule = None, ""
-            say(
-                f"{source} has no calibrated threshold: writing scores only (see iqeclip calibrate)"
-            )
+            problem = exc.message  # its parameters still marked
+    problem = distributed.broadcast(problem)
+    if problem is not None:
+        raise UserError(problem)
+    return lock
+
+
+def _predict(run: _Run, out: Path | None, resume: bool, workers: int) -> Predictions:
+    """Score the run's inputs, decide, and write (with ``out``)."""
+    decisions = run.decisions
+    if decisions.threshold is not None:
+        say(f"decision: score >= {decisions.threshold:.6f} is abnormal ({decisions.rule})")
+    else:
+        say(
+            f"{run.source} has no calibrated threshold: writing scores only (see iqeclip calibrate)"
+        )
+    partial = None
+    rows: list[dict[str, Any]] = []
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         partial = Partial(out, CSV_COLUMNS)
         rows = partial.load() if resume else []
-        done = {r["_input"] for r in rows}
-        if done:
-            say(f"--resume: {len(done)} inputs were scored before; scoring the rest")
-        # under torchrun each rank scores and writes its own inputs, in the batches of a run
-        # never interrupted (resume_point)
-        mine, start, written = resume_point(distributed.shard(usable), rows, batch_size)
-        workers = loader_workers(workers, detector.device)
-        with WriterPool() as pool:
-            writer = Writer(out, masks, threshold, rule, chosen, pixel_threshold, pool, reading)
-            writer.rows = rows
-            scored = scored_items(
-                detector,
-                mine,
-                setting,
-                batch_size,
-                reading,
-                stems,
-                skipped,
-                on_bad_input,
-                workers,
-                start,
-                written,
-            )
-            for source, results in by_input(scored):
-                problem = nonfinite(results)
-                if problem is not None:  # never a decision from NaN: the input is an error
-                    if on_bad_input == "error":
-                        raise UserError(f"{source}: {problem} (--on_bad_input skip leaves it out)")
-                    skipped.append(Skipped(source, problem))
-                    continue
-                first = len(writer.rows)
-                for item, amap, score in results:
-                    writer.write(item, None if item.blank else amap, None if item.blank else score)
-                _record(pool, partial, source, writer.rows[first:])
-            pool.wait()
-        csv_path = writer.write_csv({str(p): i for i, p in enumerate(paths)})
-        volumes = writer.write_volumes(aggregate, volume_threshold)
-        if volumes is not None:
-            say(f"volume scores ({volume_score} of the slice scores) written to {volumes}")
-        skipped = [s for part in distributed.gather(skipped) for s in part]
-        if skipped:
-            if distributed.is_main():
-                write_skipped(skipped, out / "skipped_inputs.csv")
-            say(
-                f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / 'skipped_inputs.csv'}"
-            )
-        partial.remove()
-        say(
-            f"{len(writer.rows)} predictions from {len(paths)} inputs written to {out} ({csv_path.name})"
+    done = {r["_input"] for r in rows}
+    if done:
+        say(f"--resume: {len(done)} inputs were scored before; scoring the rest")
+    # under torchrun each rank scores and writes its own inputs, in the batches of a run
+    # never interrupted (resume_point)
+    mine, start, written = resume_point(distributed.shard(run.usable), rows, run.batch_size)
+    with WriterPool() as pool:
+        writer = Writer(
+            out, run.masks, decisions, run.outputs, pool, run.reading, keep_maps=run.keep_maps
         )
-        return csv_path
+        writer.predictions = [prediction_of(r) for r in rows]
+        scored = scored_items(
+            run.detector,
+            mine,
+            run.setting,
+            run.batch_size,
+            run.reading,
+            run.stems,
+            run.skipped,
+            run.on_bad_input,
+            workers,
+            start,
+            written,
+        )
+        _write_inputs(run, writer, pool, partial, scored)
+        pool.wait()
+    return _finish(run, out, writer, partial)
+
+
+def _write_inputs(
+    run: _Run,
+    writer: Writer,
+    pool: WriterPool,
+    partial: Partial | None,
+    scored: Iterable[tuple[Item, torch.Tensor, float]],
+) -> None:
+    """Each input's predictions (its files on ``pool``), kept for ``--resume`` once written;
+    an input with a non-finite score is an error, or skipped, never decided."""
+    for source, results in by_input(scored):
+        problem = nonfinite(results)
+        if problem is not None:  # never a decision from NaN: the input is an error
+            if run.on_bad_input == "error":
+                raise UserError(f"{source}: {problem} (--on_bad_input skip leaves it out)")
+            run.skipped.append(Skipped(source, problem))
+            continue
+        first = len(writer.predictions)
+        for item, amap, score in results:
+            writer.add(item, None if item.blank else amap, None if item.blank else score)
+        if partial is not None:
+            rows = [p.row(internal=True) for p in writer.predictions[first:]]
+            pool.then(lambda source=source, rows=rows: partial.append(str(source), rows))
+
+
+def _finish(run: _Run, out: Path | None, writer: Writer, partial: Partial | None) -> Predictions:
+    """The tables written (with ``out``), the skipped inputs listed, the result."""
+    csv_path = writer.write_csv({str(p): i for i, p in enumerate(run.paths)})
+    volumes, volumes_path = writer.write_volumes()
+    if volumes_path is not None:
+        say(
+            f"volume scores ({run.decisions.volume_score} of the slice scores) written to {volumes_path}"
+        )
+    skipped = [s for part in distributed.gather(run.skipped) for s in part]
+    if skipped and out is not None:
+        if distributed.is_main():
+            write_skipped(skipped, out / "skipped_inputs.csv")
+        say(
+            f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / 'skipped_inputs.csv'}"
+        )
+    if partial is not None:
+        partial.remove()
+    if csv_path is not None:
+        say(
+            f"{len(writer.predictions)} predictions from {len(run.paths)} inputs written to {out} ({csv_path.name})"
+        )
+    return Predictions(writer.predictions, volumes, skipped, out, run.decisions.pixel)
 
 
 def by_input(
@@ -239,51 +336,15 @@ def by_input(
         yield source, list(results)
 
 
-def nonfinite(results: Sequence[tuple[Item, torch.Tensor, float]]) -> str | None:
-    """Why an input's scores cannot be decided on (a NaN or infinite score or map value of a
-    slice that is not blank), or None."""
-    for item, amap, score in results:
-        if not item.blank and not (math.isfinite(score) and bool(torch.isfinite(amap).all())):
-            where = "" if item.index is None else f" of slice {item.index}"
-            return f"the model gave a non-finite score or map{where} (NaN or infinite): no decision"
-    return None
-
-
-def _record(pool: WriterPool, partial: Partial, source: Path, rows: list[dict[str, Any]]) -> None:
-    """Keep an input's rows for ``--resume`` once its files are written."""
-    pool.then(lambda: partial.append(str(source), rows))
-
-
-def _volume_rule(
-    volume_score: str | None, thresholds: dict[str, Any] | None
-) -> tuple[str, float | None]:
-    """The volume score rule and its calibrated threshold (None: the image threshold applies).
-
-    Raises:
-        UserError: ``--volume_score`` differs from the rule the volume threshold was calibrated
-            for (that threshold would not mean anything for it).
-    """
-    calibrated = (thresholds or {}).get("volume")
-    if calibrated is None:
-        return volume_score or "max", None
-    if volume_score is not None and volume_score != calibrated["score"]:
-        raise UserError(
-            f"--volume_score {volume_score}: the checkpoint's volume threshold was calibrated for "
-            f"--volume_score {calibrated['score']}; use that, or calibrate again with "
-            f"--volume_score {volume_score}"
-        )
-    return calibrated["score"], float(calibrated["threshold"])
-
-
 def _outputs(outputs: str | None, pixel_threshold: float | None) -> frozenset[str]:
     """The per-slice outputs asked for, checked before any work."""
     if outputs is None:
         return frozenset(DEFAULT_OUTPUTS + (("mask",) if pixel_threshold is not None else ()))
     chosen = [o.strip() for o in outputs.split(",") if o.strip()]
-    unknown = sorted(set(chosen) - set(OUTPUTS))
+    unknown = sorted(set(chosen) - set(SLICE_FILES))
     if unknown or not chosen:
         raise UserError(
-            f"--outputs {outputs!r}: choose from {', '.join(OUTPUTS)} (comma-separated)"
+            f"--outputs {outputs!r}: choose from {', '.join(SLICE_FILES)} (comma-separated)"
         )
     if "mask" in chosen and pixel_threshold is None:
         raise UserError(

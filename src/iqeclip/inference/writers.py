@@ -1,13 +1,17 @@
-"""What ``predict`` writes: the per-slice pictures and maps, the NIfTI of each volume's maps,
-``predictions.csv`` and ``volumes.csv`` (:class:`Writer`), with every decision made on
-full-precision numbers (:func:`decide`) and every score written exactly (:func:`exact`).
+"""What ``predict`` writes, and the one table of its file names: the per-slice files
+(:data:`SLICE_FILES`: overlay, map, npy, mask, input, and any added by :func:`register_writer`),
+each volume's NIfTI files (:data:`VOLUME_FILES`) and the tables (:data:`TABLES`:
+``predictions.csv``, ``volumes.csv``, ...). :class:`Writer` turns scored items into
+:class:`~iqeclip.inference.results.SlicePrediction` values (decided by
+:mod:`~iqeclip.inference.decisions`) and writes their files when the run has a folder.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +20,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from iqeclip.data.items import Item, ItemVolume
 from iqeclip.data.readers import (
     Reading,
-    kind,
     label_slices,
     load_mask,
     read_slices,
+    single_image,
 )
 from iqeclip.errors import UserError
-from iqeclip.inference.inputs import Item
+from iqeclip.inference.decisions import BLANK, Decisions
+from iqeclip.inference.files import SLICE_FILES, VOLUME_FILES, kind_of, nifti_temporary
 from iqeclip.inference.listing import mask_for
-from iqeclip.inference.outputs import nifti_temporary
+from iqeclip.inference.results import SlicePrediction, VolumePrediction
 from iqeclip.report.heatmaps import draw_contour, overlay
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import WriterPool, atomic_write, atomic_write_text
@@ -64,30 +70,31 @@ VOLUME_COLUMNS = (
     "threshold",
     "abnormal_slices",
 )
-BLANK = "blank"
-"""The decision column of a constant slice (and of a volume with only such slices)."""
-FILES = (
-    ("overlay", "overlay.png"),
-    ("map", "map.png"),
-    ("npy", "map.npy"),
-    ("mask", "mask.png"),
-    ("input", "input.png"),
-)  # what predict can write per slice: <name>_<file>
-OUTPUTS = tuple(kind for kind, _ in FILES)
-DEFAULT_OUTPUTS = ("overlay", "map", "npy")  # and mask, when the checkpoint has a pixel threshold
 
 
-def exact(value: float) -> str:
-    """A score or threshold as the shortest text that reads back as the same double."""
-    return repr(float(value))
+@dataclass(frozen=True)
+class Picture:
+    """What a per-slice writer writes from: the item as read, its map ``(H, W)`` float32 at the
+    input's size, and the run's :class:`Writer` (its decisions, ``--masks``, reading)."""
+
+    item: Item
+    map: np.ndarray
+    writer: Writer
 
 
-def decide(score: float, threshold: float | None) -> str:
-    """``abnormal`` when ``score >= threshold`` (full precision), ``normal``, or "" without a
-    threshold."""
-    if threshold is None:
-        return ""
-    return "abnormal" if score >= threshold else "normal"
+SliceWrite = Callable[[Path, Picture], None]
+_WRITE: dict[str, SliceWrite] = {}
+
+
+def register_writer(kind: str, suffix: str, write: SliceWrite) -> None:
+    """Add a per-slice output: ``predict --outputs ...,KIND`` then writes ``<name>_<suffix>``
+    for every slice that is not blank with ``write(path, picture)`` (on a writer thread; use
+    :func:`~iqeclip.runtime.files.atomic_write` so that a killed run leaves no half file). Its
+    name joins the table (:data:`~iqeclip.inference.files.SLICE_FILES`)."""
+    if not kind.isidentifier() or kind in _WRITE:
+        raise ValueError(f"output kind {kind!r}: not a name, or already registered")
+    SLICE_FILES[kind] = suffix
+    _WRITE[kind] = write
 
 
 def _resize_map(amap: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -101,15 +108,16 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=1))
 
 
-def _save_nifti(path: Path, data: np.ndarray, volume: dict[str, Any], dtype: type) -> None:
+def _save_nifti(path: Path, data: np.ndarray, volume: ItemVolume, dtype: type) -> None:
     """A volume in the source's voxel order, with its affine and header, written atomically."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(data.astype(dtype), volume["affine"], volume["header"])
+    geometry = volume.geometry
+    image = nib.Nifti1Image(data.astype(dtype), geometry.affine, geometry.header)
     image.set_data_dtype(dtype)
-    if volume["header"] is None:  # a DICOM series: scanner coordinates in mm, as ITK writes them
-        image.set_qform(volume["affine"], code=1)
-        image.set_sform(volume["affine"], code=1)
+    if geometry.header is None:  # a DICOM series: scanner coordinates in mm, as ITK writes them
+        image.set_qform(geometry.affine, code=1)
+        image.set_sform(geometry.affine, code=1)
         image.header.set_xyzt_units(xyz="mm")
     tmp = nifti_temporary(path)
     try:
@@ -130,76 +138,84 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 class Writer:
-    """Collects CSV rows and NIfTI volumes; each item's files are written on ``pool``."""
+    """Turns scored items into :class:`~iqeclip.inference.results.SlicePrediction` values, in
+    the order they come, and writes their files on ``pool`` when the run has an output folder.
+
+    Args:
+        out: the output folder; None: nothing is written (the values only).
+        masks: ``--masks``: ground-truth contours on the overlays.
+        decisions: the run's thresholds and rules.
+        outputs: the per-slice output kinds to write (keys of :data:`SLICE_FILES`).
+        pool: the writer threads (with ``out``).
+        reading: the run's reading (for ``--masks`` label volumes).
+        keep_maps: keep each map and picture in its prediction (memory grows with the inputs).
+    """
 
     def __init__(
         self,
-        out: Path,
+        out: Path | None,
         masks: Path | None,
-        threshold: float | None,
-        rule: str,
+        decisions: Decisions,
         outputs: frozenset[str],
-        pixel_threshold: float | None,
-        pool: WriterPool,
+        pool: WriterPool | None,
         reading: Reading,
+        keep_maps: bool = False,
     ) -> None:
-        self.out, self.masks, self.threshold, self.rule = out, masks, threshold, rule
-        self.reading = reading
-        self.outputs, self.pixel_threshold, self.pool = outputs, pixel_threshold, pool
-        self.rows: list[dict[str, Any]] = []
-        self.volume_maps: dict[str, dict[int, tuple[dict[str, Any], np.ndarray]]] = {}
+        self.out, self.masks, self.decisions = out, masks, decisions
+        self.pixel_threshold = decisions.pixel
+        self.reading, self.keep_maps = reading, keep_maps
+        self.outputs = outputs if out is not None else frozenset()
+        self.pool = pool
+        self.predictions: list[SlicePrediction] = []
+        self.volume_maps: dict[str, dict[int, tuple[Any, np.ndarray]]] = {}
 
-    def write(self, item: Item, amap: torch.Tensor | None, score: float | None) -> None:
-        """The item's row now, its files on the writer pool; a blank item (``amap`` None) gets
-        a row without score, decision or files, and an all-zero plane in its volume's map."""
+    def add(self, item: Item, amap: torch.Tensor | None, score: float | None) -> SlicePrediction:
+        """The item's prediction now, its files on the writer pool; a blank item (``amap`` None)
+        gets a prediction without score, decision or files, and an all-zero plane in its
+        volume's map."""
         height, width = item.display.shape[:2]
-        written: list[str] = []
+        files: dict[str, str] = {}
         if item.blank or amap is None or score is None:
-            full, decision, shown = np.zeros((height, width), np.float32), BLANK, ""
+            full, decision, score = np.zeros((height, width), np.float32), BLANK, None
         else:
             full = _resize_map(amap, height, width)
-            files = {k: f"{item.name}_{suffix}" for k, suffix in FILES if k in self.outputs}
-            self.pool.submit(lambda: self._files(item, full, files))
-            written = list(files.values())
-            decision = decide(score, self.threshold)
-            shown = exact(score)
-        self.rows.append(
-            {
-                "path": item.key or str(item.source),
-                "slice": "" if item.index is None else item.index,
-                "slice_mm": "" if item.slice_mm is None else f"{item.slice_mm:.4f}",
-                "score": shown,
-                "decision": decision,
-                "threshold": "" if self.threshold is None else exact(self.threshold),
-                "rule": self.rule,
-                "source": str(item.file or item.source),
-                "sop_instance_uid": item.sop_uid,
-                "series_instance_uid": item.series_uid,
-                "outputs": ";".join(written),
-                "_input": str(item.source),  # for the row order, not written
-                "_group": item.group,
-            }
+            files = {k: f"{item.name}_{x}" for k, x in SLICE_FILES.items() if k in self.outputs}
+            if files:
+                assert self.pool is not None
+                jobs = list(files.items())  # the row may list a volume's files later
+                self.pool.submit(lambda: self._files(Picture(item, full, self), jobs))
+            decision = self.decisions.image(score)
+        prediction = SlicePrediction(
+            item.key or str(item.source),
+            item.index,
+            item.slice_mm,
+            score,
+            decision,
+            self.decisions.threshold,
+            self.decisions.rule,
+            str(item.file or item.source),
+            item.sop_uid,
+            item.series_uid,
+            files,
+            str(item.source),
+            item.group,
+            full if self.keep_maps and not item.blank else None,
+            item.display if self.keep_maps else None,
         )
-        if item.volume is not None:
+        self.predictions.append(prediction)
+        if item.volume is not None and self.out is not None:
             key = item.key or str(item.source)
             done = self.volume_maps.setdefault(key, {})
             done[item.index or 0] = (item.volume, full)
-            if len(done) == item.volume["n_slices"]:
+            if len(done) == item.volume.n_slices:
                 self.finish_volume(key)
+        return prediction
 
-    def _files(self, item: Item, full: np.ndarray, files: dict[str, str]) -> None:
+    def _files(self, picture: Picture, files: list[tuple[str, str]]) -> None:
         """Write one item's per-slice files (on a writer thread)."""
-        pictures = {
-            "overlay": lambda: self._overlay(item, full),
-            "map": lambda: np.rint(full * 255).astype(np.uint8),
-            "input": lambda: item.display,  # the picture as read (windowed), at its size
-            "mask": lambda: (full >= self.pixel_threshold).astype(np.uint8) * 255,
-        }
-        for what, name in files.items():
-            if what == "npy":
-                _save_npy(self.out / name, full)
-            else:
-                _save_png(self.out / name, pictures[what]())
+        assert self.out is not None
+        for what, name in files:
+            _WRITE[what](self.out / name, picture)
 
     def _overlay(self, item: Item, full: np.ndarray) -> np.ndarray:
         """The map over the input, with the ground-truth contour when ``--masks`` has one: an
@@ -208,7 +224,7 @@ class Writer:
         if self.masks is None:
             return picture
         height, width = full.shape
-        if item.index is None and kind(item.source) == "image":
+        if item.index is None and single_image(item.source):
             mask = load_mask(
                 mask_for(item.source, self.masks), max(height, width), self.reading.limits
             )
@@ -230,88 +246,144 @@ class Writer:
 
         slices = self.volume_maps.pop(key)
         volume = next(iter(slices.values()))[0]
-        written = [f"{volume['stem']}_anomaly.nii.gz"]
-        if "mask" in self.outputs:
-            written.append(f"{volume['stem']}_mask.nii.gz")
-        last = self.rows[-1]  # the row of the slice that completed the volume lists them too
-        last["outputs"] = ";".join(filter(None, [last["outputs"], *written]))
+        kinds = ["anomaly", *(["volume_mask"] if "mask" in self.outputs else [])]
+        written = [f"{volume.stem}_{VOLUME_FILES[what]}" for what in kinds]
+        # the row of the slice that completed the volume lists them too
+        self.predictions[-1].files.update(zip(kinds, written, strict=True))
+        assert self.pool is not None and self.out is not None
         self.pool.submit(lambda: self._volume_files(slices, volume, written))
 
     def _volume_files(
-        self, slices: dict[int, tuple[Any, np.ndarray]], volume: dict[str, Any], names: list[str]
+        self, slices: dict[int, tuple[Any, np.ndarray]], volume: ItemVolume, names: list[str]
     ) -> None:
         """Put a volume's maps back into its file grid and write its NIfTI files (on a writer
         thread): voxel for voxel over the source, with its affine (and header, for NIfTI)."""
-        data = np.zeros(volume["grid"], np.float32)
+        data = np.zeros(volume.geometry.grid, np.float32)
         for index, (_, amap) in slices.items():
-            volume["view"].put(data, index, amap)
-        data = data.reshape(volume["source_shape"])
+            volume.geometry.view.put(data, index, amap)
+        data = data.reshape(volume.geometry.source_shape)
+        assert self.out is not None
         _save_nifti(self.out / names[0], data, volume, np.float32)
         if len(names) > 1:
             mask = (data >= self.pixel_threshold).astype(np.uint8)
             _save_nifti(self.out / names[1], mask, volume, np.uint8)
 
-    def write_volumes(
-        self, volume_score: Callable[[np.ndarray], float], volume_threshold: float | None
-    ) -> Path | None:
-        """``volumes.csv``: one row per input with slices (volume, series, multi-frame file).
+    def gather(self) -> list[SlicePrediction]:
+        """Every rank's predictions, on every rank, in input order (by ``order`` of
+        :meth:`write_csv`)."""
+        return [p for part in distributed.gather(self.predictions) for p in part]
 
-        Rows are grouped by their ``path``, so each volume of a multi-volume folder is one.
-        Call after :meth:`write_csv`. The volume score is ``volume_score`` of the scores of its
-        slices that are not blank, read back from the rows' exact text; the decision applies
-        ``volume_threshold`` (calibrated on volumes) to it, else the image threshold;
-        ``abnormal_slices`` lists the slices whose own decision is abnormal (``;``-separated).
-        With a volume threshold of its own a volume can be abnormal with none listed.
-        """
-        threshold = self.threshold if volume_threshold is None else volume_threshold
-        volumes: dict[str, list[dict[str, Any]]] = {}
-        for row in self.rows:
-            if row["slice"] != "":
-                volumes.setdefault(row["path"], []).append(row)
-        if not volumes or not distributed.is_main():
+    def write_csv(self, order: dict[str, int]) -> Path | None:
+        """Gather every rank's predictions in input order; rank 0 writes ``predictions.csv``
+        when the run has an output folder (None else)."""
+        rows = self.gather()
+        rows.sort(key=lambda r: (order[r.input], r.group, r.slice if r.slice is not None else -1))
+        self.predictions = rows
+        if self.out is None:
             return None
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=VOLUME_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for path, rows in volumes.items():
-            scored = [float(r["score"]) for r in rows if r["decision"] != BLANK]
-            score = volume_score(np.array(scored)) if scored else None
-            writer.writerow(
-                {
-                    "path": path,
-                    "n_slices": len(rows),
-                    "n_blank": len(rows) - len(scored),
-                    "score": "" if score is None else exact(score),
-                    "decision": BLANK if score is None else decide(score, threshold),
-                    "threshold": "" if threshold is None else exact(threshold),
-                    "abnormal_slices": ";".join(
-                        str(r["slice"]) for r in rows if r["decision"] == "abnormal"
-                    ),
-                }
-            )
-        path = self.out / "volumes.csv"
-        atomic_write_text(path, buffer.getvalue())
+        path = self.out / "predictions.csv"
+        if distributed.is_main():
+            write_table(path, CSV_COLUMNS, [r.row() for r in rows])
         return path
 
-    def write_csv(self, order: dict[str, int]) -> Path:
-        """Gather every rank's rows; rank 0 writes them in input order."""
-        rows = [r for part in distributed.gather(self.rows) for r in part]
-        rows.sort(
-            key=lambda r: (
-                order[r["_input"]],
-                r["_group"],
-                r["slice"] if r["slice"] != "" else -1,
+    def write_volumes(self) -> tuple[list[VolumePrediction], Path | None]:
+        """The volumes of the predictions (after :meth:`write_csv`), and ``volumes.csv`` when
+        there are some and an output folder (:meth:`Decisions.volumes`)."""
+        volumes = volume_predictions(self.predictions, self.decisions)
+        if not volumes or self.out is None:
+            return volumes, None
+        path = self.out / "volumes.csv"
+        if distributed.is_main():
+            write_table(path, VOLUME_COLUMNS, [v.row() for v in volumes])
+        return volumes, path
+
+
+def volume_predictions(
+    rows: Sequence[SlicePrediction], decisions: Decisions
+) -> list[VolumePrediction]:
+    """One :class:`VolumePrediction` per input with slices, grouped by ``path`` (so each volume
+    of a multi-volume folder is one), in the order of their first rows. ``abnormal_slices``
+    lists the slices whose own decision is abnormal (with a volume threshold of its own a
+    volume can be abnormal with none listed)."""
+    groups: dict[str, list[SlicePrediction]] = {}
+    for row in rows:
+        if row.slice is not None:
+            groups.setdefault(row.path, []).append(row)
+    volumes = []
+    for path, members in groups.items():
+        scored = [r.score for r in members if not r.blank and r.score is not None]
+        score, decision = decisions.volume(scored)
+        abnormal = tuple(
+            r.slice for r in members if r.decision == "abnormal" and r.slice is not None
+        )
+        volumes.append(
+            VolumePrediction(
+                path,
+                len(members),
+                len(members) - len(scored),
+                score,
+                decision,
+                decisions.volume_threshold,
+                abnormal,
             )
         )
-        self.rows = rows
-        path = self.out / "predictions.csv"
-        if not distributed.is_main():
-            return path
-        buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buffer.getvalue())
-        return path
+    return volumes
+
+
+def write_table(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """A CSV file of ``rows`` (text values, in ``columns``), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def prediction_of(row: dict[str, str]) -> SlicePrediction:
+    """A prediction read back from its CSV row (``--resume``: the rows an interrupted run kept,
+    with ``_input`` and ``_group``); the exact score text reads back as the same double."""
+    files = {kind_of(name): name for name in filter(None, row["outputs"].split(";"))}
+
+    def number(text: str) -> float | None:
+        return None if text == "" else float(text)
+
+    return SlicePrediction(
+        row["path"],
+        None if row["slice"] == "" else int(row["slice"]),
+        number(row["slice_mm"]),
+        number(row["score"]),
+        row["decision"],
+        number(row["threshold"]),
+        row["rule"],
+        row["source"],
+        row["sop_instance_uid"],
+        row["series_instance_uid"],
+        files,
+        row["_input"],
+        int(row["_group"]),
+    )
+
+
+def _save_overlay(path: Path, picture: Picture) -> None:
+    _save_png(path, picture.writer._overlay(picture.item, picture.map))
+
+
+def _save_map(path: Path, picture: Picture) -> None:
+    _save_png(path, np.rint(picture.map * 255).astype(np.uint8))
+
+
+def _save_map_npy(path: Path, picture: Picture) -> None:
+    _save_npy(path, picture.map)
+
+
+def _save_mask(path: Path, picture: Picture) -> None:
+    _save_png(path, picture.writer.decisions.mask(picture.map).astype(np.uint8) * 255)
+
+
+def _save_input(path: Path, picture: Picture) -> None:
+    _save_png(path, picture.item.display)  # the picture as read (windowed), at its size
+
+
+_WRITE.update(
+    overlay=_save_overlay, map=_save_map, npy=_save_map_npy, mask=_save_mask, input=_save_input
+)

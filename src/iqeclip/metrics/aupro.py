@@ -176,8 +176,18 @@ def pixel_aupro(
     region_weights = np.zeros(n_regions + 1)
     region_weights[1:] = 1.0 / (n_regions * region_sizes[1:].astype(np.float64))
 
+    normal_hist, pro_hist = _histograms(
+        maps.ravel(), regions.ravel(), region_weights, num_thresholds
+    )
+    return _partial_area(*_pro_curve(normal_hist, pro_hist), fpr_limit)
+
+
+def _histograms(
+    flat_maps: np.ndarray, flat_regions: np.ndarray, region_weights: np.ndarray, num_thresholds: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per threshold bin, the count of normal pixels and the summed PRO weight of the anomalous
+    ones (every distinct value a bin for small inputs, else ``num_thresholds`` even bins)."""
     # Bin index of every pixel such that pixel >= threshold[j] exactly when bin >= j.
-    flat_maps, flat_regions = maps.ravel(), regions.ravel()
     exact = flat_maps.size <= AUPRO_EXACT_MAX_PIXELS
     exact_bins = thresholds = None
     if exact:
@@ -201,4 +211,4 @@ def pixel_aupro(
         pro_hist += np.bincount(
             bins[anomalous], weights=region_weights[region[anomalous]], minlength=n_bins
         )
-    return _partial_area(*_pro_curve(normal_hist, pro_hist), fpr_limit)
+    return normal_hist, pro_hist

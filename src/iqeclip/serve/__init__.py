@@ -159,7 +159,7 @@ def serve(cfg: ServeConfig, model_overrides: dict[str, Any]) -> None:
         raise UserError(
             f"iqeclip serve needs {exc.name}: pip install 'iqeclip[serve]' (FastAPI, uvicorn)"
         ) from None
-    from iqeclip.inference.export import load_detector
+    from iqeclip.inference.detectors import load_detector
     from iqeclip.serve.jobs import ServeLimits
 
     _check_port(cfg.host, cfg.port)

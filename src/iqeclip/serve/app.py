@@ -280,27 +280,9 @@ def model_info(detector: Any, source: str, backend: str) -> dict[str, Any]:
     }
 
 
-def create_app(
-    detector: Any,
-    source: str,
-    root: Path,
-    max_upload_mb: float,
-    batch_size: int,
-    backend: str,
-    allowed_hosts: Iterable[str] = (),
-    limits: ServeLimits | None = None,
-) -> FastAPI:
-    """The app over a loaded detector; uploads and results live under ``root`` (a temporary
-    folder the caller owns). ``allowed_hosts``: the names, besides the address a request came in
-    on, that its ``Host`` may hold (:class:`Gate`). ``limits``: what an upload may hold and how
-    much is read at once (:class:`~iqeclip.serve.jobs.ServeLimits`; None: the defaults)."""
-    limit = int(max_upload_mb * 1e6)
-    jobs = Jobs(detector, source, root, limit, batch_size, limits)
-    info = model_info(detector, source, backend)
-    app = FastAPI(title="iqeclip", version=__version__, docs_url=None, redoc_url=None)
-    app.add_middleware(UploadLimit, limit=limit)
-    app.add_middleware(Gate, allowed_hosts=list(allowed_hosts))  # the outer one: runs first
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+def _answer_errors(app: FastAPI) -> None:
+    """Every error as a one-line JSON answer with its status: 413 over a limit, 503 busy, 400 a
+    bad file or request, 507 a full disk, 500 (logged in one line) anything else."""
 
     @app.exception_handler(OverLimit)
     async def over_limit(request: Request, exc: OverLimit) -> JSONResponse:
@@ -335,6 +317,31 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, "POST /api/predict needs one file in the multipart field 'file'")
+
+
+def create_app(
+    detector: Any,
+    source: str,
+    root: Path,
+    max_upload_mb: float,
+    batch_size: int,
+    backend: str,
+    allowed_hosts: Iterable[str] = (),
+    limits: ServeLimits | None = None,
+) -> FastAPI:
+    """The app over a loaded detector; uploads and results live under ``root`` (a temporary
+    folder the caller owns). ``allowed_hosts``: the names, besides the address a request came in
+    on, that its ``Host`` may hold (:class:`Gate`). ``limits``: what an upload may hold and how
+    much is read at once (:class:`~iqeclip.serve.jobs.ServeLimits`; None: the defaults)."""
+    limit = int(max_upload_mb * 1e6)
+    jobs = Jobs(detector, source, root, limit, batch_size, limits)
+    info = model_info(detector, source, backend)
+    app = FastAPI(title="iqeclip", version=__version__, docs_url=None, redoc_url=None)
+    app.add_middleware(UploadLimit, limit=limit)
+    app.add_middleware(Gate, allowed_hosts=list(allowed_hosts))  # the outer one: runs first
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    _answer_errors(app)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

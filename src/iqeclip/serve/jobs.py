@@ -1,10 +1,12 @@
-"""One upload through ``predict``: the file into a private folder, the answer out of what predict
-wrote.
+"""One upload through ``predict``: the file into a private folder, the answer out of the
+predictions ``predict`` returns.
 
 Every request gets its own folder under the server's temporary folder (``<id>/upload`` for the
-file, ``<id>/out`` for predict's outputs, ``<id>/view`` for the pictures the page layers), so two
-requests never share a file. The scores, decisions and thresholds of the answer are read back
-from ``predictions.csv`` and ``volumes.csv``: the API says exactly what ``predict`` says.
+file, ``<id>/out`` for predict's outputs, the download, ``<id>/view`` for the pictures the page
+layers), so two requests never share a file. The scores, decisions and thresholds of the answer
+are the values of predict's :class:`~iqeclip.inference.results.Predictions`, and its heat maps
+and contours are drawn from the maps it keeps: the API says exactly what ``predict`` says, and
+reads nothing back from the files written for the download.
 
 What an upload may hold is bounded before anything of it is decoded (:class:`ServeLimits`):
 a zip's files and unpacked bytes, each input's slices and pixels from its headers (the readers'
@@ -18,7 +20,6 @@ waits its turn, and one that finds too many waiting is :class:`Busy` (HTTP 503).
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import io
 import os
@@ -45,8 +46,9 @@ from iqeclip.errors import UserError
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.inference.listing import expand_inputs
 from iqeclip.inference.predict import predict
+from iqeclip.inference.results import Predictions
+from iqeclip.inference.writers import CSV_COLUMNS, VOLUME_COLUMNS, write_table
 from iqeclip.report.heatmaps import colorize, draw_contour
-from iqeclip.runtime.files import atomic_write_text
 
 KEEP_RESULTS = 32  # finished results kept for the page's images and downloads (oldest dropped)
 RETRY_AFTER_S = 5  # the Retry-After of a 503 (Busy)
@@ -229,15 +231,16 @@ def _public(text: str, folder: Path) -> str:
     return text
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _number(text: str) -> float | None:
-    return float(text) if text else None
+def _publish(out: Path, predictions: Predictions, folder: Path) -> None:
+    """predict's tables for the download written again from its values, without the server's
+    folders in their paths (as the uploader named them)."""
+    rows = [p.row() for p in predictions.slices]
+    for row in rows:
+        row["path"], row["source"] = _public(row["path"], folder), _public(row["source"], folder)
+    write_table(out / "predictions.csv", CSV_COLUMNS, rows)
+    if predictions.volumes:
+        volumes = [{**v.row(), "path": _public(v.path, folder)} for v in predictions.volumes]
+        write_table(out / "volumes.csv", VOLUME_COLUMNS, volumes)
 
 
 class Jobs:
@@ -301,7 +304,7 @@ class Jobs:
                     _trim()
         except UserError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            raise type(exc)(_public(str(exc), folder)) from None
+            raise type(exc)(_public(exc.message, folder)) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -331,7 +334,7 @@ class Jobs:
         out = folder / "out"
         reader = self.limits.reader
         try:
-            predict(
+            predictions = predict(
                 self.source,
                 [path],
                 out,
@@ -342,14 +345,12 @@ class Jobs:
                 max_megapixels=reader.megapixels,
                 max_slices=reader.slices,
                 max_total_megapixels=reader.total_megapixels,
+                keep_maps=True,
             )
         finally:
             forget_volumes()  # decoded volumes are not kept for the next request
-        for table in ("predictions.csv", "volumes.csv"):  # no server paths in the files
-            if (out / table).is_file():
-                public = _public((out / table).read_text("utf-8"), folder)
-                atomic_write_text(out / table, public)
-        return self._answer(rid, folder, name)
+        _publish(out, predictions, folder)
+        return self._answer(rid, folder, name, predictions)
 
     def _keep(self, rid: str, folder: Path) -> None:
         with self._lock:
@@ -386,54 +387,54 @@ class Jobs:
             return None
         return buffer.getvalue()
 
-    def _answer(self, rid: str, folder: Path, name: str) -> dict[str, Any]:
-        out, view = folder / "out", folder / "view"
+    def _answer(
+        self, rid: str, folder: Path, name: str, predictions: Predictions
+    ) -> dict[str, Any]:
+        view = folder / "view"
         view.mkdir()
         url = f"/api/results/{rid}"
         slices, blank = [], []
-        for row in _read_csv(out / "predictions.csv"):
-            if row["decision"] == "blank":  # a constant slice: no score, no pictures
-                blank.append(int(row["slice"]) if row["slice"] else None)
+        for p in predictions.slices:
+            if p.blank:  # a constant slice: no score, no pictures
+                blank.append(p.slice)
                 continue
-            files = {f.rsplit("_", 1)[-1]: f for f in row["outputs"].split(";") if f}
-            stem = files["input.png"][: -len("_input.png")]
-            amap = np.load(out / files["map.npy"])
+            assert p.map is not None  # predict kept it (keep_maps)
+            stem = p.files["input"][: -len("_input.png")]
             heat = f"{stem}_heat.png"
-            Image.fromarray(colorize(amap)).save(view / heat)
+            Image.fromarray(colorize(p.map)).save(view / heat)
             contour = None
-            if "mask.png" in files:
-                mask = np.asarray(Image.open(out / files["mask.png"])) > 0
-                rgba = np.zeros((*mask.shape, 4), np.uint8)
-                rgba = draw_contour(rgba, mask, (0, 255, 0, 255))
+            mask = predictions.mask(p)
+            if mask is not None:
+                rgba = draw_contour(np.zeros((*mask.shape, 4), np.uint8), mask, (0, 255, 0, 255))
                 contour = f"{stem}_contour.png"
                 Image.fromarray(rgba, "RGBA").save(view / contour)
             slices.append(
                 {
-                    "index": int(row["slice"]) if row["slice"] else None,
-                    "path": Path(row["path"]).name,
-                    "score": float(row["score"]),
-                    "decision": row["decision"] or None,
-                    "threshold": _number(row["threshold"]),
-                    "input": f"{url}/{files['input.png']}",
+                    "index": p.slice,
+                    "path": Path(p.path).name,
+                    "score": p.score,
+                    "decision": p.decision or None,
+                    "threshold": p.threshold,
+                    "input": f"{url}/{p.files['input']}",
                     "heat": f"{url}/{heat}",
                     "contour": f"{url}/{contour}" if contour else None,
-                    "overlay": f"{url}/{files['overlay.png']}",
-                    "map_png": f"{url}/{files['map.png']}",
-                    "map_npy": f"{url}/{files['map.npy']}",
-                    "mask": f"{url}/{files['mask.png']}" if "mask.png" in files else None,
+                    "overlay": f"{url}/{p.files['overlay']}",
+                    "map_png": f"{url}/{p.files['map']}",
+                    "map_npy": f"{url}/{p.files['npy']}",
+                    "mask": f"{url}/{p.files['mask']}" if "mask" in p.files else None,
                 }
             )
         volumes = [
             {
-                "path": Path(v["path"]).name,
-                "n_slices": int(v["n_slices"]),
-                "n_blank": int(v["n_blank"]),
-                "score": _number(v["score"]),
-                "decision": v["decision"] or None,
-                "threshold": _number(v["threshold"]),
-                "abnormal_slices": [int(s) for s in v["abnormal_slices"].split(";") if s],
+                "path": Path(v.path).name,
+                "n_slices": v.n_slices,
+                "n_blank": v.n_blank,
+                "score": v.score,
+                "decision": v.decision or None,
+                "threshold": v.threshold,
+                "abnormal_slices": list(v.abnormal_slices),
             }
-            for v in _read_csv(out / "volumes.csv")
+            for v in predictions.volumes
         ]
         # the headline: the one volume, or the one image (a zip of several inputs has none)
         head = {}

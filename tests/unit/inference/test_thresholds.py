@@ -11,7 +11,7 @@ from PIL import Image
 
 from iqeclip.cli.main import main
 from iqeclip.errors import UserError
-from iqeclip.inference.export import load_detector
+from iqeclip.inference.detectors import load_detector
 from iqeclip.inference.thresholds import (
     calibrate,
     check_thresholds,
