@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-__all__ = ["UserError", "first_line", "param"]
+__all__ = ["UserError", "as_flag", "first_line", "param"]
 
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters: no text a user gives holds them
 _MARKED = re.compile(f"{_OPEN}([^{_CLOSE}]*){_CLOSE}")
@@ -23,6 +23,14 @@ def param(name: str) -> str:
     """``name`` marked as a parameter in a :class:`UserError` message: ``str(exc)`` shows it as
     is, the command line as its flag (``param("ckpt_path")``: ``ckpt_path``, ``--ckpt_path``)."""
     return f"{_OPEN}{name}{_CLOSE}"
+
+
+def as_flag(name: str) -> str:
+    """A parameter as a flag of ``predict`` and ``serve`` (``masks``: ``--masks``; their options
+    all take their field's name): how a :func:`param` reads in what they write
+    for a person, a skipped input's reason and the server's answers, in the words these always had.
+    """
+    return f"--{name}"
 
 
 def first_line(exc: BaseException) -> str:

@@ -259,7 +259,7 @@ def test_an_edited_onnx_file_is_refused_in_one_line(exported, tmp_path, edits, m
     path = _edited(exported, tmp_path / "edited.onnx", **edits)
     with pytest.raises(UserError) as caught:
         OnnxDetector(path)
-    assert str(caught.value) == f"--model {path}: {message}"
+    assert str(caught.value) == f"model {path}: {message}"
 
 
 def test_predict_and_serve_refuse_an_onnx_file_whose_config_disagrees_with_its_graph(

@@ -199,7 +199,7 @@ def test_predict_nifti_native_orientation_keeps_the_file_order(checkpoint, tmp_p
     with pytest.raises(SystemExit) as stop:  # not one of the choices
         main([*argv, "--overwrite", "--orientation", "sideways"])
     assert stop.value.code == 2
-    with pytest.raises(UserError, match="--orientation must be one of radiological"):
+    with pytest.raises(UserError, match=r"^orientation must be one of radiological"):
         predict(checkpoint, [path], tmp_path / "api", orientation="LPS")
 
 

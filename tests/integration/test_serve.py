@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from iqeclip.cli.main import main
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, as_flag
 from iqeclip.inference.predict import predict
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import score_range
@@ -231,8 +231,9 @@ def test_bad_inputs_are_400_with_the_readers_line(client, checkpoint, tmp_path):
             predict(checkpoint, [path], tmp_path / f"cli_{path.name}")
         r = post(client, path)
         assert r.status_code == 400, path
-        # the same one line as predict, with the server's folder left out
-        assert r.json() == {"error": str(cli.value).replace(f"{path.parent}/", "")}
+        # the same one line as predict on the command line, with the server's folder left out
+        line = cli.value.render(as_flag)
+        assert r.json() == {"error": line.replace(f"{path.parent}/", "")}
     escape = _bad_zip(tmp_path, "escape.zip", {"../../evil.png": b"x"})
     r = post(client, escape)
     assert r.status_code == 400 and "leaves the archive" in r.json()["error"]

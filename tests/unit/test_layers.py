@@ -74,3 +74,24 @@ def test_no_function_over_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
     assert long == []
+
+
+def test_one_batched_forward_loop():
+    """Scoring a batch is engine/stream.py's (serve's ``Locked`` only wraps a detector in a
+    lock); the apps time ``predict`` on tensors they made, and the model calls itself."""
+    callers = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("predict", "predict_features")
+            ):
+                callers.add(str(path.relative_to(SRC)))
+    assert callers == {
+        "engine/stream.py",
+        "serve/jobs.py",
+        "model/detector.py",
+        "apps/benchmark.py",
+        "apps/breakdown.py",
+    }

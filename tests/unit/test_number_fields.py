@@ -14,7 +14,7 @@ from iqeclip.reproduce.grid import parse_settings
 
 @pytest.mark.parametrize("k", ["²", "٣", "0", "-1", ""])
 def test_volume_score_topk_takes_ascii_digits(k):
-    with pytest.raises(UserError, match=rf"^--volume_score 'topk:{k}': use max or topk:K"):
+    with pytest.raises(UserError, match=rf"^volume_score 'topk:{k}': use max or topk:K"):
         volume_aggregate(f"topk:{k}")
     assert volume_aggregate("topk:2")(np.array([1.0, 4.0, 2.0])) == 3.0
 

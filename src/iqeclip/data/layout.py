@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from iqeclip.data.sample import Sample
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime.files import read_text
 
 __all__ = [
@@ -72,7 +72,9 @@ _SUPPORT_LINE = re.compile(r"^([an])-([0-9]+)\s*:(.*)$")
 def _data_dir(data_path: str | Path) -> Path:
     path = Path(data_path)
     if not path.is_dir():
-        raise UserError(f"data folder {path} (--data_path) does not exist or is not a folder")
+        raise UserError(
+            f"data folder {path} ({param('data_path')}) does not exist or is not a folder"
+        )
     return path
 
 
@@ -314,9 +316,11 @@ def support_set(
             than K images.
     """
     if shot < 1:
-        raise UserError(f"--shot must be at least 1, got {shot}")
+        raise UserError(f"{param('shot')} must be at least 1, got {shot}")
     if iterate > 0:
-        raise UserError(f"--iterate {iterate}: only iteration 0 exists in the support lists")
+        raise UserError(
+            f"{param('iterate')} {iterate}: only iteration 0 exists in the support lists"
+        )
     samples = list_split(data_path, name, "valid")
     normal = [s for s in samples if s.label == 0]
     abnormal = [s for s in samples if s.label == 1]
@@ -373,7 +377,7 @@ def draw_support(
     for kind, pool, place in (("abnormal", abnormal, where[0]), ("normal", normal, where[1])):
         if len(pool) < shot:
             raise UserError(
-                f"--shot {shot} needs {shot} {kind} images but {place} holds {len(pool)}"
+                f"{param('shot')} {shot} needs {shot} {kind} images but {place} holds {len(pool)}"
             )
     rng = random.Random(seed)
     return rng.sample(abnormal, shot), rng.sample(normal, shot)
@@ -392,21 +396,21 @@ def samples_from_folders(
     Raises:
         UserError: if a folder is missing or empty, or an abnormal image has no mask.
     """
-    folders = {"--normal": Path(normal_dir), "--abnormal": Path(abnormal_dir)}
+    folders = {"normal_dir": Path(normal_dir), "abnormal_dir": Path(abnormal_dir)}
     images = {}
-    for flag, folder in folders.items():
+    for name, folder in folders.items():
         if not folder.is_dir():
-            raise UserError(f"{flag} {folder}: no such folder")
-        images[flag] = list_images(folder)
-        if not images[flag]:
-            raise UserError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"{param(name)} {folder}: no such folder")
+        images[name] = list_images(folder)
+        if not images[name]:
+            raise UserError(f"{param(name)} {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     abnormal = []
-    for image in images["--abnormal"]:
+    for image in images["abnormal_dir"]:
         mask = None
         if masks_dir is not None:
             mask = Path(masks_dir) / image.name
             if not mask.is_file():
                 raise UserError(f"abnormal image {image} has no mask: expected {mask}")
         abnormal.append(Sample(image=image, label=1, mask=mask))
-    normal = [Sample(image=image, label=0, mask=None) for image in images["--normal"]]
+    normal = [Sample(image=image, label=0, mask=None) for image in images["normal_dir"]]
     return abnormal, normal

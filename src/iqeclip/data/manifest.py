@@ -62,7 +62,7 @@ from iqeclip.data.readers import (
 )
 from iqeclip.data.sample import Sample
 from iqeclip.data.validate import Skipped
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime.files import read_text
 
 __all__ = ["LABELS", "MANIFEST_SPLITS", "Manifest", "Volume", "has_pixel_masks", "read_manifest"]
@@ -164,7 +164,8 @@ def _label(text: str, line: int, where: Path) -> int | None:
         return None
     if text.lower() not in LABELS:
         raise UserError(
-            f"--manifest {where} line {line}: label {text!r} is not normal, abnormal, 0 or 1"
+            f"{param('manifest')} {where} line {line}: label {text!r} is not normal, abnormal, "
+            "0 or 1"
         )
     return LABELS[text.lower()]
 
@@ -175,12 +176,12 @@ def _check_header(reader: csv.DictReader, where: Path) -> None:
     twice = sorted(name for name, n in Counter(names).items() if name and n > 1)
     if twice:
         raise UserError(
-            f"--manifest {where} line {reader.line_num}: the header names "
+            f"{param('manifest')} {where} line {reader.line_num}: the header names "
             f"{' and '.join(map(repr, twice))} more than once (a column has one name)"
         )
     if not {"path", "label"} <= set(names):
         raise UserError(
-            f"--manifest {where}: the header must name the columns path and label (and "
+            f"{param('manifest')} {where}: the header must name the columns path and label (and "
             f"optionally mask, split, slice), got {', '.join(sorted(set(names))) or 'nothing'}"
         )
     reader.fieldnames = names
@@ -190,18 +191,20 @@ def _parse(row: dict[str, str | None], line: int, where: Path) -> _Row:
     """A record's fields, checked; paths are relative to the manifest's folder."""
     raw = _cell(row, "path")
     if not raw:
-        raise UserError(f"--manifest {where} line {line}: empty path")
+        raise UserError(f"{param('manifest')} {where} line {line}: empty path")
     label_text, mask_text = _cell(row, "label"), _cell(row, "mask")
     label = _label(label_text, line, where)
     split = _cell(row, "split").lower() or None
     if split is not None and split not in MANIFEST_SPLITS:
         raise UserError(
-            f"--manifest {where} line {line}: split {split!r} is not one of "
+            f"{param('manifest')} {where} line {line}: split {split!r} is not one of "
             f"{', '.join(MANIFEST_SPLITS)} (or empty)"
         )
     chosen = _cell(row, "slice")
     if chosen and not (chosen.isascii() and chosen.isdigit()):
-        raise UserError(f"--manifest {where} line {line}: slice {chosen!r} is not a number")
+        raise UserError(
+            f"{param('manifest')} {where} line {line}: slice {chosen!r} is not a number"
+        )
     base = where.parent
     return _Row(
         line,
@@ -237,7 +240,8 @@ def _refuse_overlaps(rows: Sequence[_Row], where: Path) -> None:
             verb = "contradicts" if differ else "duplicates"
             detail = f": {', '.join(differ)}" if differ else ""
             raise UserError(
-                f"--manifest {where} line {row.line}: {row.name} {verb} line {earlier.line}"
+                f"{param('manifest')} {where} line {row.line}: {row.name} {verb} "
+                f"line {earlier.line}"
                 f"{also}{detail}"
             )
         same_file.append(row)
@@ -283,16 +287,16 @@ def read_manifest(
     """
     where = Path(path)
     if min_lesion_px < 1:
-        raise UserError(f"--min_lesion_px must be at least 1, got {min_lesion_px}")
+        raise UserError(f"{param('min_lesion_px')} must be at least 1, got {min_lesion_px}")
     if margin < 0:
-        raise UserError(f"--margin must be at least 0, got {margin}")
-    text = read_text(where, "--manifest")
+        raise UserError(f"{param('margin')} must be at least 0, got {margin}")
+    text = read_text(where, param("manifest"))
     reader = csv.DictReader(io.StringIO(text, newline=""))  # only CSV records split
     try:
         _check_header(reader, where)
         records = [(reader.line_num, row) for row in reader]
     except csv.Error as exc:
-        raise UserError(f"--manifest {where} line {reader.line_num + 1}: {exc}") from None
+        raise UserError(f"{param('manifest')} {where} line {reader.line_num + 1}: {exc}") from None
     rows = [_parse(row, line, where) for line, row in records]
     _refuse_overlaps(rows, where)
     manifest = Manifest(where)
@@ -302,16 +306,16 @@ def read_manifest(
         except _RowError as bad:
             if policy != "skip":
                 raise UserError(
-                    f"--manifest {where} line {row.line}: {bad.path}: {bad.reason} "
-                    "(--on_bad_input skip leaves such rows out)"
+                    f"{param('manifest')} {where} line {row.line}: {bad.path}: {bad.reason} "
+                    f"({param('on_bad_input')} skip leaves such rows out)"
                 ) from None
             manifest.skipped.append(Skipped(bad.path, bad.reason))
         except MissingPackage:
             raise
         except UserError as exc:
-            raise UserError(f"--manifest {where} line {row.line}: {exc}") from None
+            raise UserError(f"{param('manifest')} {where} line {row.line}: {exc.message}") from None
     if not manifest.rows and not manifest.skipped:
-        raise UserError(f"--manifest {where}: no rows")
+        raise UserError(f"{param('manifest')} {where}: no rows")
     return manifest
 
 

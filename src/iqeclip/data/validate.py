@@ -63,7 +63,7 @@ from iqeclip.data.readers import (
 from iqeclip.data.readers.image import decoded
 from iqeclip.data.readers.reader import check_dims
 from iqeclip.data.sample import Sample
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, first_line, param
 from iqeclip.runtime.files import atomic_write_text
 
 __all__ = [
@@ -237,7 +237,9 @@ def _check(sample: Sample, masks_expected: bool) -> None:
 
 def _check_policy(policy: str) -> None:
     if policy not in POLICIES:
-        raise UserError(f"--on_bad_input must be one of {', '.join(POLICIES)}, got {policy!r}")
+        raise UserError(
+            f"{param('on_bad_input')} must be one of {', '.join(POLICIES)}, got {policy!r}"
+        )
 
 
 def check_sample(sample: Sample, size: int, masks_expected: bool = False) -> None:
@@ -292,7 +294,7 @@ def validate_samples(
         except _Bad as bad:
             if policy == "error":
                 raise UserError(
-                    f"{bad.message()} (--on_bad_input skip leaves such samples out)"
+                    f"{bad.message()} ({param('on_bad_input')} skip leaves such samples out)"
                 ) from None
             skipped.append(Skipped(path=Path(sample.image), reason=bad.skip_reason()))
         else:

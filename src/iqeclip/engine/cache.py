@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from iqeclip.data.readers import as_input
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.files import WriterPool, atomic_write, atomic_write_text
 
@@ -78,7 +78,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, model: IQEClip, dtype: str = "fp32") -> None:
         if dtype not in DTYPES:
-            raise UserError(f"--cache_dtype must be fp32 or fp16, got {dtype!r}")
+            raise UserError(f"{param('cache_dtype')} must be fp32 or fp16, got {dtype!r}")
         self.model = model
         self.dtype = DTYPES[dtype]
         key = backbone_key(model)
@@ -88,7 +88,9 @@ class FeatureCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"--cache_dir {root}: cannot create it ({exc.strerror})") from None
+            raise UserError(
+                f"{param('cache_dir')} {root}: cannot create it ({exc.strerror})"
+            ) from None
         meta = self.dir / "backbone.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps(key, indent=2, sort_keys=True))

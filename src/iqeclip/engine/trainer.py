@@ -29,7 +29,7 @@ from iqeclip.engine.evaluate import evaluate, frozen_features
 from iqeclip.engine.resume import load_state, save_state, state_path
 from iqeclip.engine.runlog import RunLog
 from iqeclip.engine.testing import ReportWriter, require_writer, run_test
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.model.checkpoint import save_checkpoint
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.losses import iqe_loss
@@ -136,18 +136,19 @@ def sample_key(sample: Sample) -> str:
 
 
 def check_outputs(run: RunConfig, training: bool) -> None:
-    """Every location the run will write, checked before any work (one line naming the flag)."""
+    """Every location the run will write, checked before any work (one line naming its
+    parameter)."""
     if training:
-        check_writable("--save_dir", run.save_dir, folder=True)
-    check_writable("--log_path", run.log_path)
-    check_writable("--metrics_json", run.metrics_json)
-    check_writable("--report", run.report_dir, folder=True)
+        check_writable(param("save_dir"), run.save_dir, folder=True)
+    check_writable(param("log_path"), run.log_path)
+    check_writable(param("metrics_json"), run.metrics_json)
+    check_writable(param("report_dir"), run.report_dir, folder=True)
 
 
 def refuse_overwrite(run: RunConfig, *paths: Path | None) -> None:
     for path in paths:
         if path is not None and path.exists() and not run.overwrite:
-            raise UserError(f"{path} exists; pass --overwrite to replace it")
+            raise UserError(f"{path} exists; pass {param('overwrite')} to replace it")
 
 
 class Trainer:

@@ -49,7 +49,7 @@ from iqeclip.engine.trainer import (
     private_generator,
     sample_key,
 )
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime.device import pin
 
 EVALS_PER_EPOCH = 5  # zero-shot: evaluate before each fifth of an epoch, as published
@@ -94,8 +94,8 @@ def _zero_shot_sources(
     ] + ([("manifest", listed, has_pixel_masks(listed))] if listed else [])
     if not sources:
         raise UserError(
-            f"--data_path {run.data_path}: zero-shot training on {run.obj} needs other "
-            "<Name>_AD datasets (or the train rows of a --manifest)"
+            f"{param('data_path')} {run.data_path}: zero-shot training on {run.obj} needs other "
+            f"<Name>_AD datasets (or the train rows of a {param('manifest')})"
         )
     return sources
 
@@ -110,7 +110,7 @@ def train_zero(
     run = dataclasses.replace(run, setting="zero")
     select: Select = run.select or DEFAULT_SELECT["zero"]
     if select not in ("last", "source-val", "target-test"):
-        raise UserError(f"--select {select!r} must be last, source-val or target-test")
+        raise UserError(f"{param('select')} {select!r} must be last, source-val or target-test")
     check_outputs(run, training=True)
     with open_run(run, model_cfg.img_size, functools.partial(run_reading, run)) as start:
         log, bad, reading, manifest = start.log, start.bad, start.reading, start.manifest
@@ -187,19 +187,26 @@ def train_few(
     select: Select = run.select or DEFAULT_SELECT["few"]
     if select not in ("last", "target-test"):
         raise UserError(
-            f"--select {select!r}: few-shot training supports last or target-test (no source data)"
+            f"{param('select')} {select!r}: few-shot training supports last or target-test "
+            "(no source data)"
         )
     check_outputs(run, training=True)
     with open_run(run, model_cfg.img_size, functools.partial(run_reading, run)) as start:
         log, bad, reading, manifest = start.log, start.bad, start.reading, start.manifest
         own = bool(run.normal_dir or run.abnormal_dir)
         if own and manifest is not None:
-            raise UserError("--manifest and --normal/--abnormal are two sources: give one")
+            raise UserError(
+                f"{param('manifest')} and {param('normal_dir')}/{param('abnormal_dir')} are two "
+                "sources: give one"
+            )
         if manifest is not None:
             abnormal, normal, pixel = manifest_support(run, manifest, bad)
         elif own:
             if not (run.normal_dir and run.abnormal_dir):
-                raise UserError("few-shot on your own data needs both --normal and --abnormal")
+                raise UserError(
+                    "few-shot on your own data needs both "
+                    f"{param('normal_dir')} and {param('abnormal_dir')}"
+                )
             abnormal, normal = samples_from_folders(run.normal_dir, run.abnormal_dir, run.masks_dir)
             pixel = run.masks_dir is not None
             run = dataclasses.replace(run, shot=len(abnormal))
@@ -215,7 +222,7 @@ def train_few(
         optional = own or manifest is not None
         test_samples, test_pixel = test_set(run, reading, bad, manifest, optional)
         if not abnormal or not normal:
-            raise UserError("no usable support images are left after --on_bad_input skip")
+            raise UserError(f"no usable support images are left after {param('on_bad_input')} skip")
         support = augmented_support(abnormal, normal, model_cfg.img_size, pixel)
         trainer = Trainer(model_cfg, run, log, len(support) + len(test_samples), report)
         trainer.support = [sample_key(s) for s in (*abnormal, *normal)]

@@ -26,7 +26,7 @@ from iqeclip.data.sample import Sample
 from iqeclip.data.validate import validate_samples
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.engine.trainer import sample_key
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.inference.inputs import checkpoint_reading, scored_items
 from iqeclip.inference.listing import expand_inputs
 from iqeclip.inference.thresholds import calibrate, describe, volume_aggregate
@@ -71,12 +71,16 @@ def calibrate_checkpoint(
     given = [normal is not None, data_path is not None or obj is not None, manifest is not None]
     if sum(given) != 1 or (given[1] and (data_path is None or obj is None)):
         raise UserError(
-            "calibrate needs one source: --normal DIR, both --data_path and --obj, or --manifest"
+            f"calibrate needs one source: {param('normal')} DIR, both {param('data_path')} and "
+            f"{param('obj')}, or {param('manifest')}"
         )
-    check_writable("--ckpt_path", ckpt_path)  # the thresholds are stored in it
+    check_writable(param("ckpt_path"), ckpt_path)  # the thresholds are stored in it
     rule = "f1" if f1 else "target_fpr"
     if f1 and normal is not None:
-        raise UserError("--f1 needs labelled data (--data_path and --obj, or --manifest)")
+        raise UserError(
+            f"{param('f1')} needs labelled data ({param('data_path')} and {param('obj')}, or "
+            f"{param('manifest')})"
+        )
     volume_aggregate(volume_score)  # checked before any work
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
     reading = checkpoint_reading(model.meta, window, percentile, axis, orientation)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.inference.thresholds import describe, volume_aggregate
 
 BLANK = "blank"
@@ -86,9 +86,9 @@ class Decisions:
             rule, volume = volume_score or "max", image
         elif volume_score is not None and volume_score != calibrated["score"]:
             raise UserError(
-                f"--volume_score {volume_score}: the checkpoint's volume threshold was "
-                f"calibrated for --volume_score {calibrated['score']}; use that, or calibrate "
-                f"again with --volume_score {volume_score}"
+                f"{param('volume_score')} {volume_score}: the checkpoint's volume threshold was "
+                f"calibrated for {param('volume_score')} {calibrated['score']}; use that, or "
+                f"calibrate again with {param('volume_score')} {volume_score}"
             )
         else:
             rule, volume = calibrated["score"], float(calibrated["threshold"])

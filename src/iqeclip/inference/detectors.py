@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from iqeclip.config import ModelConfig
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, first_line, param
 from iqeclip.inference.thresholds import check_thresholds
 from iqeclip.model.checkpoint import read_checkpoint, stored_config, stored_json, stored_meta
 from iqeclip.model.detector import IQEClip
@@ -84,7 +84,7 @@ class OnnxDetector:
         ort = require("onnxruntime")
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"--model {path}: no such file")
+            raise UserError(f"{param('model')} {path}: no such file")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -92,8 +92,8 @@ class OnnxDetector:
         cuda = "CUDAExecutionProvider" in ort.get_available_providers()
         if device.startswith("cuda") and not cuda:
             raise UserError(
-                f"--device {device}: this onnxruntime has no CUDA provider "
-                "(pip install onnxruntime-gpu), use --device cpu"
+                f"{param('device')} {device}: this onnxruntime has no CUDA provider "
+                f"(pip install onnxruntime-gpu), use {param('device')} cpu"
             )
         if device.startswith("cuda") or (device == "auto" and cuda):
             index = int(device.partition(":")[2] or 0)
@@ -102,12 +102,14 @@ class OnnxDetector:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise UserError(
-                f"--model {path}: not a readable ONNX model ({first_line(exc)})"
+                f"{param('model')} {path}: not a readable ONNX model ({first_line(exc)})"
             ) from None
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEYS["config"] not in props:
-            raise UserError(f"--model {path}: not exported by iqeclip export (no iqeclip.config)")
-        where = f"--model {path}"
+            raise UserError(
+                f"{param('model')} {path}: not exported by iqeclip export (no iqeclip.config)"
+            )
+        where = f"{param('model')} {path}"
         self.path = path
         self.config = stored_config(stored_json(props, META_KEYS["config"], where), where)
         self.meta = stored_meta(props, META_KEYS["meta"], where)
@@ -200,21 +202,29 @@ def load_detector(
     (:func:`~iqeclip.inference.thresholds.check_thresholds`) before a model is built."""
     if backend == "onnx":
         if model_path is None:
-            raise UserError("--backend onnx needs --model FILE.onnx (made by iqeclip export)")
+            raise UserError(
+                f"{param('backend')} onnx needs {param('model')} FILE.onnx (made by iqeclip export)"
+            )
         if ckpt_path is not None or model_overrides:
-            given = ["--ckpt_path"] * (ckpt_path is not None) + [
-                f"--{k}" for k in model_overrides or {}
+            given = [param("ckpt_path")] * (ckpt_path is not None) + [
+                param(k) for k in model_overrides or {}
             ]
             raise UserError(
-                f"--backend onnx: {', '.join(given)} has no effect (the weights are in --model)"
+                f"{param('backend')} onnx: {', '.join(given)} has no effect (the weights are in "
+                f"{param('model')})"
             )
         return OnnxDetector(model_path, device)
     if model_path is not None:
-        raise UserError("--model is an exported ONNX model: use it with --backend onnx")
+        raise UserError(
+            f"{param('model')} is an exported ONNX model: use it with {param('backend')} onnx"
+        )
     if ckpt_path is None:
-        raise UserError("--ckpt_path is required (or --backend onnx --model FILE.onnx)")
+        raise UserError(
+            f"{param('ckpt_path')} is required (or {param('backend')} onnx {param('model')} "
+            "FILE.onnx)"
+        )
     stored = read_checkpoint(ckpt_path)
-    check_thresholds(stored[2].get("thresholds"), f"--ckpt_path {ckpt_path}")
+    check_thresholds(stored[2].get("thresholds"), f"{param('ckpt_path')} {ckpt_path}")
     return IQEClip.from_checkpoint(
         ckpt_path, resolve_device(device), stored, **(model_overrides or {})
     )

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from iqeclip import __version__
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.inference.detectors import INPUT_NAME, META_KEYS, OUTPUT_NAMES, require
 from iqeclip.model.backbone import plain_attention
 from iqeclip.model.detector import IQEClip
@@ -74,12 +74,12 @@ def export_checkpoint(
     replaced only with ``overwrite``.
     """
     if fmt != "onnx":
-        raise UserError(f"--format {fmt}: the export format is onnx")
+        raise UserError(f"{param('format')} {fmt}: the export format is onnx")
     require("onnx")
     out = Path(out)
-    check_writable("--out", out)
+    check_writable(param("out"), out)
     if out.exists() and not overwrite:
-        raise UserError(f"--out {out} exists; pass --overwrite to replace it")
+        raise UserError(f"{param('out')} {out} exists; pass {param('overwrite')} to replace it")
     overrides = {**(model_overrides or {}), "precision": "fp32"}
     model = IQEClip.from_checkpoint(ckpt_path, "cpu", **overrides)
     return model, export_onnx(model, out)
@@ -100,8 +100,8 @@ def export_onnx(model: IQEClip, out: str | Path) -> Path:
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if size >= PROTOBUF_LIMIT:
         raise UserError(
-            f"--out {out}: {model.config.model_name} holds {size / 2**30:.1f} GiB of weights, "
-            "more than one ONNX file can hold (2 GiB)"
+            f"{param('out')} {out}: {model.config.model_name} holds {size / 2**30:.1f} GiB of "
+            "weights, more than one ONNX file can hold (2 GiB)"
         )
     if model.device.type != "cpu" or model.backbone.dtype != torch.float32:
         raise ValueError("export_onnx traces an fp32 model on the CPU")

@@ -20,7 +20,8 @@ SLICE_FILES = {
 DEFAULT_OUTPUTS = ("overlay", "map", "npy")  # and mask, when the checkpoint has a pixel threshold
 VOLUME_FILES = {"anomaly": "anomaly.nii.gz", "volume_mask": "mask.nii.gz"}
 """A volume's NIfTI files: its maps, and its mask with a pixel threshold."""
-TABLES = ("predictions.csv", "volumes.csv", "skipped_inputs.csv", "config.yaml")
+PREDICTIONS, VOLUMES, SKIPPED = "predictions.csv", "volumes.csv", "skipped_inputs.csv"
+TABLES = (PREDICTIONS, VOLUMES, SKIPPED, "config.yaml")
 """The files of a predict run that do not depend on the inputs (config.yaml: its options)."""
 
 

@@ -27,7 +27,7 @@ from iqeclip.data.readers import (
 )
 from iqeclip.data.validate import Skipped
 from iqeclip.engine.stream import stream
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, as_flag
 from iqeclip.inference.detectors import Detector
 from iqeclip.runtime import distributed
 
@@ -60,7 +60,7 @@ class _Reads(Dataset):
         except UserError as exc:  # handed back: a worker's exception would arrive wrapped
             if not self.skip:
                 return [], [], exc.message  # its parameters still marked
-            items, bad = [], [*(bad or []), (path, str(exc))]
+            items, bad = [], [*(bad or []), (path, exc.render(as_flag))]
         return items, bad or [], None
 
 

@@ -35,7 +35,7 @@ from iqeclip.data.readers import (
 )
 from iqeclip.data.sample import Sample
 from iqeclip.data.validate import Skipped, validate_samples
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, as_flag, param
 from iqeclip.inference.outputs import is_output_name
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def expand_inputs(
     def refused(folder: Path, reason: str) -> None:
         if unreadable is None:
             raise UserError(
-                f"input folder {folder}: cannot read it ({reason}); --on_bad_input skip leaves "
-                "it out"
+                f"input folder {folder}: cannot read it ({reason}); {param('on_bad_input')} skip "
+                "leaves it out"
             )
         unreadable.append(Skipped(folder, f"folder cannot be read ({reason})"))
 
@@ -143,8 +143,8 @@ def mask_for(path: Path, masks: Path) -> Path:
     if mask is not None:
         return mask
     raise UserError(
-        f"--masks: {path} is a multi-frame or multi-page file; masks are drawn on 2-D images "
-        "and on NIfTI volumes and DICOM series (label volumes)"
+        f"{param('masks')}: {path} is a multi-frame or multi-page file; masks are drawn on 2-D "
+        "images and on NIfTI volumes and DICOM series (label volumes)"
     )
 
 
@@ -177,17 +177,17 @@ def check_inputs(
         try:
             mask = mask_for(path, masks) if masks is not None else None
             if mask is not None and not mask.is_file():
-                raise UserError(f"no mask {mask.name} in --masks {masks}")
+                raise UserError(f"no mask {mask.name} in {param('masks')} {masks}")
             if mask is not None and not single_image(path):
                 label_slices(mask, path, reading)  # a label volume on the input's grid
                 mask = None  # checked: the sample below is the input alone
         except UserError as exc:
             if policy == "error":
                 raise UserError(
-                    f"{path}: {reason_about(exc, path)} (--on_bad_input skip leaves such "
-                    "inputs out)"
+                    f"{path}: {reason_about(exc, path)} ({param('on_bad_input')} skip leaves "
+                    "such inputs out)"
                 ) from None
-            skipped.append(Skipped(path, str(exc)))
+            skipped.append(Skipped(path, exc.render(as_flag)))
             continue
         reader = reader_for(path)
         if policy == "skip" and reader is not None and reader.partial:

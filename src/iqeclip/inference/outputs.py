@@ -36,8 +36,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from iqeclip.errors import UserError
-from iqeclip.inference.files import TABLES, is_output_name
+from iqeclip.errors import UserError, param
+from iqeclip.inference.files import PREDICTIONS, TABLES, is_output_name
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_target, atomic_write_text, try_lock
 
@@ -77,11 +77,13 @@ class OutLock:
         try:
             self._fd = try_lock(path)
         except OSError as exc:
-            raise UserError(f"--out {out}: cannot write {path}: {exc.strerror or exc}") from None
+            raise UserError(
+                f"{param('out')} {out}: cannot write {path}: {exc.strerror or exc}"
+            ) from None
         if self._fd is None:
             raise UserError(
-                f"--out {out}: another predict run is writing it; wait for it to end, or choose "
-                "another --out"
+                f"{param('out')} {out}: another predict run is writing it; wait for it to end, or "
+                f"choose another {param('out')}"
             )
 
     def release(self) -> None:
@@ -119,7 +121,7 @@ def guard(
             or another run to resume.
     """
     if resume and not out.is_dir():
-        raise UserError(f"--resume: {out} holds no interrupted predict run")
+        raise UserError(f"{param('resume')}: {out} holds no interrupted predict run")
     out.mkdir(parents=True, exist_ok=True)
     lock = OutLock(out)
     try:
@@ -138,20 +140,20 @@ def _check(
     partials = sorted(out.glob(_PARTIAL.format("*")))
     if resume:
         if not partials or not record.is_file():
-            raise UserError(f"--resume: {out} holds no interrupted predict run")
+            raise UserError(f"{param('resume')}: {out} holds no interrupted predict run")
         before = json.loads(record.read_text(encoding="utf-8"))
         changed = sorted(k for k in identity if before.get(k) != identity[k])
         if changed:
             raise UserError(
-                f"--resume: the interrupted run in {out} had other {', '.join(changed)}; pass "
-                "the same inputs and options, or --overwrite to start again"
+                f"{param('resume')}: the interrupted run in {out} had other {', '.join(changed)}; "
+                f"pass the same inputs and options, or {param('overwrite')} to start again"
             )
         _remove_temporaries(out, stems)
         return
     if partials and not overwrite:
         raise UserError(
-            f"--out {out} holds an interrupted predict run: pass --resume to continue it or "
-            "--overwrite to start again"
+            f"{param('out')} {out} holds an interrupted predict run: pass {param('resume')} to "
+            f"continue it or {param('overwrite')} to start again"
         )
     removable = _previous_outputs(out) if overwrite else set()
     clash = sorted(
@@ -162,12 +164,14 @@ def _check(
     if clash:
         more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
         hint = (
-            "no earlier predict run in it listed it: move it, or choose another --out"
+            f"no earlier predict run in it listed it: move it, or choose another {param('out')}"
             if overwrite
-            else "pass --overwrite to replace an earlier run's outputs, or choose another --out"
+            else f"pass {param('overwrite')} to replace an earlier run's outputs, or choose "
+            f"another {param('out')}"
         )
         raise UserError(
-            f"--out {out} already holds {clash[0]}{more}, which this run would write: {hint}"
+            f"{param('out')} {out} already holds {clash[0]}{more}, which this run would write: "
+            f"{hint}"
         )
     for name in sorted(removable):
         (out / name).unlink(missing_ok=True)
@@ -196,7 +200,7 @@ def _remove_temporaries(out: Path, stems: Sequence[str]) -> None:
 def _previous_outputs(out: Path) -> set[str]:
     """The files the previous run listed in its predictions.csv (or, interrupted, its partial
     rows), and its CSV files; none when it left neither (nothing is then known to be predict's)."""
-    tables = [out / "predictions.csv", *sorted(out.glob(_PARTIAL.format("*")))]
+    tables = [out / PREDICTIONS, *sorted(out.glob(_PARTIAL.format("*")))]
     tables = [t for t in tables if t.is_file()]
     if not tables:
         return set()

@@ -40,10 +40,10 @@ from iqeclip.data.readers import (
     reading_options,
 )
 from iqeclip.data.validate import Skipped, write_skipped
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.inference.decisions import Decisions, nonfinite
 from iqeclip.inference.detectors import Detector, load_detector
-from iqeclip.inference.files import DEFAULT_OUTPUTS, SLICE_FILES
+from iqeclip.inference.files import DEFAULT_OUTPUTS, SKIPPED, SLICE_FILES
 from iqeclip.inference.inputs import checkpoint_reading, scored_items
 from iqeclip.inference.listing import check_inputs, expand_inputs, unique_stems
 from iqeclip.inference.outputs import Partial, guard, resume_point
@@ -127,9 +127,10 @@ def predict(
     """
     out = None if out is None else Path(out)
     if out is not None:
-        check_writable("--out", out, folder=True)
+        check_writable(param("out"), out, folder=True)
     elif resume or overwrite:
-        raise UserError(f"--{'resume' if resume else 'overwrite'} needs --out (a folder)")
+        given = param("resume" if resume else "overwrite")
+        raise UserError(f"{given} needs {param('out')} (a folder)")
     if detector is None:
         detector = load_detector(backend, ckpt_path, model, device, model_overrides)
     reading = dataclasses.replace(
@@ -293,7 +294,7 @@ def _write_inputs(
         problem = nonfinite(results)
         if problem is not None:  # never a decision from NaN: the input is an error
             if run.on_bad_input == "error":
-                raise UserError(f"{source}: {problem} (--on_bad_input skip leaves it out)")
+                raise UserError(f"{source}: {problem} ({param('on_bad_input')} skip leaves it out)")
             run.skipped.append(Skipped(source, problem))
             continue
         first = len(writer.predictions)
@@ -315,9 +316,9 @@ def _finish(run: _Run, out: Path | None, writer: Writer, partial: Partial | None
     skipped = [s for part in distributed.gather(run.skipped) for s in part]
     if skipped and out is not None:
         if distributed.is_main():
-            write_skipped(skipped, out / "skipped_inputs.csv")
+            write_skipped(skipped, out / SKIPPED)
         say(
-            f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / 'skipped_inputs.csv'}"
+            f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / SKIPPED}"
         )
     if partial is not None:
         partial.remove()
@@ -344,11 +345,12 @@ def _outputs(outputs: str | None, pixel_threshold: float | None) -> frozenset[st
     unknown = sorted(set(chosen) - set(SLICE_FILES))
     if unknown or not chosen:
         raise UserError(
-            f"--outputs {outputs!r}: choose from {', '.join(SLICE_FILES)} (comma-separated)"
+            f"{param('outputs')} {outputs!r}: choose from {', '.join(SLICE_FILES)} "
+            "(comma-separated)"
         )
     if "mask" in chosen and pixel_threshold is None:
         raise UserError(
-            "--outputs mask needs a pixel threshold in the checkpoint: run iqeclip calibrate "
-            "on data with masks (--data_path and --obj) first"
+            f"{param('outputs')} mask needs a pixel threshold in the checkpoint: run iqeclip "
+            f"calibrate on data with masks ({param('data_path')} and {param('obj')}) first"
         )
     return frozenset(chosen)

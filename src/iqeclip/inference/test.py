@@ -13,7 +13,7 @@ from iqeclip.engine.prologue import open_run
 from iqeclip.engine.sources import test_set
 from iqeclip.engine.testing import run_test
 from iqeclip.engine.trainer import check_outputs, refuse_overwrite
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.model.checkpoint import read_checkpoint
 from iqeclip.model.detector import IQEClip
@@ -29,7 +29,7 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
         run: run settings (``ckpt_path`` required).
     """
     if not run.ckpt_path:
-        raise UserError("--ckpt_path is required")
+        raise UserError(f"{param('ckpt_path')} is required")
     check_outputs(run, training=False)
     metrics_json = Path(run.metrics_json) if run.metrics_json else None
     report_dir = Path(run.report_dir) if run.report_dir else None
@@ -82,11 +82,11 @@ def _trained_like(run: RunConfig, trained: dict[str, Any]) -> RunConfig:
         return run
     if run.shot is None:
         if shot is None:
-            raise UserError(f"{run.ckpt_path} records no shot count: pass --shot")
+            raise UserError(f"{run.ckpt_path} records no shot count: pass {param('shot')}")
         return dataclasses.replace(run, shot=shot)
     if shot is not None and run.shot != shot:
         raise UserError(
-            f"--shot {run.shot}: {run.ckpt_path} was trained {shot}-shot (leave --shot out, or "
-            f"pass --shot {shot})"
+            f"{param('shot')} {run.shot}: {run.ckpt_path} was trained {shot}-shot (leave "
+            f"{param('shot')} out, or pass {param('shot')} {shot})"
         )
     return run

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 
 def fpr_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
@@ -32,7 +32,7 @@ def fpr_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
         target_fpr: allowed false-positive rate in [0, 1).
     """
     if not 0.0 <= target_fpr < 1.0:
-        raise UserError(f"--target_fpr must be in [0, 1), got {target_fpr}")
+        raise UserError(f"{param('target_fpr')} must be in [0, 1), got {target_fpr}")
     scores = np.sort(np.asarray(normal_scores, dtype=np.float64))[::-1]
     if scores.size == 0:
         raise UserError("calibration needs at least one normal image")
@@ -45,7 +45,7 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold of maximal F1 (``score >= threshold`` is abnormal)."""
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
-        raise UserError("--f1 calibration needs normal and abnormal examples")
+        raise UserError(f"{param('f1')} calibration needs normal and abnormal examples")
     precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, np.float64))
     f1 = np.divide(
         2 * precision * recall,
@@ -94,7 +94,9 @@ def volume_aggregate(spec: str) -> Callable[[np.ndarray], float]:
     head, _, k = spec.partition(":")
     if head == "topk" and k.isascii() and k.isdigit() and int(k) >= 1:
         return lambda scores: float(np.sort(scores)[::-1][: int(k)].mean())
-    raise UserError(f"--volume_score {spec!r}: use max or topk:K with K >= 1 (e.g. topk:3)")
+    raise UserError(
+        f"{param('volume_score')} {spec!r}: use max or topk:K with K >= 1 (e.g. topk:3)"
+    )
 
 
 def check_thresholds(thresholds: Any, where: str) -> None:

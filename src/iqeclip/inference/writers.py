@@ -30,7 +30,14 @@ from iqeclip.data.readers import (
 )
 from iqeclip.errors import UserError
 from iqeclip.inference.decisions import BLANK, Decisions
-from iqeclip.inference.files import SLICE_FILES, VOLUME_FILES, kind_of, nifti_temporary
+from iqeclip.inference.files import (
+    PREDICTIONS,
+    SLICE_FILES,
+    VOLUME_FILES,
+    VOLUMES,
+    kind_of,
+    nifti_temporary,
+)
 from iqeclip.inference.listing import mask_for
 from iqeclip.inference.results import SlicePrediction, VolumePrediction
 from iqeclip.report.heatmaps import draw_contour, overlay
@@ -281,7 +288,7 @@ class Writer:
         self.predictions = rows
         if self.out is None:
             return None
-        path = self.out / "predictions.csv"
+        path = self.out / PREDICTIONS
         if distributed.is_main():
             write_table(path, CSV_COLUMNS, [r.row() for r in rows])
         return path
@@ -292,7 +299,7 @@ class Writer:
         volumes = volume_predictions(self.predictions, self.decisions)
         if not volumes or self.out is None:
             return volumes, None
-        path = self.out / "volumes.csv"
+        path = self.out / VOLUMES
         if distributed.is_main():
             write_table(path, VOLUME_COLUMNS, [v.row() for v in volumes])
         return volumes, path

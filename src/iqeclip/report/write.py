@@ -42,6 +42,10 @@ from iqeclip.runtime.files import atomic_write, atomic_write_text
 
 __all__ = ["write_report", "write_reports"]
 
+RUN_FOLDER_COMMANDS = "test-* --report DIR, train-* --report_dir DIR or iqeclip demo"
+"""The command lines that write a run folder, named when a folder holds none: flags of other
+commands than the one that reads the folder, so text, not its parameters."""
+
 
 def write_report(
     run_dir: str | Path, title: str | None = None, top_k: int = 8
@@ -95,6 +99,6 @@ def write_reports(folder: str | Path, top_k: int = 8) -> list[tuple[Path, Path]]
     if not runs:
         raise UserError(
             f"{folder}: no metrics.json here or in its folders (a run folder is written by "
-            "test-* --report DIR, train-* --report_dir DIR or iqeclip demo)"
+            f"{RUN_FOLDER_COMMANDS})"
         )
     return [write_report(run, top_k=top_k) for run in runs]

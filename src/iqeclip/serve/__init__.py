@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from iqeclip.config import ServeConfig
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 from iqeclip.runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
     except OSError as exc:
         raise UserError(
-            f"--host {host} --port {port}: cannot listen there ({exc.strerror})"
+            f"{param('host')} {host} {param('port')} {port}: cannot listen there ({exc.strerror})"
         ) from None
 
 

@@ -12,7 +12,8 @@ this server (``Host``) and sent by its own page or by no page at all (``Origin``
 are refused. :class:`UploadLimit` refuses a body over ``--max_upload_mb`` from its
 ``Content-Length``, and counts the bytes that actually arrive.
 
-Errors are JSON ``{"error": "<one line>"}``:
+Errors are JSON ``{"error": "<one line>"}``, the parameters they name written as the server's
+flags (``--max_slices``: its operator set them on the command line):
 
 - 400: what the readers or predict refuse, an upload name over :data:`MAX_NAME` characters, a
   zip that cannot be unpacked here, a NUL in the URL;
@@ -53,7 +54,7 @@ from starlette.exceptions import HTTPException
 from iqeclip import __version__
 from iqeclip.config.apps import HOST
 from iqeclip.data.readers.limits import OverLimit
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, as_flag, first_line
 from iqeclip.inference.thresholds import describe
 from iqeclip.model.scoring import score_range
 from iqeclip.serve.jobs import Busy, Jobs, ServeLimits, safe_name
@@ -286,7 +287,7 @@ def _answer_errors(app: FastAPI) -> None:
 
     @app.exception_handler(OverLimit)
     async def over_limit(request: Request, exc: OverLimit) -> JSONResponse:
-        return _error(413, str(exc))  # an upload over --max_slices, --max_zip_members...
+        return _error(413, exc.render(as_flag))  # an upload over --max_slices, --max_zip_members...
 
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy) -> JSONResponse:
@@ -295,7 +296,7 @@ def _answer_errors(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         full = disk_full(exc)
-        return _insufficient(request, full) if full else _error(400, str(exc))
+        return _insufficient(request, full) if full else _error(400, exc.render(as_flag))
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:

@@ -43,6 +43,7 @@ from iqeclip.config import ServeConfig
 from iqeclip.data.readers import Declared, Limits, OverLimit, declared
 from iqeclip.data.readers.model_input import forget_volumes
 from iqeclip.errors import UserError
+from iqeclip.inference.files import PREDICTIONS, VOLUMES
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.inference.listing import expand_inputs
 from iqeclip.inference.predict import predict
@@ -237,10 +238,10 @@ def _publish(out: Path, predictions: Predictions, folder: Path) -> None:
     rows = [p.row() for p in predictions.slices]
     for row in rows:
         row["path"], row["source"] = _public(row["path"], folder), _public(row["source"], folder)
-    write_table(out / "predictions.csv", CSV_COLUMNS, rows)
+    write_table(out / PREDICTIONS, CSV_COLUMNS, rows)
     if predictions.volumes:
         volumes = [{**v.row(), "path": _public(v.path, folder)} for v in predictions.volumes]
-        write_table(out / "volumes.csv", VOLUME_COLUMNS, volumes)
+        write_table(out / VOLUMES, VOLUME_COLUMNS, volumes)
 
 
 class Jobs:

@@ -157,9 +157,9 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     assert reasons["missing.nii.gz"] == "no such file or folder"
     assert "is 8x8x5 voxels in the image's voxel order" in reasons["wrong_seg.nii.gz"]
     assert "their affines differ by up to 5" in reasons["shifted_seg.nii.gz"]
-    with pytest.raises(UserError, match="--min_lesion_px must be at least 1"):
+    with pytest.raises(UserError, match=r"^min_lesion_px must be at least 1"):
         read_manifest(csv, DEFAULT_READING, min_lesion_px=0)
-    with pytest.raises(UserError, match="--margin must be at least 0"):
+    with pytest.raises(UserError, match=r"^margin must be at least 0"):
         read_manifest(csv, DEFAULT_READING, margin=-1)
 
 
@@ -196,11 +196,11 @@ def test_every_row_twice_is_refused_whatever_on_bad_input(tmp_path, policy):
     )
     with pytest.raises(UserError) as info:  # not 4 samples out of 2 images
         read_manifest(twice, DEFAULT_READING, policy=policy)
-    assert str(info.value) == f"--manifest {twice} line 4: a.png duplicates line 2"
+    assert str(info.value) == f"manifest {twice} line 4: a.png duplicates line 2"
     # refused before any input is read: a missing file twice is not skipped
     gone = write_csv(tmp_path / "g.csv", "path,label", "a.png,0", "gone.png,1", "gone.png,1")
     with pytest.raises(
-        UserError, match=r"^--manifest \S*g\.csv line 4: gone\.png duplicates line 3$"
+        UserError, match=r"^manifest \S*g\.csv line 4: gone\.png duplicates line 3$"
     ):
         read_manifest(gone, DEFAULT_READING, policy=policy)
 
@@ -217,7 +217,7 @@ def test_one_file_under_two_names_is_one_file(tmp_path):
         csv = write_csv(tmp_path / "m.csv", "path,label,split", "a.png,0,", f"{written},0,test")
         with pytest.raises(UserError) as info:
             read_manifest(csv, DEFAULT_READING)
-        assert str(info.value) == f"--manifest {csv} line 3: {shown}"
+        assert str(info.value) == f"manifest {csv} line 3: {shown}"
     # a symbolic-link loop (no resolved path) is still compared, and no traceback
     os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
     os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
@@ -245,7 +245,7 @@ def test_contradicting_rows_are_refused(tmp_path):
         csv = write_csv(tmp_path / "m.csv", "path,label,mask,split", *rows)
         with pytest.raises(UserError) as info:
             read_manifest(csv, DEFAULT_READING, policy="skip")
-        assert str(info.value) == f"--manifest {csv} line 3: {message}"
+        assert str(info.value) == f"manifest {csv} line 3: {message}"
 
 
 def test_volume_rows_and_rows_of_its_slices_overlap(tmp_path):
@@ -258,7 +258,7 @@ def test_volume_rows_and_rows_of_its_slices_overlap(tmp_path):
         read_manifest(whole, DEFAULT_READING)
     assert (
         str(info.value)
-        == f"--manifest {whole} line 3: stack.tif slice 1 duplicates line 2 (stack.tif)"
+        == f"manifest {whole} line 3: stack.tif slice 1 duplicates line 2 (stack.tif)"
     )
     same = write_csv(tmp_path / "s.csv", header, "stack.tif,1,test,2", "stack.tif,1,test,2")
     with pytest.raises(UserError, match=r"line 3: stack\.tif slice 2 duplicates line 2$"):
@@ -305,7 +305,7 @@ def test_a_column_named_twice_is_refused(tmp_path):
             read_manifest(csv, DEFAULT_READING, policy="skip")
         twice = "'mask' and 'path'" if header.count("mask") == 2 else "'label'"
         assert str(info.value) == (
-            f"--manifest {csv} line 1: the header names {twice} more than once (a column has "
+            f"manifest {csv} line 1: the header names {twice} more than once (a column has "
             "one name)"
         )
     # unnamed columns (trailing commas of a spreadsheet export) are not names
@@ -324,7 +324,7 @@ def test_only_csv_records_split_lines(tmp_path):
     with pytest.raises(UserError) as info:
         read_manifest(csv, DEFAULT_READING)
     # one record per row (UserError writes the path's separators as spaces: one line)
-    assert str(info.value) == f"--manifest {csv} line 3: a b c.png duplicates line 2"
+    assert str(info.value) == f"manifest {csv} line 3: a b c.png duplicates line 2"
     csv.write_text(f'path,label\n"{name}",abnormal\nb.png,maybe\n', encoding="utf-8")
     with pytest.raises(UserError, match="m\\.csv line 3: label 'maybe' is not"):
         read_manifest(csv, DEFAULT_READING)

@@ -50,7 +50,7 @@ def test_f1_threshold_by_hand():
 def test_rules_and_errors():
     scores, labels = np.array([0.2, 0.8]), np.array([0, 1])
     assert calibrate(scores, labels, "target_fpr", 0.0) > 0.2
-    with pytest.raises(UserError, match="--target_fpr"):
+    with pytest.raises(UserError, match=r"^target_fpr must be in \[0, 1\), got 1.5$"):
         fpr_threshold(scores, 1.5)
     with pytest.raises(UserError, match="normal and abnormal"):
         f1_threshold(scores, np.array([1, 1]))

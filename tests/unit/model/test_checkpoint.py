@@ -146,7 +146,7 @@ def test_non_finite_weights_are_refused_in_one_line_before_any_model_is_built(
         ),
         (
             {"meta": '{"run": {"window": "40"}}'},
-            "its meta.run.window is '40': --window expects CENTRE,WIDTH",
+            "its meta.run.window is '40': window expects CENTRE,WIDTH",
         ),
         (
             {"meta": '{"run": {"percentile": [1, 99]}}'},

@@ -50,7 +50,7 @@ from iqeclip.data.readers.intensity import (
 )
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS, View, slice_position_mm, view_of
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, first_line, param
 
 __all__ = ["dicom_header", "read_dicom"]
 
@@ -489,7 +489,7 @@ def read_dicom(
     """
     if orientation not in ORIENTATIONS:
         raise UserError(
-            f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
+            f"{param('orientation')} must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
         )
     pydicom, _ = _pydicom(path)
     ds = _dcmread(pydicom, path, limits)

@@ -57,10 +57,11 @@ def cannot_read(what: str, path: Path, reason: str) -> UnreadableFile:
 
 def reason_about(exc: UserError, path: Path) -> str:
     """What ``exc`` says about ``path``: the reason alone when it is an :class:`UnreadableFile`
-    about ``path``, else the whole message (it names another file, or none)."""
+    about ``path``, else the whole message (it names another file, or none) with its parameters
+    still marked (:attr:`~iqeclip.errors.UserError.message`), for a message built from it."""
     if isinstance(exc, UnreadableFile) and exc.path == Path(path):
         return exc.reason
-    return str(exc)
+    return exc.message
 
 
 def need(module: str, path: Path) -> ModuleType:

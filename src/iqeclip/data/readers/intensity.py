@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 __all__ = [
     "DEFAULT_INTENSITY",
@@ -39,8 +39,8 @@ __all__ = [
     "sigmoid_window",
 ]
 
-_WINDOW_HELP = "--window expects CENTRE,WIDTH with a positive width (e.g. 40,400)"
-_PERCENTILE_HELP = "--percentile expects LOW,HIGH with 0 <= LOW < HIGH <= 100 (e.g. 1,99)"
+_WINDOW_HELP = f"{param('window')} expects CENTRE,WIDTH with a positive width (e.g. 40,400)"
+_PERCENTILE_HELP = f"{param('percentile')} expects LOW,HIGH with 0 <= LOW < HIGH <= 100 (e.g. 1,99)"
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Intensity:
 
     def __post_init__(self) -> None:
         if self.window is not None and self.percentile is not None:
-            raise UserError("--window and --percentile cannot be used together")
+            raise UserError(f"{param('window')} and {param('percentile')} cannot be used together")
         if self.window is not None:
             c, w = _two_floats(self.window, _WINDOW_HELP)
             if not w > 0:

@@ -29,7 +29,7 @@ from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS, View, slice_position_mm, view_of
 from iqeclip.data.readers.reader import FileReader
 from iqeclip.data.readers.reading import Reading
-from iqeclip.errors import UserError, first_line
+from iqeclip.errors import UserError, first_line, param
 
 __all__ = ["NIFTI_SUFFIXES", "NiftiReader", "nifti_header", "read_nifti"]
 
@@ -53,10 +53,10 @@ def _header(path: Path, axis: int, orientation: str, limits: Limits) -> _Header:
     path = Path(path)
     if orientation not in ORIENTATIONS:
         raise UserError(
-            f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
+            f"{param('orientation')} must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
         )
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis <= 2:
-        raise UserError(f"--axis must be 0, 1 or 2, got {axis!r}")
+        raise UserError(f"{param('axis')} must be 0, 1 or 2, got {axis!r}")
     nib = need("nibabel", path)
     if not path.is_file():
         raise cannot_read("NIfTI", path, "no such file")

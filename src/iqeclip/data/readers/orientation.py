@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from iqeclip.data.readers.errors import cannot_read
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 __all__ = ["ORIENTATIONS", "View", "slice_position_mm", "view_of"]
 
@@ -127,7 +127,9 @@ def view_of(
         UserError: ``rule`` unknown, or a geometry that gives a voxel axis no direction.
     """
     if rule not in ORIENTATIONS:
-        raise UserError(f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {rule!r}")
+        raise UserError(
+            f"{param('orientation')} must be one of {', '.join(ORIENTATIONS)}, got {rule!r}"
+        )
     if rule == "native" or directions is None:
         return View(axis=native_axis)
     directions = np.asarray(directions, dtype=np.float64)

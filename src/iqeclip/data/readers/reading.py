@@ -16,7 +16,7 @@ from iqeclip.data.readers.intensity import (
 )
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Limits
 from iqeclip.data.readers.orientation import ORIENTATIONS
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 __all__ = ["DEFAULT_READING", "Reading", "describe_intensity", "reading_from", "reading_options"]
 
@@ -43,10 +43,11 @@ class Reading:
 
     def __post_init__(self) -> None:
         if isinstance(self.axis, bool) or self.axis not in (0, 1, 2):
-            raise UserError(f"--axis must be 0, 1 or 2, got {self.axis!r}")
+            raise UserError(f"{param('axis')} must be 0, 1 or 2, got {self.axis!r}")
         if self.orientation not in ORIENTATIONS:
             raise UserError(
-                f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {self.orientation!r}"
+                f"{param('orientation')} must be one of {', '.join(ORIENTATIONS)}, "
+                f"got {self.orientation!r}"
             )
 
 
@@ -57,7 +58,7 @@ def reading_from(
     window: str | None, percentile: str | None, axis: int = 2, orientation: str = ORIENTATIONS[0]
 ) -> Reading:
     """The :class:`Reading` of the options ``--window``, ``--percentile``, ``--axis``,
-    ``--orientation`` (checked: a one-line error naming the flag)."""
+    ``--orientation`` (checked: a one-line error naming the parameter)."""
     intensity = Intensity(
         window=parse_window(window) if window else None,
         percentile=parse_percentile(percentile) if percentile else None,

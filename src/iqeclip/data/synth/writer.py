@@ -13,7 +13,7 @@ from PIL import Image
 
 from iqeclip.data.synth.geometry import Array
 from iqeclip.data.synth.modalities import _RENDERERS
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 __all__ = ["DATASETS", "MASK_DATASETS", "SHOTS", "write_benchmark"]
 
@@ -84,6 +84,15 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_out(root: Path, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"output folder {root} is a file, not a folder")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise UserError(
+            f"output folder {root} is not empty; use an empty folder or {param('overwrite')}"
+        )
+
+
 def write_benchmark(
     out: str | Path,
     size: int = 12,
@@ -121,10 +130,7 @@ def write_benchmark(
     seed = _check_int(seed, "seed", 0)
     image_size = _check_int(image_size, "image_size", _MIN_IMAGE_SIZE)
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"output folder {root} is a file, not a folder")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise UserError(f"output folder {root} is not empty; use an empty folder or --overwrite")
+    _check_out(root, overwrite)
 
     counts: dict[str, dict[str, int]] = {}
     for name in DATASETS:
