@@ -193,10 +193,12 @@ def run_test(
     log: RunLog,
     selection: str,
     report: ReportWriter | None = None,
+    log_cache: bool = True,
 ) -> TestResult:
     """Score the test split once, log and write its results; return them.
 
-    The published metric lines and the cache's hit rate are logged; rank 0 writes
+    The published metric lines and (``log_cache``; training logs it after its checkpoint line)
+    the cache's hit rate are logged; rank 0 writes
     ``--metrics_json`` and, with ``--report``, the run folder through ``report`` (every rank took
     part in the one scoring pass: its results reach all of them).
 
@@ -234,7 +236,8 @@ def run_test(
     log.metrics(run.obj, metrics)
     if cache is not None:
         cache.flush()
-        log(cache.hit_rate())
+        if log_cache:
+            log(cache.hit_rate())
     if run.metrics_json and distributed.is_main():
         write_metrics_json(run.metrics_json, metrics, **record_fields(run))
     scores, labels = scored[""]

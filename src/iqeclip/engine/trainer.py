@@ -283,8 +283,11 @@ class Trainer:
                 log=self.log,
                 selection=select,
                 report=self.report,
+                log_cache=False,
             ).metrics
             self.log(f"checkpoint: {self.ckpt} (selected by {select})")
+            if self.cache is not None:
+                self.log(self.cache.hit_rate())
         if distributed.is_main():
             self.state_path.unlink(missing_ok=True)  # the run is complete
         return metrics
