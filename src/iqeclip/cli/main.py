@@ -400,7 +400,8 @@ def resolve(name: str, args: argparse.Namespace) -> Values:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iqeclip`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(options.attach_negative_lists(argv))
     handler = setup_logging(args.verbosity)
     distributed = None  # imported (with torch) only under torchrun, once the options are good
     try:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,20 @@ def record(command: str, sections: Iterable[Section], values: Values) -> dict[st
 
 def dump(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
+
+
+_NEGATIVE_LIST = re.compile(r"-\d[\d.]*(,-?\d[\d.]*)+")
+
+
+def attach_negative_lists(argv: Sequence[str]) -> list[str]:
+    """``--window -600,1500`` as ``--window=-600,1500``: argparse takes a value that begins with
+    ``-`` and is not a plain number for a flag, so a window centred below zero (lung CT) would
+    need the ``=`` form; a comma list of numbers after a flag is joined to it."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if _NEGATIVE_LIST.fullmatch(token) and previous.startswith("--") and "=" not in previous:
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out

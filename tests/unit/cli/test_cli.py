@@ -149,3 +149,21 @@ def test_each_commands_help_shows_its_own_model_defaults(capsys):
     assert DEMO_MODEL == {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
     for command in ("test-few", "test-zero", "predict", "calibrate"):
         assert _help_default(command, "pretrain", capsys) == "as in the checkpoint", command
+
+
+def test_a_window_below_zero_is_taken_without_an_equals_sign(capsys):
+    """``--window -600,1500`` (a lung window) as argparse alone would refuse it; a flag or a
+    plain negative number after a flag is left as it is."""
+    from iqeclip.cli.main import main
+    from iqeclip.cli.options import attach_negative_lists
+
+    argv = ["predict", "--ckpt_path", "x.pth", "a.png", "--out", "o", "--print_config"]
+    assert main([*argv, "--window", "-600,1500"]) == 0
+    assert "window: -600,1500" in capsys.readouterr().out
+    assert attach_negative_lists(["--window", "-600,1500", "-q"]) == ["--window=-600,1500", "-q"]
+    assert attach_negative_lists(["--seed", "-3", "--window=-1,2"]) == [
+        "--seed",
+        "-3",
+        "--window=-1,2",
+    ]
+    assert attach_negative_lists(["a.png", "-600,1500"]) == ["a.png", "-600,1500"]
