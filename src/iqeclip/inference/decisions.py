@@ -37,6 +37,11 @@ def decide(score: float, threshold: float | None) -> str:
     return "abnormal" if score >= threshold else "normal"
 
 
+def pixel_mask(amap: np.ndarray, threshold: float) -> np.ndarray:
+    """The pixels of a map at or above the pixel threshold (full precision)."""
+    return amap >= threshold
+
+
 def nonfinite(results: Sequence[tuple[Any, torch.Tensor, float]]) -> str | None:
     """Why an input's scored items ``(item, map, score)`` cannot be decided on (a NaN or
     infinite score or map value of a slice that is not blank), or None."""
@@ -112,7 +117,7 @@ class Decisions:
     def mask(self, amap: np.ndarray) -> np.ndarray:
         """The pixels at or above the pixel threshold (needs one)."""
         assert self.pixel is not None
-        return amap >= self.pixel
+        return pixel_mask(amap, self.pixel)
 
     def volume(self, scores: Sequence[float]) -> tuple[float | None, str]:
         """A volume's score (the rule's of the scores of its slices that are not blank) and its

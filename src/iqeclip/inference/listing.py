@@ -36,7 +36,7 @@ from iqeclip.data.readers import (
 from iqeclip.data.sample import Sample
 from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError, as_flag, param
-from iqeclip.inference.outputs import is_output_name
+from iqeclip.inference.files import is_output_name
 
 logger = logging.getLogger(__name__)
 

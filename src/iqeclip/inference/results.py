@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from iqeclip.data.validate import Skipped
-from iqeclip.inference.decisions import BLANK, exact
+from iqeclip.inference.decisions import BLANK, exact, pixel_mask
 
 __all__ = ["Predictions", "SlicePrediction", "VolumePrediction"]
 
@@ -128,4 +128,4 @@ class Predictions:
         None without a pixel threshold or a kept map."""
         if self.pixel_threshold is None or prediction.map is None:
             return None
-        return prediction.map >= self.pixel_threshold
+        return pixel_mask(prediction.map, self.pixel_threshold)

@@ -169,7 +169,6 @@ class Writer:
         keep_maps: bool = False,
     ) -> None:
         self.out, self.masks, self.decisions = out, masks, decisions
-        self.pixel_threshold = decisions.pixel
         self.reading, self.keep_maps = reading, keep_maps
         self.outputs = outputs if out is not None else frozenset()
         self.pool = pool
@@ -272,7 +271,7 @@ class Writer:
         assert self.out is not None
         _save_nifti(self.out / names[0], data, volume, np.float32)
         if len(names) > 1:
-            mask = (data >= self.pixel_threshold).astype(np.uint8)
+            mask = self.decisions.mask(data).astype(np.uint8)
             _save_nifti(self.out / names[1], mask, volume, np.uint8)
 
     def gather(self) -> list[SlicePrediction]:
