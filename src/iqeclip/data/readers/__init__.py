@@ -16,8 +16,9 @@ Modules:
   slice per frame), :mod:`~iqeclip.data.readers.dicom_series` groups and orders a folder's;
   :mod:`~iqeclip.data.readers.deflated`: the start of a deflated DICOM file, read before
   pydicom inflates the whole of it;
-- :mod:`~iqeclip.data.readers.nifti`: NIfTI volumes sliced along one voxel axis
-  (:class:`NiftiReader`);
+- :mod:`~iqeclip.data.readers.nifti`: NIfTI volumes (:class:`NiftiReader`);
+  :mod:`~iqeclip.data.readers.itk`: NRRD and MetaImage volumes, read with SimpleITK
+  (:class:`ItkReader`); both slice by the one rule of :mod:`~iqeclip.data.readers.volume`;
 - :mod:`~iqeclip.data.readers.model_input`: a sample's model input and mask (:func:`model_input`,
   :func:`mask_input`) under a run's :class:`Reading` (:mod:`~iqeclip.data.readers.reading`),
   the one path every command takes;
@@ -31,8 +32,8 @@ Modules:
   :class:`DicomInfo`); :mod:`~iqeclip.data.readers.errors`: the errors callers catch by type
   (:class:`UnreadableFile`, :class:`MissingPackage`) and the lazy import of the optional packages.
 
-pydicom and nibabel are an optional extra (``pip install 'iqeclip[medical]'``), imported only
-when a DICOM or NIfTI file is read.
+pydicom, nibabel, SimpleITK and highdicom are an optional extra (``pip install
+'iqeclip[medical]'``), imported only when a file that needs them is read.
 """
 
 from iqeclip.data.readers.base import DicomInfo, Geometry, Slice
@@ -58,6 +59,7 @@ from iqeclip.data.readers.intensity import (
     parse_percentile,
     parse_window,
 )
+from iqeclip.data.readers.itk import METAIMAGE, NRRD, ItkReader
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits, OverLimit
 from iqeclip.data.readers.model_input import (
     is_label_volume,
@@ -96,7 +98,7 @@ from iqeclip.data.readers.registry import (
     unregister,
 )
 
-for _reader in (SeriesReader(), NiftiReader(), DicomReader(), ImageReader()):
+for _reader in (SeriesReader(), NiftiReader(), NRRD, METAIMAGE, DicomReader(), ImageReader()):
     register(_reader)  # the built-in formats, asked in this order
 
 __all__ = [
@@ -114,6 +116,7 @@ __all__ = [
     "Geometry",
     "ImageReader",
     "Intensity",
+    "ItkReader",
     "Levels",
     "Limits",
     "MissingPackage",

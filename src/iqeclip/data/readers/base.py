@@ -34,7 +34,10 @@ class Geometry:
         source_shape: The shape a volume of maps is written in (the file's, without trailing
             singleton axes beyond the third; the grid for a series).
         header: The NIfTI header maps are written with; None for a DICOM series (then the
-            affine is written as scanner coordinates in mm).
+            affine is written as scanner coordinates in mm) and an ITK file.
+        suffix: The file format a volume of maps is written in, by its suffix: the source's own
+            (``.nii.gz`` for NIfTI and DICOM, ``.nrrd`` for NRRD, ``.mha`` for MetaImage), so
+            that source and maps open together in a viewer.
     """
 
     grid: tuple[int, ...]
@@ -43,6 +46,7 @@ class Geometry:
     orientation: str
     source_shape: tuple[int, ...]
     header: Any = None
+    suffix: str = ".nii.gz"
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from iqeclip.data.readers.base import Geometry, Slice
+from iqeclip.data.readers.base import Slice
 from iqeclip.data.readers.errors import cannot_read, need
-from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity, normalise
+from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
-from iqeclip.data.readers.orientation import ORIENTATIONS, View, slice_position_mm, view_of
 from iqeclip.data.readers.reader import FileReader
 from iqeclip.data.readers.reading import Reading
-from iqeclip.errors import UserError, first_line, param
+from iqeclip.data.readers.volume import VolumePlan, check_axis, plan, volume_shape, volume_slices
+from iqeclip.errors import first_line
 
 __all__ = ["NIFTI_SUFFIXES", "NiftiReader", "nifti_header", "read_nifti"]
 
@@ -41,22 +41,14 @@ class _Header(NamedTuple):
     """What a NIfTI file's header says, before any voxel is read."""
 
     img: Any  # the nibabel image (its data not read)
-    source_shape: tuple[int, ...]  # without trailing singleton axes beyond the third
-    grid: tuple[int, ...]  # the 3-D voxel grid the slices are taken from
-    affine: np.ndarray
-    view: View
+    volume: VolumePlan
 
 
 def _header(path: Path, axis: int, orientation: str, limits: Limits) -> _Header:
     """Read a NIfTI header and check it (the errors of :func:`read_nifti`), the slices' size,
     their count and their voxels together against ``limits`` included: no voxel is read."""
     path = Path(path)
-    if orientation not in ORIENTATIONS:
-        raise UserError(
-            f"{param('orientation')} must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}"
-        )
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis <= 2:
-        raise UserError(f"{param('axis')} must be 0, 1 or 2, got {axis!r}")
+    check_axis(axis, orientation)
     nib = need("nibabel", path)
     if not path.is_file():
         raise cannot_read("NIfTI", path, "no such file")
@@ -74,31 +66,8 @@ def _header(path: Path, axis: int, orientation: str, limits: Limits) -> _Header:
             f"its voxels are {dtype} ({'complex' if dtype.kind == 'c' else 'compound'} values), "
             "not an image: convert it to real magnitudes first",
         )
-    shape = file_shape
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) > 3:
-        raise cannot_read(
-            "NIfTI",
-            path,
-            f"{len(shape)}-D image of shape {file_shape}; only 2-D and 3-D images (or 4-D with a "
-            "single volume) are supported: extract one volume first",
-        )
-    if len(shape) < 2:
-        raise cannot_read("NIfTI", path, f"{len(shape)}-D image of shape {file_shape}")
-    flat = len(shape) == 2
-    grid = (*shape, 1) if flat else shape
-    if flat and orientation == "canonical":  # the older rule never turned 2-D images
-        view = View()
-    else:
-        plane = None if flat else int(axis) % 3
-        native = 2 if flat else int(axis) % 3
-        view = view_of(affine[:3, :3], orientation, plane, "NIfTI", path, native)
-    where = f"cannot read NIfTI {path}"
-    width, height = (n for i, n in enumerate(grid) if i != view.axis)
-    limits.check_slice(where, width, height, "each slice", path)
-    limits.check_input(where, grid[view.axis], math.prod(grid), path=path)
-    return _Header(img, shape, grid, affine, view)
+    shape = volume_shape("NIfTI", path, file_shape)
+    return _Header(img, plan("NIfTI", path, shape, affine, axis, orientation, limits))
 
 
 def nifti_header(
@@ -109,8 +78,8 @@ def nifti_header(
 ) -> Declared:
     """The slices :func:`read_nifti` would give and their voxels, from the header alone,
     checked against ``limits`` (the errors of :func:`read_nifti` before any voxel is read)."""
-    header = _header(path, axis, orientation, limits)
-    return Declared(header.grid[header.view.axis], math.prod(header.grid))
+    volume = _header(path, axis, orientation, limits).volume
+    return Declared(volume.grid[volume.view.axis], math.prod(volume.grid))
 
 
 def read_nifti(
@@ -155,21 +124,12 @@ def read_nifti(
             (:class:`~iqeclip.data.readers.limits.OverLimit`).
     """
     path = Path(path)
-    img, source_shape, grid, affine, view = _header(path, axis, orientation, limits)
+    img, volume = _header(path, axis, orientation, limits)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # a truncated file fails here
         raise cannot_read("NIfTI", path, first_line(exc)) from None
-    volume = data.reshape(grid)
-    flat = len(source_shape) == 2
-    geometry = Geometry(grid, affine, view, orientation, source_shape, img.header)
-    out = []
-    for i in range(grid[view.axis]):
-        image, levels = normalise(view.take(volume, i), intensity)
-        where = slice_position_mm(affine, grid, view, i)
-        index = None if flat else i
-        out.append(Slice(image, path, index, levels, where, geometry))
-    return out
+    return volume_slices(data, volume, path, orientation, intensity, img.header)
 
 
 class NiftiReader(FileReader):

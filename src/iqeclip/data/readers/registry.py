@@ -7,8 +7,9 @@ line).
 :meth:`~iqeclip.data.readers.reader.Reader.sniff` (a folder is a DICOM series folder; a file no
 reader names is DICOM when it has the ``DICM`` magic). The built-in readers (registered by
 :mod:`iqeclip.data.readers`, in this order): DICOM series folders, NIfTI ``.nii`` /
-``.nii.gz``, DICOM ``.dcm`` / ``.dicom`` (or by the magic), PIL images ``.png``, ``.tif``,
-``.tiff``, ``.jpg``, ``.jpeg``, ``.bmp``. :func:`read` reads a path by its reader; every volume's
+``.nii.gz``, NRRD ``.nrrd`` / ``.nhdr``, MetaImage ``.mha`` / ``.mhd``, DICOM ``.dcm`` /
+``.dicom`` (or by the magic), PIL images ``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.jpeg``,
+``.bmp``. :func:`read` reads a path by its reader; every volume's
 slices reach the model in one view, whatever the format
 (:mod:`iqeclip.data.readers.orientation`).
 """
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from iqeclip.data.readers.base import Slice
 from iqeclip.data.readers.errors import cannot_read
-from iqeclip.data.readers.image import IMAGE_SUFFIXES
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
 from iqeclip.data.readers.reader import Reader
@@ -32,6 +32,7 @@ __all__ = [
     "reader_for",
     "register",
     "single_image",
+    "supported",
     "unregister",
 ]
 
@@ -95,13 +96,14 @@ def _found(path: Path) -> Reader:
         raise cannot_read("", path, "no such file or folder")
     reader = reader_for(path)
     if reader is None:
-        raise cannot_read(
-            "",
-            path,
-            f"unsupported file type (expected DICOM, NIfTI .nii/.nii.gz, "
-            f"{'/'.join(IMAGE_SUFFIXES)} or a folder of DICOM files)",
-        )
+        raise cannot_read("", path, f"unsupported file type (expected {supported()})")
     return reader
+
+
+def supported() -> str:
+    """The formats the registered readers take, for messages: ``nifti .nii/.nii.gz, ...``."""
+    named = [f"{r.name} {'/'.join(r.suffixes)}" for r in _READERS if r.suffixes]
+    return ", ".join(named) + ", DICOM files without a suffix or a folder of DICOM files"
 
 
 def read(
