@@ -142,12 +142,17 @@ class Study:
         return path
 
 
-def sitk_convert(folder: Path, path: Path) -> Path:
+def sitk_convert(folder: Path, path: Path, orient: str | None = None) -> Path:
     """The series converted by SimpleITK (ITK's DICOM reader, GDCM ordering), as dcm2niix or
-    3D Slicer would hand it over."""
+    3D Slicer would hand it over, in the format of ``path``'s suffix (NIfTI, NRRD, MetaImage);
+    ``orient``: its voxel axes first turned to these DICOM axis codes (ITK's ``DICOMOrient``:
+    ``"PIR"`` stores the voxel axes towards posterior, inferior and right)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    sitk.WriteImage(reader.Execute(), str(path))
+    image = reader.Execute()
+    if orient is not None:
+        image = sitk.DICOMOrient(image, orient)
+    sitk.WriteImage(image, str(path))
     return path

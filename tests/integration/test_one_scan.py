@@ -1,7 +1,8 @@
 """One scan, one answer: a study reaching iqeclip as a DICOM series, as its NIfTI conversion
-(SimpleITK's, and nibabel's in other voxel orders) or as PNG slices exported from a viewer
-reaches the model as the same pictures and gets the same scores, slice numbers and positions;
-the maps written for a series lie on the grid ITK reads."""
+(SimpleITK's, and nibabel's in other voxel orders), as NRRD or MetaImage written by SimpleITK
+(in the series' order and reoriented) or as PNG slices exported from a viewer reaches the model
+as the same pictures and gets the same scores, slice numbers and positions; the maps written for
+a series lie on the grid ITK reads."""
 
 from __future__ import annotations
 
@@ -41,8 +42,12 @@ def study(tmp_path: Path) -> tuple[Study, dict[str, Path]]:
         "pir": scan.write_nifti(nib, tmp_path / "pir.nii.gz", "PIR"),
         "lpi": scan.write_nifti(nib, tmp_path / "lpi.nii.gz", "LPI"),
     }
-    with contextlib.suppress(ImportError):  # SimpleITK comes with the test extra
+    with contextlib.suppress(ImportError):  # SimpleITK comes with the medical extra
         files["sitk"] = sitk_convert(series, tmp_path / "sitk.nii.gz")
+        files["nrrd"] = sitk_convert(series, tmp_path / "sitk.nrrd")
+        files["mha"] = sitk_convert(series, tmp_path / "sitk.mha")
+        files["nrrd_pir"] = sitk_convert(series, tmp_path / "pir.nrrd", "PIR")
+        files["mhd_lpi"] = sitk_convert(series, tmp_path / "lpi.mhd", "LPI")
     return scan, files
 
 
@@ -68,7 +73,7 @@ def test_every_format_reaches_the_model_as_the_same_pictures(study, tmp_path):
 def test_scores_slice_numbers_and_positions_agree(study, checkpoint, tmp_path):
     scan, files = study
     results = {}
-    for name in ("dicom", "nifti", "sitk"):
+    for name in ("dicom", "nifti", "sitk", "nrrd", "mha", "nrrd_pir"):
         if name not in files:
             continue
         out = tmp_path / f"out_{name}"
@@ -77,7 +82,11 @@ def test_scores_slice_numbers_and_positions_agree(study, checkpoint, tmp_path):
         results[name] = _rows(out / "predictions.csv")
     reference = results["dicom"]
     for name, rows in results.items():
-        assert [r["slice"] for r in rows] == [str(k) for k in range(scan.slices)], name
+        assert sorted(int(r["slice"]) for r in rows) == list(range(scan.slices)), name
+        if name == "nrrd_pir":  # its file numbers the slices from the top: compare by position
+            rows = sorted(rows, key=lambda r: float(r["slice_mm"]))
+        else:
+            assert [r["slice"] for r in rows] == [str(k) for k in range(scan.slices)], name
         assert [r["score"] for r in rows] == [r["score"] for r in reference], name
         assert [r["slice_mm"] for r in rows] == [r["slice_mm"] for r in reference], name
     for k, row in enumerate(reference):  # the slice centre's S coordinate, by the definition

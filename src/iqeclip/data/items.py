@@ -9,7 +9,8 @@ output stem (:func:`series_stems`) and row key; the slices of a volume with a ge
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,48 @@ from iqeclip.data.readers import (
     reference,
     slice_to_uint8_rgb,
 )
+from iqeclip.data.readers.intensity import DEFAULT_INTENSITY
 from iqeclip.data.readers.pil import display_rgb, to_uint8
+from iqeclip.errors import as_flag
 
-__all__ = ["Item", "ItemVolume", "read_items", "series_stems"]
+__all__ = ["Item", "ItemVolume", "ct_hint", "read_items", "series_stems"]
+
+logger = logging.getLogger(__name__)
+
+HOUNSFIELD = (-500.0, 300.0)
+"""A volume whose raw values reach below the first (air, lung) and above the second (bone,
+contrast) is taken to be CT in Hounsfield units."""
+_RULES_SAID = {
+    "minmax": "each slice is min-max scaled on its own, so contrast changes from slice to slice",
+    "file-window": "each slice's own DICOM window (Window Center/Width) is applied",
+    "voi-lut": "each slice's own DICOM VOI LUT is applied",
+}
+_hinted: set[str] = set()  # the rules already explained in this process
+
+
+def ct_hint(path: Path, members: Sequence[Slice], reading: Reading) -> str | None:
+    """What to say about a volume that looks like CT (DICOM modality CT, or raw values over the
+    :data:`HOUNSFIELD` range) read without ``--window`` or ``--percentile``: which rule its
+    slices were read by, and a window to pass instead; None for anything else."""
+    if reading.intensity != DEFAULT_INTENSITY or len(members) < 2:
+        return None
+    raws = [s.levels.raw for s in members if s.levels.raw is not None]
+    if not raws:
+        return None
+    low, high = min(r[0] for r in raws), max(r[1] for r in raws)
+    modality = members[0].dicom.modality if members[0].dicom is not None else None
+    if modality != "CT" and not (low <= HOUNSFIELD[0] and high >= HOUNSFIELD[1]):
+        return None
+    rule = members[0].levels.rule
+    said = _RULES_SAID.get(rule, f"the {rule} rule is applied")
+    looks = "is a CT" if modality == "CT" else "looks like CT"
+    window = as_flag("window")
+    return (
+        f"{path} {looks} (values {low:g} to {high:g}) and no {window} or "
+        f"{as_flag('percentile')} was given: {said}; for one fixed window in Hounsfield units "
+        f"pass e.g. {window} 40,400 (soft tissue), {window} -600,1500 (lung) or {window} "
+        "400,1800 (bone)"
+    )
 
 
 @dataclass(frozen=True)
@@ -154,6 +194,11 @@ def read_items(
     for s in _slices(reader, path, reading, bad):
         groups.setdefault(None if s.dicom is None else s.dicom.volume_id, []).append(s)
     series = list(groups.values())
+    for members in series:
+        hint = ct_hint(path, members, reading)
+        if hint is not None and members[0].levels.rule not in _hinted:  # once per rule
+            _hinted.add(members[0].levels.rule)
+            logger.warning(hint)
     names = series_stems(stem, series)
     for group, (members, name_stem) in enumerate(zip(series, names, strict=True)):
         uid = members[0].dicom.volume_id if members[0].dicom is not None else None

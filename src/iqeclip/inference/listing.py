@@ -26,6 +26,7 @@ from pathlib import Path
 from iqeclip.data.layout import MASK_FOLDER
 from iqeclip.data.readers import (
     DEFAULT_READING,
+    Reader,
     Reading,
     input_stem,
     label_slices,
@@ -33,6 +34,8 @@ from iqeclip.data.readers import (
     reason_about,
     single_image,
 )
+from iqeclip.data.readers.itk import SEGMENTATION_SUFFIX
+from iqeclip.data.readers.registry import supported
 from iqeclip.data.sample import Sample
 from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError, as_flag, param
@@ -45,6 +48,7 @@ def expand_inputs(
     paths: Sequence[str | Path],
     exclude: Path | None = None,
     unreadable: list[Skipped] | None = None,
+    unsupported: list[Skipped] | None = None,
 ) -> list[Path]:
     """Files and DICOM series folders to read, in a stable order.
 
@@ -58,7 +62,12 @@ def expand_inputs(
     (``.../anomaly_mask/*``) are left out and counted in a log line; a mask folder given itself
     is read. A folder the walk cannot list or enter (no read or execute permission) is never
     passed over in silence: with ``unreadable`` a list (``--on_bad_input skip``) it is appended
-    to it, else it stops the run.
+    to it, else it stops the run. A file below a walked folder that no reader takes (a report,
+    a ``.txt``), or a 3D Slicer segmentation (``.seg.nrrd``: labels, not an image), is no input
+    but never dropped in silence either: it is counted in a warning and, with ``unsupported`` a
+    list, appended to it with its reason (predict lists them in ``skipped_inputs.csv``). The
+    voxel file of a detached header of the same stem (``scan.raw`` beside ``scan.mhd``) belongs
+    to that header's input.
 
     Raises:
         UserError: A missing input, no input found, or (without ``unreadable``) a folder that
@@ -89,6 +98,7 @@ def expand_inputs(
         unreadable.append(Skipped(folder, f"folder cannot be read ({reason})"))
 
     found: list[Path] = []
+    left_out: list[Skipped] = []
     for raw in paths:
         path = Path(raw)
         if path.is_file():
@@ -99,11 +109,21 @@ def expand_inputs(
             for f in sorted(p for p in _files_below(path, refused) if wanted(p, path, top)):
                 reader = reader_for(f)
                 item = None if reader is None else reader.input_of(f)
-                if item is not None and item not in inputs:  # a DICOM folder once
+                why = _not_an_input(f, reader)
+                if why is not None:
+                    left_out.append(Skipped(f, why))
+                elif item is not None and item not in inputs:  # a DICOM folder once
                     inputs.add(item)
                     found.append(item)
         else:
             raise UserError(f"input {path}: no such file or folder")
+    if left_out:
+        logger.warning(
+            f"left out {len(left_out)} files that are no input (of no supported format, or "
+            f"labels), e.g. {left_out[0].path}: {left_out[0].reason}"
+        )
+        if unsupported is not None:
+            unsupported.extend(left_out)
     if masks_left_out:
         logger.info(
             f"left out {masks_left_out} ground-truth masks in {MASK_FOLDER}/ folders (the BMAD "
@@ -112,6 +132,22 @@ def expand_inputs(
     if not found:
         raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
     return found
+
+
+_DETACHED_HEADERS = (".mhd", ".nhdr")  # headers whose voxels lie in a file beside them
+
+
+def _not_an_input(file: Path, reader: Reader | None) -> str | None:
+    """Why a file found in a walked folder is no input (None: it is one, or the voxel file of
+    a detached header beside it)."""
+    if reader is not None:
+        if file.name.lower().endswith(SEGMENTATION_SUFFIX):
+            return "a 3D Slicer segmentation (labels, not an image): give it as a mask"
+        return None
+    stem = file.name.split(".")[0]
+    if any(file.with_name(stem + h).is_file() for h in _DETACHED_HEADERS):
+        return None  # read through its header
+    return f"no reader for this file type (supported: {supported()})"
 
 
 def _files_below(root: Path, refused: Callable[[Path, str], None]) -> Iterator[Path]:
@@ -130,9 +166,13 @@ def _files_below(root: Path, refused: Callable[[Path, str], None]) -> Iterator[P
 
 
 def mask_for(path: Path, masks: Path) -> Path:
-    """The ground truth of an input in the ``--masks`` folder: the image mask of the same name
-    for a 2-D image; the label volume (NIfTI, any non-zero voxel) of the same name for a NIfTI
-    volume, ``<folder name>.nii.gz`` (or ``.nii``) for a DICOM series folder.
+    """The ground truth of an input in the ``--masks`` folder, where its reader says
+    (:meth:`~iqeclip.data.readers.reader.Reader.mask_in`): the image mask of the same name for
+    a 2-D image; the label volume of the same name for a NIfTI, NRRD or MetaImage volume (for
+    NRRD and MetaImage, else 3D Slicer's ``<stem>.seg.nrrd``), ``<folder name>.nii.gz`` (or
+    ``.nii``) for a DICOM series folder. A label volume may be NIfTI, NRRD, MetaImage or
+    DICOM-SEG, on the input's grid or resampled onto it; the values of ``--label_values``
+    count (default: any non-zero value; :mod:`~iqeclip.data.readers.labels`).
 
     Raises:
         UserError: An input that holds several pictures without a volume geometry (a

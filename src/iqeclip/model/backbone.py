@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -85,21 +88,63 @@ def create_clip(
         keys = set(model.state_dict())  # without the derived buffers a traced archive also holds
         model.load_state_dict({k: v for k, v in state.items() if k in keys}, strict=False)
     else:
+        unreachable = weights_unreachable(model_name, pretrain)
+        if unreachable is not None:  # say so now, not after the hub client's retries
+            raise UserError(_cannot_obtain(pretrain, unreachable))
         with warnings.catch_warnings():
             # The QuickGELU mismatch warning is expected: the activation is our explicit choice.
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")
             try:
                 model = open_clip.create_model(model_name, pretrained=pretrain, **kwargs)
             except RuntimeError as exc:
-                raise UserError(
-                    f"{param('pretrain')} {pretrain}: cannot obtain the weights "
-                    f"({first_line(exc)}); "
-                    f"pass a local file instead, e.g. {param('pretrain')} ViT-L-14-336px.pt"
-                ) from None
+                raise UserError(_cannot_obtain(pretrain, first_line(exc))) from None
     if not meta:
         model = model.to(device)
     model.requires_grad_(False)
     return model.eval()
+
+
+REACH_TIMEOUT_S = 3.0
+"""How long the weights' host may take to accept a connection before it counts as unreachable."""
+
+
+def _cannot_obtain(pretrain: str, reason: str) -> str:
+    return (
+        f"{param('pretrain')} {pretrain}: cannot obtain the weights ({reason}); pass a weights "
+        f"file instead, e.g. {param('pretrain')} ViT-L-14-336px.pt (OpenAI's file, or open_clip's "
+        "open_clip_pytorch_model.bin, fetched on a machine online; see the README, 'Real weights')"
+    )
+
+
+def weights_unreachable(model_name: str, tag: str) -> str | None:
+    """Why open_clip cannot obtain the weights of ``tag`` now (None: they are in the local cache,
+    or their host accepts a connection within :data:`REACH_TIMEOUT_S`). Offline, open_clip's
+    hub client spends about a minute retrying before it fails; this asks once."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        names = {filename or HF_WEIGHTS_NAME, HF_SAFE_WEIGHTS_NAME}
+        if any(isinstance(try_to_load_from_cache(repo, name), str) for name in names):
+            return None
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set and they are not in the local Hugging Face cache"
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    elif url:
+        if (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file():
+            return None
+        host = urlparse(url).hostname or url
+    else:
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"not in the local cache, and {host} cannot be reached: {first_line(exc)}"
+    return None
 
 
 def check_weights_file(model_name: str, pretrain: str, img_size: int) -> str:

@@ -89,12 +89,14 @@ class Levels:
         window: The (centre, width) applied, or None.
         constant: The slice holds one value (or none that is finite): it reads as one grey.
         nonfinite: Its non-finite values (NaN, +-inf), replaced by its finite minimum.
+        raw: The smallest and largest finite raw value (HU for CT), None without any.
     """
 
     rule: str = "minmax"
     window: tuple[float, float] | None = None
     constant: bool = False
     nonfinite: int = 0
+    raw: tuple[float, float] | None = None
 
 
 def _two_floats(values: Any, help_text: str, shown: Any = None) -> tuple[float, float]:
@@ -190,7 +192,7 @@ def normalise(
             return np.zeros(x.shape, dtype=np.float32), Levels("none", None, True, n_bad)
         x = np.where(finite, x, x[finite].min())
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-    levels = Levels(constant=not hi > lo, nonfinite=n_bad)
+    levels = Levels(constant=not hi > lo, nonfinite=n_bad, raw=(lo, hi) if x.size else None)
 
     out: np.ndarray | None = None
     if intensity.window is not None:
