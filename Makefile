@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.iqeclip-installed
 
-.PHONY: test demo lint clean browser
+.PHONY: test demo lint clean browser dicom3tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: lint
 # Debian's chromium and chromium-driver for the browser tests (they skip without them)
 browser:
 	bash scripts/install_browser.sh
+
+# Debian's dicom3tools: dciodvfy validates the DICOM SEG and Parametric Map (the checks skip without it)
+dicom3tools:
+	bash scripts/install_dicom3tools.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/iqeclip demo

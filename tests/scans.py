@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """The rotation by ``degrees`` about the world axis ``axis``."""
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     i, j = [a for a in range(3) if a != axis]
     r = np.eye(3)
@@ -49,7 +50,7 @@ class Study:
             hu[2, 5:9, 30:40] = 900
             hu[3, 25:34, 6:10] = 700
         self.hu = hu
-        turn = _rotation(0, self.tilt[1]) @ _rotation(2, self.tilt[0])
+        turn = rotation(0, self.tilt[1]) @ rotation(2, self.tilt[0])
         self.row_dir = turn @ np.array([1.0, 0.0, 0.0])  # IOP[:3]: columns grow along it
         self.col_dir = turn @ np.array([0.0, 1.0, 0.0])  # IOP[3:]: rows grow along it
         self.normal = np.cross(self.row_dir, self.col_dir)

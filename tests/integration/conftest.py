@@ -62,3 +62,29 @@ def failing_writes(prefix: str) -> Iterator[None]:
         yield
     finally:
         writers._save_npy = save
+
+
+def calibrated(
+    checkpoint: Path, folder: Path, image: float = 0.5, pixel: float | None = None, **extra: Any
+) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` with the thresholds ``image`` and ``pixel`` (and
+    any other fields of the record) stored as ``calibrate`` stores them."""
+    import shutil
+
+    from iqeclip.model.checkpoint import update_checkpoint_meta
+
+    ckpt = folder / "calibrated.pth"
+    shutil.copy(checkpoint, ckpt)
+    record = {
+        "image": image,
+        "pixel": pixel,
+        "volume": None,
+        "rule": "target_fpr",
+        "target_fpr": 0.05,
+        "n_images": 20,
+        "source": "a test",
+        "setting": "few",
+        **extra,
+    }
+    update_checkpoint_meta(ckpt, lambda meta: {"thresholds": record})
+    return ckpt

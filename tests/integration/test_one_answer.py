@@ -20,7 +20,7 @@ from iqeclip.cli.main import main
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.model.checkpoint import update_checkpoint_meta
 from iqeclip.model.detector import IQEClip
-from tests.integration.conftest import predict_argv
+from tests.integration.conftest import calibrated, predict_argv
 from tests.scans import Study
 
 nib = pytest.importorskip("nibabel")
@@ -35,24 +35,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _calibrated(checkpoint: Path, folder: Path, threshold: float, **extra) -> Path:
-    ckpt = folder / "calibrated.pth"
-    shutil.copy(checkpoint, ckpt)
-    record = {
-        "image": threshold,
-        "pixel": None,
-        "volume": None,
-        "rule": "target_fpr",
-        "target_fpr": 0.05,
-        "n_images": 20,
-        "source": "a test",
-        "setting": "few",
-        **extra,
-    }
-    update_checkpoint_meta(ckpt, lambda meta: {"thresholds": record})
-    return ckpt
-
-
 def _fixed_score(score: float):
     def predict(self, images, setting):
         maps = images.mean(dim=1)
@@ -63,7 +45,7 @@ def _fixed_score(score: float):
 
 def test_decisions_use_full_precision(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(IQEClip, "predict", _fixed_score(SCORE))
-    ckpt = _calibrated(checkpoint, tmp_path, THRESHOLD)
+    ckpt = calibrated(checkpoint, tmp_path, THRESHOLD)
     path = Study(slices=3).write_nifti(nib, tmp_path / "ct.nii.gz")
     out = tmp_path / "out"
     assert main(predict_argv(ckpt, path, out=out)) == 0
@@ -94,7 +76,7 @@ def test_blank_slices_get_no_decision_and_decide_no_volume(checkpoint, tmp_path,
     scan.hu[0] = -1024  # air: a skull-stripped volume's empty end slices
     scan.hu[4] = -1024
     path = scan.write_nifti(nib, tmp_path / "flair.nii.gz")
-    ckpt = _calibrated(checkpoint, tmp_path, 4.5)  # a blank slice (5.0) would be abnormal
+    ckpt = calibrated(checkpoint, tmp_path, 4.5)  # a blank slice (5.0) would be abnormal
     out = tmp_path / "out"
     assert main(predict_argv(ckpt, path, out=out)) == 0
     rows = {int(r["slice"]): r for r in _rows(out / "predictions.csv")}
@@ -132,7 +114,7 @@ def test_a_nan_score_is_an_error_never_a_decision(checkpoint, tmp_path, monkeypa
     white[0, 0] = 254  # not blank: a constant picture would get no score at all
     Image.fromarray(white).save(folder / "white.png")
     Image.fromarray(np.arange(400, dtype=np.uint8).reshape(20, 20) // 2).save(folder / "ok.png")
-    ckpt = _calibrated(checkpoint, tmp_path, 0.5)
+    ckpt = calibrated(checkpoint, tmp_path, 0.5)
     out = tmp_path / "out"
     assert main(predict_argv(ckpt, folder, out=out)) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -115,7 +115,8 @@ def test_file_slice_numbers_of_a_volume_stored_the_other_way(study, checkpoint, 
 def test_series_map_lies_on_the_grid_itk_reads(study, checkpoint, tmp_path):
     scan, files = study
     out = tmp_path / "out"
-    assert main([*predict_argv(checkpoint, files["dicom"], out=out), "--window", "0.5,401"]) == 0
+    argv = [*predict_argv(checkpoint, files["dicom"], out=out), "--window", "0.5,401"]
+    assert main([*argv, "--outputs", "npy"]) == 0  # the per-slice maps, to compare
     written = nib.load(str(out / "series_anomaly.nii.gz"))
     assert written.shape == (scan.columns, scan.rows, scan.slices)  # 48 x 40 x 6, not 40 x 48
     np.testing.assert_allclose(written.affine, scan.grid_affine(), atol=1e-4)

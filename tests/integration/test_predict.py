@@ -127,7 +127,8 @@ def test_predict_nifti_volume_keeps_the_affine(checkpoint, tmp_path):
     data = np.random.default_rng(0).random((40, 32, 3)).astype(np.float32) * 1000
     nib.Nifti1Image(data, affine).to_filename(tmp_path / "vol.nii.gz")
     out = tmp_path / "out"
-    assert main(predict_argv(checkpoint, tmp_path / "vol.nii.gz", out=out)) == 0
+    argv = predict_argv(checkpoint, tmp_path / "vol.nii.gz", out=out)
+    assert main([*argv, "--outputs", "overlay,npy"]) == 0  # a volume's slices: when named
     rows = _rows(out / "predictions.csv")
     assert [r["slice"] for r in rows] == ["0", "1", "2"]
     maps = nib.load(out / "vol_anomaly.nii.gz")
@@ -154,7 +155,8 @@ def test_predict_nifti_orientation_maps_overlay_the_source(checkpoint, tmp_path,
     files = stored_orientations(nib, tmp_path)
     out = tmp_path / "out"
     paths = [path for path, _ in files.values()]
-    assert main([*predict_argv(checkpoint, *paths, out=out), "--window", "500,1000"]) == 0
+    argv = [*predict_argv(checkpoint, *paths, out=out), "--window", "500,1000", "--outputs", "npy"]
+    assert main(argv) == 0
     rows = _rows(out / "predictions.csv")
     assert [r["slice"] for r in rows] == ["0", "1", "2", "3"] * 3  # the files' axial slices
     canonical = {}
@@ -184,7 +186,7 @@ def test_predict_nifti_native_orientation_keeps_the_file_order(checkpoint, tmp_p
     monkeypatch.setattr(IQEClip, "predict", _map_is_the_input)
     path, lesion = stored_orientations(nib, tmp_path)["lps"]
     out = tmp_path / "out"
-    argv = predict_argv(checkpoint, path, out=out)
+    argv = [*predict_argv(checkpoint, path, out=out), "--outputs", "npy"]
     assert main([*argv, "--window", "500,1000", "--orientation", "native"]) == 0
     source = nib.load(path)
     maps = nib.load(out / "lps_anomaly.nii.gz")

@@ -30,13 +30,13 @@ def test_predict_splits_a_folder_by_series_with_provenance(checkpoint, tmp_path,
     names = write_two_series(pydicom, folder)
     broken = truncated_ct(pydicom, folder / "broken.dcm")
     out = tmp_path / "out"
-    argv = predict_argv(checkpoint, folder, out=out)
+    argv = [*predict_argv(checkpoint, folder, out=out), "--outputs", "overlay,map,npy"]
 
     assert main(argv) == 2  # --on_bad_input error: one line naming the file
     assert "broken.dcm" in capsys.readouterr().err
 
     assert main([*argv, "--on_bad_input", "skip", "--batch_size", "4"]) == 0
-    assert "skipped 1 unreadable inputs" in capsys.readouterr().out
+    assert "skipped 1 files or inputs, each listed with its reason" in capsys.readouterr().out
     skipped = _rows(out / "skipped_inputs.csv")
     assert [r["path"] for r in skipped] == [str(broken)]
 

@@ -154,7 +154,7 @@ def test_an_unreadable_folder_stops_the_run_or_is_listed_as_skipped(
     assert err.startswith(f"error: input folder {inputs / 'locked'}: cannot read it (")
     assert not out.exists()  # before any work
     assert main([*predict_argv(checkpoint, inputs, out=out), "--on_bad_input", "skip"]) == 0
-    assert "skipped 1 unreadable inputs" in capsys.readouterr().out  # the log
+    assert "skipped 1 files or inputs, each listed" in capsys.readouterr().out  # the log
     skipped = _rows(out / "skipped_inputs.csv")
     assert [r["path"] for r in skipped] == [str(inputs / "locked")]
     assert "Permission denied" in skipped[0]["reason"]
@@ -260,7 +260,7 @@ def test_a_volume_and_a_png_named_like_its_slice_write_distinct_files(checkpoint
     _nifti(inputs / "a.nii.gz", 6)
     _png(inputs / "a_s000.png")
     out = tmp_path / "out"
-    assert main(predict_argv(checkpoint, inputs, out=out)) == 0
+    assert main([*predict_argv(checkpoint, inputs, out=out), "--outputs", "overlay,map,npy"]) == 0
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 7
     listed = [name for row in rows for name in row["outputs"].split(";")]

@@ -74,6 +74,7 @@ def test_workers_and_writer_threads_give_the_same_results(checkpoint, tmp_path):
     for workers in (0, 2):
         out = tmp_path / f"out{workers}"
         argv = [*predict_argv(checkpoint, *inputs, out=out), "--batch_size", "3"]
+        argv += ["--outputs", "overlay,map,npy"]  # the slices of volumes too
         assert main([*argv, "--workers", str(workers)]) == 0
         runs[workers] = _outputs(out)
     assert runs[0].keys() == runs[2].keys()

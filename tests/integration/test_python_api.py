@@ -57,7 +57,7 @@ def test_predict_without_out_writes_nothing_and_equals_the_files(checkpoint, tmp
         assert p.map.shape == p.display.shape[:2]
         assert 0.0 <= p.map.min() <= p.map.max() <= 1.0
 
-    written = iqeclip.predict(checkpoint, [tmp_path / "scans"], out=tmp_path / "out")
+    written = iqeclip.predict(checkpoint, [tmp_path / "scans"], out=tmp_path / "out", outputs="npy")
     with (tmp_path / "out" / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(CSV_COLUMNS)

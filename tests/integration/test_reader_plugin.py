@@ -34,7 +34,7 @@ def test_a_toy_format_is_predicted_like_a_built_in_one(checkpoint, toys, tmp_pat
     out = tmp_path / "out"
     argv = predict_argv(checkpoint, toys, out=out)
     assert main(argv) == 2  # before registering, no input is found
-    assert f"no images, DICOM or NIfTI files in {toys}" in capsys.readouterr().err
+    assert f"no input files in {toys} (supported: " in capsys.readouterr().err
     with registered(ToyReader()):
         assert main(argv) == 2  # --on_bad_input error: the check names the broken file
         err = capsys.readouterr().err

@@ -165,17 +165,15 @@ def test_predict_resumed_after_a_kill_equals_an_uninterrupted_run_byte_for_byte(
     scans = _scans(tmp_path / "in")
     detector = _loaded(checkpoint)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    predict_module.predict(checkpoint, [tmp_path / "in"], straight, batch_size=3, detector=detector)
+    # the volume's slices write their files too: a write of each input can fail
+    run = {"batch_size": 3, "detector": detector, "outputs": "overlay,map,npy"}
+    predict_module.predict(checkpoint, [tmp_path / "in"], straight, **run)
     with failing_writes(f"{cut}_"), pytest.raises(UserError, match="No space left"):
-        predict_module.predict(
-            checkpoint, [tmp_path / "in"], resumed, batch_size=3, detector=detector
-        )
+        predict_module.predict(checkpoint, [tmp_path / "in"], resumed, **run)
     done = {r["_input"] for r in Partial(resumed, predict_module.CSV_COLUMNS).load()}
     before = [str(p) for p in scans[: [p.name[0] for p in scans].index(cut)]]
     assert done == set(before)
-    predict_module.predict(
-        checkpoint, [tmp_path / "in"], resumed, batch_size=3, detector=detector, resume=True
-    )
+    predict_module.predict(checkpoint, [tmp_path / "in"], resumed, **run, resume=True)
     reference, files = _files(straight), _files(resumed)
     assert files.keys() == reference.keys()
     assert {"predictions.csv", "volumes.csv", "c_s003_map.npy", "f_map.png"} <= files.keys()

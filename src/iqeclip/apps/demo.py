@@ -55,9 +55,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _figure(models: dict[str, IQEClip], data_path: Path, obj: str, path: Path) -> None:
-    """Two normal and two abnormal test images with the maps of each model (ground truth in green)."""
-    samples = list_split(data_path, obj, "test")
+def _figure(models: dict[str, IQEClip], data: tuple[Path, str, str | None], path: Path) -> None:
+    """Two normal and two abnormal test images with the maps of each model (ground truth in
+    green); ``data``: the data folder, the dataset and its layout."""
+    samples = list_split(*data[:2], "test", layout=data[2])
     picks = [s for s in samples if s.label == 0][:2] + [s for s in samples if s.label == 1][:2]
     columns, titles = [], ["input"]
     size = next(iter(models.values())).config.img_size
@@ -121,6 +122,7 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
     base = RunConfig(
         obj=args.obj,
         data_path=str(data_path),
+        layout=args.layout,
         batch_size=args.batch_size,
         seed=args.seed,
         learning_rate=args.learning_rate,
@@ -191,7 +193,7 @@ def _summary(
         (f"{args.shot}-shot", out / "ckpt" / f"{args.obj}_{args.shot}.pth"),
     ):
         models[name] = IQEClip.from_checkpoint(ckpt, device, **model_overrides)
-    _figure(models, data_path, args.obj, out / "maps.png")
+    _figure(models, (data_path, args.obj, args.layout), out / "maps.png")
     links = "\n".join(f"- [{path.parent.name}]({path.relative_to(out)})" for path in reports)
     definitions = "\n".join(f"- **{metric_name(c)[0]}**: {metric_name(c)[1]}" for c in COLUMNS)
     report = (

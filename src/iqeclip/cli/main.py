@@ -154,9 +154,12 @@ def cmd_synth(command: str, values: Values) -> None:
     from iqeclip.data.synth import write_benchmark
 
     cfg = SynthConfig(**values["synth"])
-    counts = write_benchmark(cfg.out, cfg.size, cfg.seed, cfg.image_size, cfg.overwrite)
+    counts = write_benchmark(
+        cfg.out, cfg.size, cfg.seed, cfg.image_size, cfg.overwrite, layout=cfg.layout
+    )
+    suffix = "_AD" if cfg.layout == "mvfa" else ""
     for name, splits in counts.items():
-        print(f"{name}_AD: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+        print(f"{name}{suffix}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
     print(f"synthetic benchmark written to {cfg.out}")
 
 

@@ -55,6 +55,8 @@ from iqeclip.config.shared import (
     DATA_PATH,
     DEVICE,
     FEW,
+    LABEL_VALUES,
+    LAYOUT,
     LEARNING_RATE,
     MANIFEST,
     MARGIN,
@@ -324,7 +326,9 @@ class RunConfig(Checked):
 
     Attributes:
         obj: target dataset name (``Brain``, ``Liver``, ...; ``custom`` for your own folders).
-        data_path: folder holding the ``<Name>_AD`` datasets.
+        data_path: folder holding the datasets (``<Name>_AD`` or BMAD's ``<Name>`` folders).
+        layout: ``bmad`` or ``mvfa``: the folder layout of ``data_path`` (None: the one that
+            holds each dataset).
         setting: ``zero`` or ``few`` (set by the command, not an option; fixed on ``--resume``).
         shot: K for few-shot (testing: must be the checkpoint's; None takes it).
         iterate: few-shot support: ``0`` reads the ``<K>-shot.txt`` list, ``-1`` draws with the seed.
@@ -355,6 +359,8 @@ class RunConfig(Checked):
         manifest: a CSV manifest of labelled inputs (:mod:`iqeclip.data.manifest`).
         min_lesion_px: manifest volumes: labelled pixels that make a slice abnormal.
         margin: manifest volumes: normal slices this close to a lesion are left out.
+        label_values: label volumes: the label values that count as anomalous (``1,2,4``;
+            None: any non-zero value).
         window: intensity window ``CENTRE,WIDTH`` (recorded in the checkpoint).
         percentile: intensity percentiles ``LOW,HIGH`` (recorded in the checkpoint).
         axis: the plane volumes are sliced across.
@@ -369,6 +375,7 @@ class RunConfig(Checked):
         fixed_on_resume=True,
     )
     data_path: str = DATA_PATH("./data", commands=RUNS + REPRODUCE)
+    layout: str | None = LAYOUT(None, commands=RUNS + REPRODUCE)
     setting: str = dataclasses.field(default="zero", metadata={FIXED_ON_RESUME: True})
     shot: int = SHOT(4, commands=FEW, fixed_on_resume=True)
     iterate: int = Option(
@@ -455,6 +462,7 @@ class RunConfig(Checked):
     manifest: str | None = MANIFEST(None, commands=RUNS, fixed_on_resume=True)
     min_lesion_px: int = MIN_LESION_PX(1, commands=RUNS, fixed_on_resume=True)
     margin: int = MARGIN(0, commands=RUNS, fixed_on_resume=True)
+    label_values: str | None = LABEL_VALUES(None, commands=RUNS, fixed_on_resume=True)
     window: str | None = WINDOW(None, commands=RUNS, fixed_on_resume=True)
     percentile: str | None = PERCENTILE(None, commands=RUNS, fixed_on_resume=True)
     axis: int = AXIS(2, commands=RUNS, fixed_on_resume=True)

@@ -14,6 +14,7 @@ from iqeclip.config.shared import (
     CKPT_PATH,
     DATA_PATH,
     DEVICE,
+    LAYOUT,
     LEARNING_RATE,
     MAX_MEGAPIXELS,
     MAX_SLICES,
@@ -72,6 +73,7 @@ class SynthConfig(Checked):
     seed: int = SEED(0)
     image_size: int = Option("image side in pixels")(128)
     overwrite: bool = OVERWRITE(False, help="rewrite the datasets in a non-empty folder")
+    layout: str = LAYOUT("mvfa", help="folder layout to write: mvfa (<Name>_AD) or bmad (<Name>)")
 
 
 @dataclass
@@ -95,6 +97,7 @@ class DemoConfig(Checked):
     data_path: str | None = DATA_PATH(
         None, help="benchmark folder (None: the synthetic benchmark in ~/.cache/iqeclip)"
     )
+    layout: str | None = LAYOUT(None)
     zero_epochs: int = Option("zero-shot epochs", minimum=1)(5)
     few_epochs: int = Option("few-shot epochs", minimum=1)(15)
     learning_rate: float = LEARNING_RATE(

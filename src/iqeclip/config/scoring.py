@@ -14,6 +14,8 @@ from iqeclip.config.shared import (
     CKPT_PATH,
     DATA_PATH,
     DEVICE,
+    LABEL_VALUES,
+    LAYOUT,
     MANIFEST,
     MARGIN,
     MAX_MEGAPIXELS,
@@ -50,6 +52,7 @@ class PredictConfig(Checked):
     masks: str | None = Option(
         "folder of ground-truth masks named like the inputs (contour on the overlay)"
     )(None)
+    label_values: str | None = LABEL_VALUES(None, help=LABEL_VALUES.help + "; with --masks")
     axis: int | None = AXIS(None, help=AXIS.help + " (None: the checkpoint's)")
     orientation: str | None = ORIENTATION(None, help=ORIENTATION.help + " (None: the checkpoint's)")
     window: str | None = WINDOW(None)
@@ -60,9 +63,14 @@ class PredictConfig(Checked):
         "mean of the K highest (None: the calibrated rule, else max)",
     )
     outputs: str | None = Option(
-        "what to write per slice, comma-separated from overlay, map, npy, mask, input (the "
-        "picture as read) (None: overlay,map,npy, and mask when the checkpoint has a calibrated "
-        "pixel threshold)"
+        "what to write per slice and per DICOM series, comma-separated from overlay, map, npy, "
+        "mask, input (the picture as read), dicom-seg (a DICOM Segmentation of the mask; needs "
+        "a calibrated pixel threshold), dicom-pmap (a DICOM Parametric Map of the anomaly "
+        "probability); the DICOM objects are written for DICOM series only (None: for 2-D "
+        "images overlay,map,npy, and mask with a calibrated pixel threshold; for the slices of "
+        "a volume no per-slice files, or the overlays with --masks). Every volume gets its "
+        "map, and with a calibrated pixel threshold its mask, in its own format (.nii.gz for "
+        "NIfTI and DICOM series, .nrrd, .mha)"
     )(None)
     batch_size: int = BATCH_SIZE(8, help="images per forward pass")
     workers: int | None = WORKERS(None)
@@ -89,9 +97,10 @@ class CalibrateConfig(Checked):
     ckpt_path: str | None = CKPT_PATH(None)
     normal: str | None = Option("folder of normal images (threshold by --target_fpr)")(None)
     data_path: str | None = DATA_PATH(
-        None, help="folder with <Name>_AD datasets: calibrate on --obj's valid split"
+        None, help="folder with <Name>_AD or <Name> datasets: calibrate on --obj's valid split"
     )
     obj: str | None = OBJ(None, help="dataset name for --data_path")
+    layout: str | None = LAYOUT(None)
     target_fpr: float = Option(
         "false-positive rate allowed on normal calibration images", minimum=0, maximum=1, below=True
     )(0.05)
@@ -103,6 +112,7 @@ class CalibrateConfig(Checked):
     )
     min_lesion_px: int = MIN_LESION_PX(1)
     margin: int = MARGIN(0)
+    label_values: str | None = LABEL_VALUES(None)
     volume_score: str = VOLUME_SCORE("max")
     window: str | None = WINDOW(None)
     percentile: str | None = PERCENTILE(None)

@@ -3,7 +3,10 @@ the groups of commands that options name in :attr:`~iqeclip.config.option.Option
 
 from __future__ import annotations
 
+from typing import Any
+
 from iqeclip.config.option import Option
+from iqeclip.errors import UserError, param
 
 __all__ = [
     "AXIS",
@@ -12,6 +15,8 @@ __all__ = [
     "DATA_PATH",
     "DEVICE",
     "FEW",
+    "LABEL_VALUES",
+    "LAYOUT",
     "LEARNING_RATE",
     "MANIFEST",
     "MARGIN",
@@ -40,6 +45,7 @@ __all__ = [
     "VOLUME_SCORE",
     "WINDOW",
     "WORKERS",
+    "parse_label_values",
 ]
 
 TRAIN = ("train-zero", "train-few")
@@ -62,7 +68,12 @@ PRECISION = Option(
     choices=("fp32", "bf16", "fp16"),
 )
 OBJ = Option("target dataset")
-DATA_PATH = Option("folder with the <Name>_AD datasets")
+DATA_PATH = Option("folder with the datasets: <Name>_AD (MVFA) or <Name> (BMAD) folders")
+LAYOUT = Option(
+    "folder layout of --data_path: mvfa (<Name>_AD/..., masks in Ungood/anomaly_mask) or bmad "
+    "(<Name>/..., masks in Ungood/label); None: the one layout that holds the dataset",
+    choices=("bmad", "mvfa"),
+)
 BATCH_SIZE = Option("batch size", minimum=1)
 SEED = Option("random seed")
 DEVICE = Option("auto | cpu | cuda | cuda:N")
@@ -107,6 +118,43 @@ MANIFEST = Option(
 MIN_LESION_PX = Option("manifest volumes: labelled pixels that make a slice abnormal", minimum=1)
 MARGIN = Option(
     "manifest volumes: leave out normal slices within this many slices of a lesion", minimum=0
+)
+
+
+def parse_label_values(value: Any) -> tuple[int, ...] | None:
+    """The label values of ``--label_values`` (``1,2,4``; from a YAML file also ``4`` or
+    ``[1, 2, 4]``): sorted, each once; None for None (any non-zero value counts).
+
+    Raises:
+        UserError: One line naming ``--label_values``: an empty value or item, or one that is
+            not a whole number of at least 1.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    items = [item.strip() for item in text.split(",")]
+    bad = [item for item in items if not (item.isascii() and item.isdigit() and int(item) >= 1)]
+    if bad:
+        what = f"{bad[0]!r} is not" if bad[0] else "an empty value is not"
+        raise UserError(
+            f"{param('label_values')} {value!r}: {what} a label value (comma-separated whole "
+            "numbers of at least 1, e.g. 1,2,4)"
+        )
+    return tuple(sorted({int(item) for item in items}))
+
+
+def _label_values_text(value: Any) -> str | None:
+    """``--label_values`` checked when it is given, and kept as the text of its values."""
+    values = parse_label_values(value)
+    return None if values is None else ",".join(map(str, values))
+
+
+LABEL_VALUES = Option(
+    "label volumes: the label values that count as anomalous, comma-separated (e.g. 1,2,4 for "
+    "BraTS; a DICOM-SEG's segment numbers) (None: any non-zero value)",
+    parse=_label_values_text,
 )
 VOLUME_SCORE = Option(
     "a volume's score from its slice scores: max, or topk:K, the mean of the K highest"

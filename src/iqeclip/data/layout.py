@@ -1,13 +1,16 @@
-"""The MVFA pre-processed BMAD folder layout and the few-shot support lists.
+"""The benchmark folder layouts under ``--data_path`` and the few-shot support lists.
 
-Layout of a data folder (``--data_path``)::
+A data folder (``--data_path``) holds datasets in MVFA's re-packaging of BMAD or in BMAD's own
+layout (:mod:`iqeclip.data.dataset_folders`; ``--layout`` chooses where a dataset is in both)::
 
-    <data_path>/<Name>_AD/{valid,test}/{good,Ungood}/img/<file>
-    <data_path>/<Name>_AD/{valid,test}/Ungood/anomaly_mask/<same file name>   # mask datasets only
+    <data_path>/<Name>_AD/{valid,test}/{good,Ungood}/img/<file>                  # MVFA
+    <data_path>/<Name>_AD/{valid,test}/Ungood/anomaly_mask/<same file name>      # mask datasets
+    <data_path>/<Name>/{valid,test}/{good,Ungood}[/img]/<file>                   # BMAD
+    <data_path>/<Name>/{valid,test}/Ungood/label/<same file name>                # mask datasets
 
 The six BMAD datasets are known by name (:data:`CLASS_INDEX`; a positive index means pixel masks
-exist, a negative one image labels only). Any other ``<Name>_AD`` folder is a user's dataset; it
-has pixel masks iff ``test/Ungood/anomaly_mask`` exists.
+exist, a negative one image labels only). Any other dataset folder is a user's dataset; it has
+pixel masks iff its ``test`` split has the mask folder.
 
 Few-shot support lists live at ``<seed_dir>/<Name>/<K>-shot.txt`` and hold two lines, in either
 order::
@@ -15,16 +18,27 @@ order::
     a-0: 01388_60.png 01471_60.png 00154_60.png 01646_90.png
     n-0: 01325_99.png 00250_60.png 01555_60.png 01181_99.png
 
-``a-0`` lists abnormal images of ``<Name>_AD/valid/Ungood/img``, ``n-0`` normal images of
-``<Name>_AD/valid/good/img``. Only iteration 0 exists.
+``a-0`` lists abnormal images of the dataset's ``valid`` split (``valid/Ungood/img`` in the MVFA
+layout), ``n-0`` normal images (``valid/good/img``); the same lists serve both layouts, since
+they name files only. Only iteration 0 exists.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
+from iqeclip.data.dataset_folders import (
+    LAYOUTS,
+    MvfaLayout,
+    SplitFolders,
+    data_dir,
+    find_dataset,
+    layouts_for,
+)
 from iqeclip.data.sample import Sample
 from iqeclip.errors import UserError, param
 from iqeclip.runtime.files import read_text
@@ -32,16 +46,21 @@ from iqeclip.runtime.files import read_text
 __all__ = [
     "CLASS_INDEX",
     "IMAGE_SUFFIXES",
+    "LAYOUTS",
+    "MASK_FOLDERS",
     "SPLITS",
     "available_datasets",
     "dataset_root",
     "draw_support",
     "find_support_list",
     "has_masks",
+    "has_split",
+    "in_mask_folder",
     "list_images",
     "list_split",
     "read_support_list",
     "samples_from_folders",
+    "split_folders",
     "support_set",
 ]
 
@@ -59,79 +78,101 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpeg", ".jpg", ".tif", ".tiff", ".b
 """File suffixes (compared case-insensitively) that are listed as images."""
 
 SPLITS: tuple[str, ...] = ("valid", "test")
-"""The splits of a ``<Name>_AD`` folder."""
+"""The splits of a dataset folder."""
 
-_SUFFIX = "_AD"
-_NORMAL = "good"
-_ABNORMAL = "Ungood"
-_IMG = "img"
-MASK_FOLDER = "anomaly_mask"
+MASK_FOLDER = MvfaLayout.MASKS
+"""The MVFA layout's mask folder."""
+MASK_FOLDERS: tuple[str, ...] = (MvfaLayout.MASKS, "label")
+"""The mask folders of both layouts (``Ungood/anomaly_mask``, BMAD's ``Ungood/label``)."""
 _SUPPORT_LINE = re.compile(r"^([an])-([0-9]+)\s*:(.*)$")
 
 
-def _data_dir(data_path: str | Path) -> Path:
-    path = Path(data_path)
-    if not path.is_dir():
-        raise UserError(
-            f"data folder {path} ({param('data_path')}) does not exist or is not a folder"
-        )
-    return path
+def in_mask_folder(parts: Sequence[str]) -> bool:
+    """Whether a file whose folders (relative to a walked folder) are ``parts`` is a ground-truth
+    mask of either layout: inside an ``anomaly_mask`` folder, or a ``label`` folder of an
+    ``Ungood`` folder (BMAD's; a ``label`` folder elsewhere may hold anything)."""
+    return MvfaLayout.MASKS in parts or any(
+        pair == ("Ungood", "label") for pair in itertools.pairwise(parts)
+    )
 
 
-def available_datasets(data_path: str | Path) -> list[str]:
-    """Names of all ``<X>_AD`` folders in the data folder.
+def available_datasets(data_path: str | Path, layout: str | None = None) -> list[str]:
+    """Names of the datasets in the data folder.
 
     Args:
         data_path: The data folder.
+        layout: ``bmad`` or ``mvfa`` (``--layout``): that layout's datasets only; None: both.
 
     Returns:
-        The names ``X`` (without ``_AD``), sorted.
+        The names (``X`` of ``<X>_AD``; a BMAD folder's name), sorted, each once.
 
     Raises:
         UserError: If ``data_path`` is not a folder.
     """
-    root = _data_dir(data_path)
-    return sorted(
-        p.name[: -len(_SUFFIX)]
-        for p in root.iterdir()
-        if p.is_dir() and p.name.endswith(_SUFFIX) and len(p.name) > len(_SUFFIX)
-    )
+    root = data_dir(data_path)
+    return sorted({name for lay in layouts_for(layout) for name in lay.names(root)})
 
 
-def dataset_root(data_path: str | Path, name: str) -> Path:
-    """The folder ``<data_path>/<name>_AD`` of a dataset.
+def dataset_root(data_path: str | Path, name: str, layout: str | None = None) -> Path:
+    """The folder of a dataset: ``<data_path>/<name>_AD`` (MVFA) or ``<data_path>/<name>``
+    (BMAD).
 
     Args:
         data_path: The data folder.
         name: The dataset name, e.g. ``"Brain"``.
+        layout: ``bmad`` or ``mvfa`` (``--layout``); None: the one layout that holds it.
 
     Returns:
         The dataset folder.
 
     Raises:
-        UserError: If the data folder or the dataset folder does not exist; the message lists the
-            ``<X>_AD`` folders that do exist.
+        UserError: If the data folder or the dataset folder does not exist (the message lists
+            the datasets that do exist), or the dataset is in both layouts and ``layout`` is
+            None, or only in the other layout.
     """
-    root = _data_dir(data_path) / f"{name}{_SUFFIX}"
-    if not root.is_dir():
-        found = available_datasets(data_path)
-        listing = ", ".join(f"{n}{_SUFFIX}" for n in found) if found else "none"
-        raise UserError(
-            f"dataset folder {root} does not exist; <Name>_AD folders in {Path(data_path)}: "
-            f"{listing}"
-        )
-    return root
+    return find_dataset(data_path, name, layout)[1]
 
 
-def has_masks(data_path: str | Path, name: str) -> bool:
+def split_folders(
+    data_path: str | Path, name: str, split: str, layout: str | None = None
+) -> SplitFolders:
+    """The folders of one split of a dataset (images of each class, masks), in its layout.
+
+    Raises:
+        UserError: As :func:`dataset_root`, or for an unknown split.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    lay, root = find_dataset(data_path, name, layout)
+    return lay.split_folders(root, split)
+
+
+def has_split(data_path: str | Path, name: str, split: str, layout: str | None = None) -> bool:
+    """Whether the data folder holds the dataset with that split folder (False where the data
+    folder, the dataset or the split is missing).
+
+    Raises:
+        UserError: The dataset is in both layouts and ``layout`` is None, or only in the other
+            layout than ``layout``.
+    """
+    if not Path(data_path).is_dir():
+        return False
+    present = [lay.find(Path(data_path), name) for lay in LAYOUTS.values()]
+    if not any(present):
+        return False
+    return split_folders(data_path, name, split, layout).split.is_dir()
+
+
+def has_masks(data_path: str | Path, name: str, layout: str | None = None) -> bool:
     """Whether a dataset has pixel-level anomaly masks.
 
-    Known datasets answer from :data:`CLASS_INDEX`; a user's dataset has masks iff
-    ``<name>_AD/test/Ungood/anomaly_mask`` exists.
+    Known datasets answer from :data:`CLASS_INDEX`; a user's dataset has masks iff its ``test``
+    split's mask folder exists (``test/Ungood/anomaly_mask``; BMAD: ``test/Ungood/label``).
 
     Args:
         data_path: The data folder.
         name: The dataset name.
+        layout: ``bmad``, ``mvfa`` or None (``--layout``).
 
     Returns:
         True if pixel masks exist.
@@ -141,7 +182,7 @@ def has_masks(data_path: str | Path, name: str) -> bool:
     """
     if name in CLASS_INDEX:
         return CLASS_INDEX[name] > 0
-    return (dataset_root(data_path, name) / "test" / _ABNORMAL / MASK_FOLDER).is_dir()
+    return split_folders(data_path, name, "test", layout).masks.is_dir()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -159,7 +200,11 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def list_split(
-    data_path: str | Path, name: str, split: str, missing_masks: str = "error"
+    data_path: str | Path,
+    name: str,
+    split: str,
+    missing_masks: str = "error",
+    layout: str | None = None,
 ) -> list[Sample]:
     """All images of one split of a dataset.
 
@@ -169,34 +214,34 @@ def list_split(
         split: ``"valid"`` or ``"test"``.
         missing_masks: ``"error"`` raises for an abnormal image without its mask; ``"keep"``
             lists it with ``mask=None`` for the caller's validation (``--on_bad_input skip``).
+        layout: ``bmad``, ``mvfa`` or None (``--layout``; None: the one layout that holds it).
 
     Returns:
         The normal images sorted by file name, then the abnormal images sorted by file name. For
-        mask datasets each abnormal image carries its mask ``Ungood/anomaly_mask/<same name>``.
+        mask datasets each abnormal image carries its mask of the same name in the mask folder.
+        The same files give the same samples in the same order in either layout.
 
     Raises:
-        UserError: If the split is unknown, the split folder or one of its ``img`` folders is
+        UserError: If the split is unknown, the split folder or one of its image folders is
             missing, the split holds no image, or an abnormal image of a mask dataset has no mask.
     """
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    split_dir = dataset_root(data_path, name) / split
-    if not split_dir.is_dir():
-        raise UserError(f"split folder {split_dir} does not exist")
-    masks = has_masks(data_path, name)
-    normal = list_images(split_dir / _NORMAL / _IMG)
-    abnormal = list_images(split_dir / _ABNORMAL / _IMG)
+    folders = split_folders(data_path, name, split, layout)
+    if not folders.split.is_dir():
+        raise UserError(f"split folder {folders.split} does not exist")
+    masks = has_masks(data_path, name, layout)
+    normal = list_images(folders.normal)
+    abnormal = list_images(folders.abnormal)
     if not normal and not abnormal:
         raise UserError(
-            f"split folder {split_dir} holds no image ({', '.join(IMAGE_SUFFIXES)}) in "
-            f"{_NORMAL}/{_IMG} or {_ABNORMAL}/{_IMG}"
+            f"split folder {folders.split} holds no image ({', '.join(IMAGE_SUFFIXES)}) in "
+            f"{folders.normal.relative_to(folders.split)} or "
+            f"{folders.abnormal.relative_to(folders.split)}"
         )
     samples = [Sample(image=p, label=0, mask=None) for p in normal]
-    mask_dir = split_dir / _ABNORMAL / MASK_FOLDER
     for p in abnormal:
         mask = None
         if masks:
-            mask = mask_dir / p.name
+            mask = folders.masks / p.name
             if not mask.is_file():
                 if missing_masks == "error":
                     raise UserError(f"abnormal image {p} has no mask: expected {mask}")
@@ -294,8 +339,11 @@ def support_set(
     iterate: int,
     seed_dir: str | Path | None = None,
     seed: int = 42,
+    layout: str | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
     """The few-shot support set, K abnormal and K normal images of the ``valid`` split.
+
+    A list file names files only, so the same lists serve the MVFA and the BMAD layout.
 
     Args:
         data_path: The data folder.
@@ -306,6 +354,7 @@ def support_set(
             folder listings (abnormal first, then normal, from the same generator).
         seed_dir: Folder of the support lists, see :func:`find_support_list`.
         seed: Seed for ``iterate < 0``.
+        layout: ``bmad``, ``mvfa`` or None (``--layout``; None: the one layout that holds it).
 
     Returns:
         ``(abnormal, normal)``: K samples each. From a list file they keep the file's order.
@@ -321,21 +370,20 @@ def support_set(
         raise UserError(
             f"{param('iterate')} {iterate}: only iteration 0 exists in the support lists"
         )
-    samples = list_split(data_path, name, "valid")
+    samples = list_split(data_path, name, "valid", layout=layout)
     normal = [s for s in samples if s.label == 0]
     abnormal = [s for s in samples if s.label == 1]
-    valid_dir = dataset_root(data_path, name) / "valid"
+    valid = split_folders(data_path, name, "valid", layout)
 
     if iterate < 0:
-        folders = (valid_dir / _ABNORMAL / _IMG, valid_dir / _NORMAL / _IMG)
-        return draw_support(abnormal, normal, shot, seed, folders)
+        return draw_support(abnormal, normal, shot, seed, (valid.abnormal, valid.normal))
 
     list_file = find_support_list(name, shot, seed_dir, data_path)
     abnormal_names, normal_names = read_support_list(list_file)
     chosen: list[list[Sample]] = []
     for kind, names, pool, folder in (
-        ("a-0", abnormal_names, abnormal, _ABNORMAL),
-        ("n-0", normal_names, normal, _NORMAL),
+        ("a-0", abnormal_names, abnormal, valid.abnormal),
+        ("n-0", normal_names, normal, valid.normal),
     ):
         if len(names) != shot:
             raise UserError(
@@ -346,8 +394,7 @@ def support_set(
         for n in names:
             if n not in by_name:
                 raise UserError(
-                    f"support list {list_file} names {n}, but {valid_dir / folder / _IMG / n} "
-                    "does not exist"
+                    f"support list {list_file} names {n}, but {folder / n} does not exist"
                 )
             picked.append(by_name[n])
         chosen.append(picked)

@@ -6,15 +6,22 @@ A manifest is a CSV file with a header row. Columns (names in any order, extra c
     scans/p01_flair.nii.gz,,scans/p01_seg.nii.gz,train,
     scans/p02_flair.nii.gz,normal,,test,
     ct/series_0042,abnormal,,valid,
+    ct/series_0043,,ct/series_0043_seg.dcm,test,
+    slicer/p03.nrrd,,slicer/p03.seg.nrrd,train,
     photos/a.png,abnormal,photos/a_mask.png,test,
 
 - ``path`` (required): any input the readers take: an image, a DICOM file, a DICOM series folder,
-  a NIfTI volume. Relative paths are relative to the manifest's folder.
+  a NIfTI, NRRD or MetaImage volume. Relative paths are relative to the manifest's folder.
 - ``label``: ``normal`` / ``abnormal`` (or ``0`` / ``1``). May be empty for a volume with a label
   volume (the slices' labels then come from it); required otherwise.
-- ``mask`` (optional): an image mask for a 2-D input, or a label volume (NIfTI; any non-zero voxel
-  is anomalous) for a NIfTI volume or a DICOM series (aligned by
-  :func:`~iqeclip.data.readers.label_slices`). DICOM-SEG is not read.
+- ``mask`` (optional): an image mask for a 2-D input, or a label volume for a volume or a DICOM
+  series: a NIfTI, NRRD or MetaImage file (a 3D Slicer ``.seg.nrrd`` included) or a DICOM-SEG.
+  The voxels whose value is one of ``--label_values`` are anomalous (default: any non-zero
+  value; a DICOM-SEG's values are its segment numbers). It is aligned to the image by
+  :func:`~iqeclip.data.readers.label_slices` (:mod:`~iqeclip.data.readers.labels`): a DICOM-SEG
+  on the series it references by its source instances, a label volume on the image's grid up
+  to axis order as it is, and one on another grid resampled by nearest neighbour (a log line
+  says so); one that does not overlap its image is refused.
 - ``split`` (optional): ``train`` (few-shot support, an extra zero-shot source), ``valid``
   (``calibrate``) or ``test`` (``test-*`` and the final test of a training run). An empty split
   puts the row in every split.
@@ -270,7 +277,8 @@ def read_manifest(
 
     Args:
         path: The CSV file.
-        reading: How inputs are read (intensity rule, ``--axis``, ``--orientation``).
+        reading: How inputs are read (intensity rule, ``--axis``, ``--orientation``) and which
+            label values of the label volumes count (``--label_values``).
         min_lesion_px: Labelled pixels that make a slice abnormal (``--min_lesion_px``, >= 1).
         margin: Slices next to a lesion left out (``--margin``, >= 0).
         policy: ``error``: the first unusable row stops the run before any work; ``skip``: it is

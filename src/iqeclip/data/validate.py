@@ -25,7 +25,10 @@ reason:
 
 A slice of a volume or DICOM series (a sample with an ``index``, from a manifest) is checked as
 the data loader reads it: the volume decoded once, the slice's size checked, its label volume
-aligned to the volume (:func:`~iqeclip.data.readers.label_slices`).
+(NIfTI, NRRD, MetaImage, a 3D Slicer ``.seg.nrrd`` or a DICOM-SEG:
+:func:`~iqeclip.data.readers.is_label_volume`) aligned to the volume
+(:func:`~iqeclip.data.readers.label_slices`: exactly, or resampled onto its grid; one that
+does not overlap the volume is refused).
 
 DICOM and NIfTI images need their optional packages (a missing one stops the run, whatever the
 policy); non-finite voxels are the reader's business (replaced and counted in the slice's

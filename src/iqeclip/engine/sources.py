@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 from iqeclip.config import RunConfig
-from iqeclip.data.layout import draw_support, has_masks, list_split
+from iqeclip.data.layout import draw_support, has_masks, has_split, list_split
 from iqeclip.data.manifest import Manifest, has_pixel_masks, read_manifest
 from iqeclip.data.readers import DEFAULT_READING, Reading, reading_from
 from iqeclip.data.sample import Sample
@@ -24,8 +23,8 @@ __all__ = ["manifest_support", "run_manifest", "run_reading", "test_set", "with_
 
 
 def run_reading(run: RunConfig) -> Reading:
-    """The run's reading options (checked before any work)."""
-    return reading_from(run.window, run.percentile, run.axis, run.orientation)
+    """The run's reading options and label values (checked before any work)."""
+    return reading_from(run.window, run.percentile, run.axis, run.orientation, run.label_values)
 
 
 def with_reading(samples: Sequence[Sample], reading: Reading) -> list[Sample]:
@@ -72,11 +71,11 @@ def test_set(
         samples = manifest.split("test")
         pixel = has_pixel_masks(samples)
     else:
-        if optional and not (Path(run.data_path) / f"{run.obj}_AD" / "test").is_dir():
+        if optional and not has_split(run.data_path, run.obj, "test", run.layout):
             return [], False
-        pixel = has_masks(run.data_path, run.obj)
+        pixel = has_masks(run.data_path, run.obj, run.layout)
         samples = with_reading(
-            list_split(run.data_path, run.obj, "test", bad.missing_masks), reading
+            list_split(run.data_path, run.obj, "test", bad.missing_masks, run.layout), reading
         )
     return bad.check(samples, pixel), pixel
 

@@ -83,19 +83,21 @@ def _zero_shot_sources(
     """``(name, samples, pixel masks)`` of each zero-shot training source: the test split of
     every other dataset in ``--data_path``, and the train rows of the manifest."""
     listed = [] if manifest is None else manifest.split("train")
-    names = [n for n in available_datasets(run.data_path) if n != run.obj]
+    names = [n for n in available_datasets(run.data_path, run.layout) if n != run.obj]
     sources = [
         (
             n,
-            with_reading(list_split(run.data_path, n, "test", bad.missing_masks), reading),
-            has_masks(run.data_path, n),
+            with_reading(
+                list_split(run.data_path, n, "test", bad.missing_masks, run.layout), reading
+            ),
+            has_masks(run.data_path, n, run.layout),
         )
         for n in names
     ] + ([("manifest", listed, has_pixel_masks(listed))] if listed else [])
     if not sources:
         raise UserError(
             f"{param('data_path')} {run.data_path}: zero-shot training on {run.obj} needs other "
-            f"<Name>_AD datasets (or the train rows of a {param('manifest')})"
+            f"datasets (or the train rows of a {param('manifest')})"
         )
     return sources
 
@@ -211,9 +213,15 @@ def train_few(
             pixel = run.masks_dir is not None
             run = dataclasses.replace(run, shot=len(abnormal))
         else:
-            pixel = has_masks(run.data_path, run.obj)
+            pixel = has_masks(run.data_path, run.obj, run.layout)
             abnormal, normal = support_set(
-                run.data_path, run.obj, run.shot, run.iterate, run.fewshot_seed_dir, run.seed
+                run.data_path,
+                run.obj,
+                run.shot,
+                run.iterate,
+                run.fewshot_seed_dir,
+                run.seed,
+                layout=run.layout,
             )
         abnormal = bad.check(with_reading(abnormal, reading), pixel)
         normal = bad.check(with_reading(normal, reading), False)

@@ -44,6 +44,7 @@ def calibrate_checkpoint(
     normal: str | Path | None = None,
     data_path: str | Path | None = None,
     obj: str | None = None,
+    layout: str | None = None,
     manifest: str | Path | None = None,
     target_fpr: float = 0.05,
     f1: bool = False,
@@ -59,14 +60,15 @@ def calibrate_checkpoint(
     percentile: str | None = None,
     axis: int | None = None,
     orientation: str | None = None,
+    label_values: str | None = None,
 ) -> dict[str, Any]:
     """Compute and store thresholds; returns the stored ``thresholds`` record.
 
     The calibration data is one of: ``normal`` (a folder of normal inputs, read as ``predict``
-    reads them), ``data_path`` + ``obj`` (the dataset's labelled ``valid`` split) or
+    reads them), ``data_path`` + ``obj`` (the labelled ``valid`` split, folder layout ``layout``) or
     ``manifest`` (its ``valid`` rows; its volumes also calibrate the volume score, scored as
     ``predict`` scores them with ``volume_score``). The intensity rule is the checkpoint's
-    unless ``window`` / ``percentile`` is given.
+    unless ``window`` / ``percentile`` is given; ``label_values``: as ``--label_values``.
     """
     given = [normal is not None, data_path is not None or obj is not None, manifest is not None]
     if sum(given) != 1 or (given[1] and (data_path is None or obj is None)):
@@ -74,6 +76,8 @@ def calibrate_checkpoint(
             f"calibrate needs one source: {param('normal')} DIR, both {param('data_path')} and "
             f"{param('obj')}, or {param('manifest')}"
         )
+    if layout is not None and data_path is None:
+        raise UserError(f"{param('layout')} is the layout of {param('data_path')}: give both")
     check_writable(param("ckpt_path"), ckpt_path)  # the thresholds are stored in it
     rule = "f1" if f1 else "target_fpr"
     if f1 and normal is not None:
@@ -83,7 +87,7 @@ def calibrate_checkpoint(
         )
     volume_aggregate(volume_score)  # checked before any work
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device), **(model_overrides or {}))
-    reading = checkpoint_reading(model.meta, window, percentile, axis, orientation)
+    reading = checkpoint_reading(model.meta, window, percentile, axis, orientation, label_values)
     setting = setting or model.meta.get("run", {}).get("setting", "zero")
     if normal is not None:
         found = _normal_scores(model, normal, setting, batch_size, reading, on_bad_input)
@@ -92,8 +96,7 @@ def calibrate_checkpoint(
     else:
         found, pixel_threshold, volume, source = _labelled_scores(
             model,
-            data_path,
-            obj,
+            (data_path, obj, layout),
             manifest,
             setting,
             batch_size,
@@ -150,8 +153,7 @@ def _normal_scores(
 
 def _labelled_scores(
     model: IQEClip,
-    data_path: str | Path | None,
-    obj: str | None,
+    dataset: tuple[str | Path | None, str | None, str | None],
     manifest: str | Path | None,
     setting: str,
     batch_size: int,
@@ -161,8 +163,8 @@ def _labelled_scores(
 ) -> tuple[Scores, float | None, dict[str, Any] | None, str]:
     """The scores of a labelled ``valid`` split (a dataset's, or a manifest's rows), the pixel
     threshold where it has masks, the volume threshold where a manifest lists volumes, and the
-    source's description. ``policy``: on_bad_input, min_lesion_px, margin; ``rule_of``: rule,
-    target_fpr, volume_score."""
+    source's description. ``dataset``: data_path, obj, layout; ``policy``: on_bad_input,
+    min_lesion_px, margin; ``rule_of``: rule, target_fpr, volume_score."""
     on_bad_input, min_lesion_px, margin = policy
     rule, target_fpr, volume_score = rule_of
     volumes: list[Volume] = []
@@ -173,9 +175,10 @@ def _labelled_scores(
         logger.info(listed.summary("valid"))
         source = f"valid rows of {manifest}"
     else:
-        pixel = has_masks(data_path, obj)
+        data_path, obj, layout = dataset
+        pixel = has_masks(data_path, obj, layout)
         missing = "keep" if on_bad_input == "skip" else "error"
-        split = list_split(data_path, obj, "valid", missing)
+        split = list_split(data_path, obj, "valid", missing, layout)
         samples = [dataclasses.replace(s, reading=reading) for s in split]
         source = f"{obj} valid split"
     samples, skipped_samples = validate_samples(samples, model.config.img_size, on_bad_input, pixel)

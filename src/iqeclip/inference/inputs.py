@@ -25,6 +25,7 @@ from iqeclip.data.readers import (
     describe_intensity,
     reading_from,
 )
+from iqeclip.data.readers.reading import parse_label_values
 from iqeclip.data.validate import Skipped
 from iqeclip.engine.stream import stream
 from iqeclip.errors import UserError, as_flag
@@ -143,12 +144,15 @@ def checkpoint_reading(
     percentile: str | None,
     axis: int | None = None,
     orientation: str | None = None,
+    label_values: str | None = None,
 ) -> Reading:
     """The reading of a test, calibrate or predict run: the intensity rule, slicing axis and
     orientation recorded in the checkpoint at training, each unless given (then a warning names
-    both when they differ). A checkpoint that recorded no orientation was trained with the
-    older ``canonical`` rule, and one that recorded ``canonical`` keeps it: both with a warning
-    that its volumes are not read in the radiological view."""
+    both when they differ), and the run's own ``label_values`` (``--label_values``: the ground
+    truth of the data at hand, not taken from the checkpoint). A checkpoint that recorded no
+    orientation was trained with the older ``canonical`` rule, and one that recorded
+    ``canonical`` keeps it: both with a warning that its volumes are not read in the
+    radiological view."""
     trained = meta.get("run", {})
     stored = reading_from(
         trained.get("window"),
@@ -161,6 +165,7 @@ def checkpoint_reading(
         reading_from(window, percentile).intensity if given else stored.intensity,
         stored.axis if axis is None else axis,
         stored.orientation if orientation is None else orientation,
+        label_values=parse_label_values(label_values),
     )
     for what, mine, theirs in (
         (

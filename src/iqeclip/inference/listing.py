@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from iqeclip.data.layout import MASK_FOLDER
+from iqeclip.data.layout import in_mask_folder
 from iqeclip.data.readers import (
     DEFAULT_READING,
     Reader,
@@ -39,7 +39,7 @@ from iqeclip.data.readers.registry import supported
 from iqeclip.data.sample import Sample
 from iqeclip.data.validate import Skipped, validate_samples
 from iqeclip.errors import UserError, as_flag, param
-from iqeclip.inference.files import is_output_name
+from iqeclip.inference.files import TABLES, is_output_name
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,14 @@ def expand_inputs(
         nonlocal masks_left_out
         if not p.is_file() or p.name.startswith("."):
             return False
-        if MASK_FOLDER in p.relative_to(root).parts[:-1]:
+        if in_mask_folder(p.relative_to(root).parts[:-1]):
             masks_left_out += 1
             return False
         if skip is None or not p.resolve().is_relative_to(skip):
             return True
         if skip == top or top.is_relative_to(skip):  # --out is the walked folder (or above it)
-            return not is_output_name(p.name) or p.parent.resolve() != skip
+            ours = is_output_name(p.name) or p.name in TABLES
+            return not ours or p.parent.resolve() != skip
         return False  # inside an --out below the walked folder
 
     def refused(folder: Path, reason: str) -> None:
@@ -104,34 +105,47 @@ def expand_inputs(
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            inputs: set[Path] = set()
             top = path.resolve()
-            for f in sorted(p for p in _files_below(path, refused) if wanted(p, path, top)):
-                reader = reader_for(f)
-                item = None if reader is None else reader.input_of(f)
-                why = _not_an_input(f, reader)
-                if why is not None:
-                    left_out.append(Skipped(f, why))
-                elif item is not None and item not in inputs:  # a DICOM folder once
-                    inputs.add(item)
-                    found.append(item)
+            files = sorted(p for p in _files_below(path, refused) if wanted(p, path, top))
+            found += _inputs_among(files, left_out)
         else:
             raise UserError(f"input {path}: no such file or folder")
+    _say_left_out(left_out, masks_left_out)
+    if unsupported is not None:
+        unsupported.extend(left_out)
+    if not found:
+        raise UserError(
+            f"no input files in {', '.join(map(str, paths))} (supported: {supported()})"
+        )
+    return found
+
+
+def _say_left_out(left_out: Sequence[Skipped], masks: int) -> None:
+    """One log line for the files of the walked folders that are no input, one for the masks."""
     if left_out:
         logger.warning(
             f"left out {len(left_out)} files that are no input (of no supported format, or "
             f"labels), e.g. {left_out[0].path}: {left_out[0].reason}"
         )
-        if unsupported is not None:
-            unsupported.extend(left_out)
-    if masks_left_out:
+    if masks:
         logger.info(
-            f"left out {masks_left_out} ground-truth masks in {MASK_FOLDER}/ folders (the BMAD "
-            "layout; pass such a folder itself to score it, or --masks to draw them)"
+            f"left out {masks} ground-truth masks in anomaly_mask/ or Ungood/label/ folders (the "
+            "MVFA and BMAD layouts; pass such a folder itself to score it, or --masks to draw them)"
         )
-    if not found:
-        raise UserError(f"no images, DICOM or NIfTI files in {', '.join(map(str, paths))}")
-    return found
+
+
+def _inputs_among(files: Sequence[Path], left_out: list[Skipped]) -> list[Path]:
+    """The inputs of a walked folder's files, in order (a DICOM folder once); what is no input
+    is appended to ``left_out`` with its reason."""
+    found: dict[Path, None] = {}  # ordered, each once
+    for f in files:
+        reader = reader_for(f)
+        why = _not_an_input(f, reader)
+        if why is not None:
+            left_out.append(Skipped(f, why))
+        elif reader is not None:
+            found.setdefault(reader.input_of(f), None)
+    return list(found)
 
 
 _DETACHED_HEADERS = (".mhd", ".nhdr")  # headers whose voxels lie in a file beside them

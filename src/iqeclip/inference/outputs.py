@@ -7,13 +7,15 @@ interrupted run is resumed.
   so a killed run leaves nothing that blocks). Without ``--overwrite`` it refuses a folder
   holding ``predictions.csv``, ``volumes.csv``, ``skipped_inputs.csv`` or any file with a name
   predict would write for one of the inputs (``<stem>_overlay.png``, ``<stem>_s003_map.npy``,
-  ``<stem>_anomaly.nii.gz``, ...), so a user's ``scan_map.png`` beside ``scan.png`` is never
-  replaced. With ``--overwrite`` it removes the previous run's outputs, those listed in its
-  ``predictions.csv`` (and the CSV files themselves), nothing else, and still refuses a file
-  this run would write that no earlier run listed. ``--overwrite`` and ``--resume`` also remove
+  ``<stem>_anomaly.nii.gz``, ``<stem>_mask.nrrd``, ``<stem>_seg.dcm``, ...), so a user's
+  ``scan_map.png`` beside ``scan.png`` is never replaced. With ``--overwrite`` it removes the
+  previous run's outputs, those listed in its ``predictions.csv`` (and the CSV files
+  themselves), nothing else, and still refuses a file this run would write that no earlier run
+  listed. ``--overwrite`` and ``--resume`` also remove
   the temporary files a write killed midway leaves: ``.<file>.<8 random characters>.tmp``
-  (:func:`~iqeclip.runtime.files.atomic_write`) and ``.<file>.tmp.nii.gz``
-  (:func:`nifti_temporary`), only for a ``<file>`` this run writes.
+  (:func:`~iqeclip.runtime.files.atomic_write`) and ``.<file>.tmp.nii.gz`` (or ``.nrrd``,
+  ``.mha``: :func:`~iqeclip.inference.files.volume_temporary`), only for a ``<file>`` this run
+  writes.
 - :class:`Partial` appends each finished input's rows to ``.predictions.partial.<rank>.csv`` (one
   flushed write per input), so a crash or kill keeps what was scored; ``--resume`` reads it back
   and scores only the inputs that are missing, after checking that it is the same run (checkpoint,
@@ -30,14 +32,13 @@ import io
 import json
 import logging
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from iqeclip.errors import UserError, param
-from iqeclip.inference.files import PREDICTIONS, TABLES, is_output_name
+from iqeclip.inference.files import PREDICTIONS, TABLES, is_output_name, volume_target
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import atomic_target, atomic_write_text, try_lock
 
@@ -55,7 +56,6 @@ _COLUMNS_EXTRA = ("_input", "_group")
 _DONE = "done"
 _IDENTITY = ".predictions.partial.json"
 _LOCK = ".predict.lock"
-_NIFTI_TEMPORARY = re.compile(r"\.(.+\.nii\.gz)\.tmp\.nii\.gz")
 
 
 def _ours(name: str, stems: Iterable[str]) -> bool:
@@ -187,8 +187,7 @@ def _remove_temporaries(out: Path, stems: Sequence[str]) -> None:
     outputs, its CSV files, ``.predictions.partial.json``), and nothing else."""
     left = []
     for p in out.iterdir():
-        nifti = _NIFTI_TEMPORARY.fullmatch(p.name)
-        target = nifti.group(1) if nifti else atomic_target(p.name)
+        target = volume_target(p.name) or atomic_target(p.name)
         if target is not None and (target == _IDENTITY or _ours(target, stems)) and p.is_file():
             left.append(p)
     for p in left:

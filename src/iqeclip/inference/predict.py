@@ -1,14 +1,18 @@
 """``iqeclip predict``: score your own images, slices and volumes, and write heat maps.
 
 Inputs are image files, folders (searched recursively), DICOM files and series folders, and
-NIfTI volumes (scored slice by slice across the plane ``--axis`` names, every volume format in
-the radiological view: :mod:`iqeclip.data.readers.orientation`). For every 2-D input the outputs
-are an overlay PNG (the map over the input, the ground-truth contour in green with ``--masks``),
-the map as a grey PNG and as a float ``.npy`` (both at the input's size, values are the anomaly
-probability in [0, 1]), and a row of ``predictions.csv``; a volume also gets a NIfTI of its
-anomaly maps in the source's voxel grid, with its affine (and header). ``--outputs`` chooses the
-per-slice files; a calibrated pixel threshold adds binary masks (``<name>_mask.png``, and
-``<stem>_mask.nii.gz`` for volumes); every input with slices gets a row of ``volumes.csv``.
+NIfTI, NRRD and MetaImage volumes (scored slice by slice across the plane ``--axis`` names,
+every volume format in the radiological view: :mod:`iqeclip.data.readers.orientation`). By
+default every 2-D input gets an overlay PNG (the map over the input, the ground-truth contour in
+green with ``--masks``), the map as a grey PNG and as a float ``.npy`` (both at the input's
+size, values are the anomaly probability in [0, 1]), and a row of ``predictions.csv``; a volume
+gets its anomaly maps as one volume in the input's own format (``<stem>_anomaly.nii.gz`` for
+NIfTI and DICOM series, ``.nrrd`` for NRRD, ``.mha`` for MetaImage) in the source's voxel grid
+with its geometry, a row of ``volumes.csv`` and a row per slice, and no per-slice files.
+``--outputs`` chooses the per-slice files of every input (:class:`~iqeclip.inference.files.
+Outputs`) and, for DICOM series, a DICOM Segmentation and Parametric Map
+(:mod:`~iqeclip.inference.dicom_outputs`); a calibrated pixel threshold adds binary masks
+(``<name>_mask.png`` where asked, and ``<stem>_mask.<format>`` for every volume).
 Each volume of a DICOM folder is its own input there (stem ``<folder>_series<N>``, see
 :func:`~iqeclip.data.items.read_items`), and every row of ``predictions.csv`` names its
 own file, its DICOM UIDs and the files written for it (:data:`CSV_COLUMNS`). Reading inputs
@@ -31,6 +35,7 @@ from typing import Any
 
 import torch
 
+from iqeclip import __version__
 from iqeclip.data.items import Item
 from iqeclip.data.readers import (
     DEFAULT_LIMITS,
@@ -39,11 +44,13 @@ from iqeclip.data.readers import (
     describe_intensity,
     reading_options,
 )
+from iqeclip.data.readers.reading import parse_label_values
 from iqeclip.data.validate import Skipped, write_skipped
 from iqeclip.errors import UserError, param
 from iqeclip.inference.decisions import Decisions, nonfinite
 from iqeclip.inference.detectors import Detector, load_detector
-from iqeclip.inference.files import DEFAULT_OUTPUTS, SKIPPED, SLICE_FILES
+from iqeclip.inference.dicom_outputs import Algorithm, check_dicom_outputs
+from iqeclip.inference.files import DEFAULT_OUTPUTS, DICOM_FILES, SKIPPED, SLICE_FILES, Outputs
 from iqeclip.inference.inputs import checkpoint_reading, scored_items
 from iqeclip.inference.listing import check_inputs, expand_inputs, unique_stems
 from iqeclip.inference.outputs import Partial, guard, resume_point
@@ -73,7 +80,7 @@ class _Run:
     reading: Reading
     setting: str
     decisions: Decisions
-    outputs: frozenset[str]
+    outputs: Outputs
     paths: list[Path]
     stems: dict[Path, str]
     masks: Path | None
@@ -90,6 +97,7 @@ def predict(
     out: str | Path | None = None,
     *,
     masks: str | Path | None = None,
+    label_values: str | None = None,
     axis: int | None = None,
     orientation: str | None = None,
     window: str | None = None,
@@ -117,13 +125,16 @@ def predict(
     already loaded ``detector``); write every output into ``out`` if given; return the
     predictions, in the order of ``predictions.csv``.
 
-    ``outputs``: a comma list of per-slice files (default overlay, map and npy, plus mask with a
-    calibrated pixel threshold); ``volume_score``: ``max`` or ``topk:K`` (default: the
+    ``outputs``: a comma list of per-slice files and DICOM objects (default: overlay, map and
+    npy, and mask with a calibrated pixel threshold, for 2-D inputs; for a volume's slices none,
+    or the overlays with ``masks``); ``volume_score``: ``max`` or ``topk:K`` (default: the
     calibrated rule, else max); the reading is the checkpoint's unless ``window``,
     ``percentile``, ``axis`` or ``orientation`` is given, and is stored in ``applied`` (a dict)
-    for config.yaml; ``max_*`` bound what an input may hold, from its headers. Without ``out``
-    nothing is written and each prediction keeps its map and picture (``keep_maps``). The module
-    docstring says what is checked, locked and kept before and during the work.
+    for config.yaml; ``label_values`` (``1,2,4``) are the values of the ``masks``' label
+    volumes that count (None: any non-zero); ``max_*`` bound what an input may hold, from its
+    headers. Without ``out`` nothing is written and each prediction keeps its map and picture
+    (``keep_maps``). The module docstring says what is checked, locked and kept before and
+    during the work.
     """
     out = None if out is None else Path(out)
     if out is not None:
@@ -131,10 +142,11 @@ def predict(
     elif resume or overwrite:
         given = param("resume" if resume else "overwrite")
         raise UserError(f"{given} needs {param('out')} (a folder)")
+    parse_label_values(label_values)  # checked before the model is loaded
     if detector is None:
         detector = load_detector(backend, ckpt_path, model, device, model_overrides)
     reading = dataclasses.replace(
-        checkpoint_reading(detector.meta, window, percentile, axis, orientation),
+        checkpoint_reading(detector.meta, window, percentile, axis, orientation, label_values),
         limits=Limits(max_megapixels, max_slices, max_total_megapixels, options=True),
     )
     if applied is not None:
@@ -179,10 +191,15 @@ def _plan(
     """The run's decisions, outputs and inputs, each checked before any work: a bad input under
     ``on_bad_input="error"`` stops the run before the output folder is touched."""
     thresholds = detector.meta.get("thresholds")
-    chosen = _outputs(outputs, (thresholds or {}).get("pixel"))
+    pixel = (thresholds or {}).get("pixel")
+    chosen = _outputs(outputs, pixel, masks is not None)
     decisions = Decisions.of(thresholds, volume_score)
     unreadable: list[Skipped] | None = [] if on_bad_input == "skip" else None
-    paths = expand_inputs(inputs, exclude=out, unreadable=unreadable)
+    unsupported: list[Skipped] = []  # listed whatever the policy: they are no inputs
+    paths = expand_inputs(inputs, exclude=out, unreadable=unreadable, unsupported=unsupported)
+    not_dicom = check_dicom_outputs(chosen.dicom, paths, pixel)
+    if out is not None:
+        _say_not_dicom(chosen.dicom, not_dicom)
     size = detector.config.img_size
     usable, skipped = check_inputs(paths, masks, size, on_bad_input, reading)
     return _Run(
@@ -196,7 +213,7 @@ def _plan(
         unique_stems(paths),
         masks,
         usable,
-        [*(unreadable or []), *skipped],  # folders the input walk could not read first
+        [*(unreadable or []), *unsupported, *skipped],  # what the input walk left out first
         batch_size,
         on_bad_input,
         keep_maps,
@@ -218,7 +235,7 @@ def _locked(
         "options": [
             run.setting,
             repr(run.reading),
-            sorted(run.outputs),
+            run.outputs.identity(),
             run.decisions.volume_score,
             str(run.masks),
             run.batch_size,
@@ -260,7 +277,14 @@ def _predict(run: _Run, out: Path | None, resume: bool, workers: int) -> Predict
     mine, start, written = resume_point(distributed.shard(run.usable), rows, run.batch_size)
     with WriterPool() as pool:
         writer = Writer(
-            out, run.masks, decisions, run.outputs, pool, run.reading, keep_maps=run.keep_maps
+            out,
+            run.masks,
+            decisions,
+            run.outputs,
+            pool,
+            run.reading,
+            keep_maps=run.keep_maps,
+            algorithm=Algorithm(__version__, Path(run.source).name),
         )
         writer.predictions = [prediction_of(r) for r in rows]
         scored = scored_items(
@@ -313,12 +337,19 @@ def _finish(run: _Run, out: Path | None, writer: Writer, partial: Partial | None
         say(
             f"volume scores ({run.decisions.volume_score} of the slice scores) written to {volumes_path}"
         )
+    no_dicom = sorted({k for part in distributed.gather(sorted(writer.no_dicom)) for k in part})
+    if no_dicom:
+        say(
+            f"no DICOM {' or '.join(sorted(run.outputs.dicom))} for {len(no_dicom)} DICOM inputs "
+            f"whose slices form no one volume (one geometry): {', '.join(no_dicom[:3])}"
+            f"{' ...' if len(no_dicom) > 3 else ''}"
+        )
     skipped = [s for part in distributed.gather(run.skipped) for s in part]
     if skipped and out is not None:
         if distributed.is_main():
             write_skipped(skipped, out / SKIPPED)
         say(
-            f"skipped {len(skipped)} unreadable inputs (--on_bad_input skip), listed in {out / SKIPPED}"
+            f"skipped {len(skipped)} files or inputs, each listed with its reason in {out / SKIPPED}"
         )
     if partial is not None:
         partial.remove()
@@ -337,20 +368,35 @@ def by_input(
         yield source, list(results)
 
 
-def _outputs(outputs: str | None, pixel_threshold: float | None) -> frozenset[str]:
-    """The per-slice outputs asked for, checked before any work."""
+def _outputs(outputs: str | None, pixel_threshold: float | None, masks: bool = False) -> Outputs:
+    """The files asked for, checked before any work: by default the per-slice files of 2-D
+    inputs only (a volume gets its volume's files; with ``--masks`` also the overlays its
+    contours are drawn on); named, the same per-slice files for every input, and the DICOM
+    objects named."""
     if outputs is None:
-        return frozenset(DEFAULT_OUTPUTS + (("mask",) if pixel_threshold is not None else ()))
+        images = DEFAULT_OUTPUTS + (("mask",) if pixel_threshold is not None else ())
+        return Outputs(frozenset(images), frozenset({"overlay"} if masks else ()))
     chosen = [o.strip() for o in outputs.split(",") if o.strip()]
-    unknown = sorted(set(chosen) - set(SLICE_FILES))
+    unknown = sorted(set(chosen) - set(SLICE_FILES) - set(DICOM_FILES))
     if unknown or not chosen:
         raise UserError(
-            f"{param('outputs')} {outputs!r}: choose from {', '.join(SLICE_FILES)} "
-            "(comma-separated)"
+            f"{param('outputs')} {outputs!r}: choose from "
+            f"{', '.join([*SLICE_FILES, *DICOM_FILES])} (comma-separated)"
         )
     if "mask" in chosen and pixel_threshold is None:
         raise UserError(
             f"{param('outputs')} mask needs a pixel threshold in the checkpoint: run iqeclip "
             f"calibrate on data with masks ({param('data_path')} and {param('obj')}) first"
         )
-    return frozenset(chosen)
+    per_slice = frozenset(chosen) & frozenset(SLICE_FILES)
+    return Outputs(per_slice, per_slice, frozenset(chosen) & frozenset(DICOM_FILES))
+
+
+def _say_not_dicom(kinds: frozenset[str], others: list[Path]) -> None:
+    """Say once which inputs get no DICOM objects (they are not DICOM series)."""
+    if kinds and others:
+        say(
+            f"--outputs {','.join(sorted(kinds))}: written only for DICOM series; not for "
+            f"{len(others)} other inputs ({', '.join(str(p) for p in others[:3])}"
+            f"{' ...' if len(others) > 3 else ''})"
+        )

@@ -38,7 +38,13 @@ def test(model_overrides: dict[str, Any], run: RunConfig) -> dict[str, Any]:
     run = _trained_like(run, meta.get("run", {}))
     img_size = model_overrides.get("img_size", stored.img_size)
     reading = functools.partial(
-        checkpoint_reading, meta, run.window, run.percentile, run.axis, run.orientation
+        checkpoint_reading,
+        meta,
+        run.window,
+        run.percentile,
+        run.axis,
+        run.orientation,
+        run.label_values,
     )
     with open_run(run, img_size, reading) as start:
         log = start.log

@@ -1,7 +1,9 @@
-"""What ``predict`` writes, and the one table of its file names: the per-slice files
-(:data:`SLICE_FILES`: overlay, map, npy, mask, input, and any added by :func:`register_writer`),
-each volume's NIfTI files (:data:`VOLUME_FILES`) and the tables (:data:`TABLES`:
-``predictions.csv``, ``volumes.csv``, ...). :class:`Writer` turns scored items into
+"""What ``predict`` writes, by the one table of file names (:mod:`~iqeclip.inference.files`):
+the per-slice files (:data:`~iqeclip.inference.files.SLICE_FILES`: overlay, map, npy, mask,
+input, and any added by :func:`register_writer`), each volume's map and mask in the input's own
+format (:mod:`~iqeclip.inference.volume_files`), each DICOM series' Segmentation and Parametric
+Map on request (:mod:`~iqeclip.inference.dicom_outputs`) and the tables (``predictions.csv``,
+``volumes.csv``, ...). :class:`Writer` turns scored items into
 :class:`~iqeclip.inference.results.SlicePrediction` values (decided by
 :mod:`~iqeclip.inference.decisions`) and writes their files when the run has a folder.
 """
@@ -28,18 +30,20 @@ from iqeclip.data.readers import (
     read_slices,
     single_image,
 )
-from iqeclip.errors import UserError
 from iqeclip.inference.decisions import BLANK, Decisions
+from iqeclip.inference.dicom_outputs import Algorithm, write_dicom
 from iqeclip.inference.files import (
+    DICOM_FILES,
     PREDICTIONS,
     SLICE_FILES,
-    VOLUME_FILES,
     VOLUMES,
+    Outputs,
     kind_of,
-    nifti_temporary,
+    volume_name,
 )
 from iqeclip.inference.listing import mask_for
 from iqeclip.inference.results import SlicePrediction, VolumePrediction
+from iqeclip.inference.volume_files import save_volume
 from iqeclip.report.heatmaps import draw_contour, overlay
 from iqeclip.runtime import distributed
 from iqeclip.runtime.files import WriterPool, atomic_write, atomic_write_text
@@ -67,7 +71,8 @@ that reads back as the same double, so the CSV reproduces every decision), ``dec
 ``normal``, ``abnormal``, ``blank`` (a constant slice: no score, no decision) or empty (no
 threshold), ``source`` the file the row came from (a DICOM slice's own file), the UIDs are empty
 for non-DICOM rows and ``outputs`` lists the files written for the row (``;``); the row of the
-slice that completed a volume also lists the volume's NIfTI files."""
+slice that completed a volume also lists the volume's files (its map and mask, its DICOM
+objects)."""
 VOLUME_COLUMNS = (
     "path",
     "n_slices",
@@ -77,6 +82,16 @@ VOLUME_COLUMNS = (
     "threshold",
     "abnormal_slices",
 )
+
+
+@dataclass
+class _Volume:
+    """A volume whose maps are coming in: its slices' maps by index, and for a DICOM series
+    each slice's source instance (its file and SOPInstanceUID)."""
+
+    volume: ItemVolume
+    maps: dict[int, np.ndarray]
+    instances: dict[int, tuple[Path, str]]
 
 
 @dataclass(frozen=True)
@@ -115,27 +130,6 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=1))
 
 
-def _save_nifti(path: Path, data: np.ndarray, volume: ItemVolume, dtype: type) -> None:
-    """A volume in the source's voxel order, with its affine and header, written atomically."""
-    import nibabel as nib
-
-    geometry = volume.geometry
-    image = nib.Nifti1Image(data.astype(dtype), geometry.affine, geometry.header)
-    image.set_data_dtype(dtype)
-    if geometry.header is None:  # a DICOM series: scanner coordinates in mm, as ITK writes them
-        image.set_qform(geometry.affine, code=1)
-        image.set_sform(geometry.affine, code=1)
-        image.header.set_xyzt_units(xyz="mm")
-    tmp = nifti_temporary(path)
-    try:
-        image.to_filename(str(tmp))
-        tmp.replace(path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
@@ -152,10 +146,11 @@ class Writer:
         out: the output folder; None: nothing is written (the values only).
         masks: ``--masks``: ground-truth contours on the overlays.
         decisions: the run's thresholds and rules.
-        outputs: the per-slice output kinds to write (keys of :data:`SLICE_FILES`).
+        outputs: the files to write (:class:`~iqeclip.inference.files.Outputs`).
         pool: the writer threads (with ``out``).
         reading: the run's reading (for ``--masks`` label volumes).
         keep_maps: keep each map and picture in its prediction (memory grows with the inputs).
+        algorithm: what the DICOM objects name as their maker (with ``outputs.dicom``).
     """
 
     def __init__(
@@ -163,17 +158,20 @@ class Writer:
         out: Path | None,
         masks: Path | None,
         decisions: Decisions,
-        outputs: frozenset[str],
+        outputs: Outputs,
         pool: WriterPool | None,
         reading: Reading,
         keep_maps: bool = False,
+        algorithm: Algorithm | None = None,
     ) -> None:
         self.out, self.masks, self.decisions = out, masks, decisions
         self.reading, self.keep_maps = reading, keep_maps
-        self.outputs = outputs if out is not None else frozenset()
-        self.pool = pool
+        self.outputs = outputs if out is not None else Outputs(frozenset(), frozenset())
+        self.pool, self.algorithm = pool, algorithm
         self.predictions: list[SlicePrediction] = []
-        self.volume_maps: dict[str, dict[int, tuple[Any, np.ndarray]]] = {}
+        self.volumes: dict[str, _Volume] = {}
+        self.no_dicom: set[str] = set()
+        """Rows (``path``) of DICOM slices that form no volume: no DICOM objects for them."""
 
     def add(self, item: Item, amap: torch.Tensor | None, score: float | None) -> SlicePrediction:
         """The item's prediction now, its files on the writer pool; a blank item (``amap`` None)
@@ -185,7 +183,8 @@ class Writer:
             full, decision, score = np.zeros((height, width), np.float32), BLANK, None
         else:
             full = _resize_map(amap, height, width)
-            files = {k: f"{item.name}_{x}" for k, x in SLICE_FILES.items() if k in self.outputs}
+            kinds = self.outputs.of(item.volume is not None and item.index is not None)
+            files = {k: f"{item.name}_{x}" for k, x in SLICE_FILES.items() if k in kinds}
             if files:
                 assert self.pool is not None
                 jobs = list(files.items())  # the row may list a volume's files later
@@ -209,13 +208,23 @@ class Writer:
             item.display if self.keep_maps else None,
         )
         self.predictions.append(prediction)
-        if item.volume is not None and self.out is not None:
-            key = item.key or str(item.source)
-            done = self.volume_maps.setdefault(key, {})
-            done[item.index or 0] = (item.volume, full)
-            if len(done) == item.volume.n_slices:
-                self.finish_volume(key)
+        if self.out is not None:
+            self._collect(item, full)
         return prediction
+
+    def _collect(self, item: Item, full: np.ndarray) -> None:
+        """Keep a volume's map until its last slice has come, then write its files."""
+        key = item.key or str(item.source)
+        if item.volume is None:
+            if self.outputs.dicom and item.sop_uid and item.index is not None:
+                self.no_dicom.add(key)  # a DICOM folder whose slices form no one volume
+            return
+        entry = self.volumes.setdefault(key, _Volume(item.volume, {}, {}))
+        entry.maps[item.index or 0] = full
+        if item.sop_uid and item.file is not None:
+            entry.instances[item.index or 0] = (item.file, item.sop_uid)
+        if len(entry.maps) == item.volume.n_slices:
+            self.finish_volume(key)
 
     def _files(self, picture: Picture, files: list[tuple[str, str]]) -> None:
         """Write one item's per-slice files (on a writer thread)."""
@@ -242,37 +251,53 @@ class Writer:
         return draw_contour(picture, mask)
 
     def finish_volume(self, key: str) -> None:
-        """Write the NIfTI of a volume's maps (float32) in the source's voxel order.
+        """Write a volume's files: its map (float32) and, with a pixel threshold, its mask
+        (uint8), in the input's format and voxel order, and the DICOM objects asked for when
+        it is a DICOM series; the row of the slice that completed it lists them.
 
-        Each map is turned back by the slice's view into the file grid, written with its
-        affine and header, so the map overlays the source voxel for voxel. A DICOM series'
+        Each map is turned back by the slice's view into the file grid, written with the
+        source's geometry, so the map overlays the source voxel for voxel. A DICOM series'
         grid is the one ITK and dcm2niix read, ``(columns, rows, slices)``, with the affine of
         its geometry (:func:`~iqeclip.data.readers.dicom_series.series_affine`).
         """
-
-        slices = self.volume_maps.pop(key)
-        volume = next(iter(slices.values()))[0]
-        kinds = ["anomaly", *(["volume_mask"] if "mask" in self.outputs else [])]
-        written = [f"{volume.stem}_{VOLUME_FILES[what]}" for what in kinds]
-        # the row of the slice that completed the volume lists them too
-        self.predictions[-1].files.update(zip(kinds, written, strict=True))
+        entry = self.volumes.pop(key)
+        volume = entry.volume
+        kinds = ["anomaly", *(["volume_mask"] if self.decisions.pixel is not None else [])]
+        names = {k: volume_name(volume.stem, k, volume.geometry.suffix) for k in kinds}
+        if self.outputs.dicom and len(entry.instances) == volume.n_slices:
+            names.update((k, f"{volume.stem}_{DICOM_FILES[k]}") for k in sorted(self.outputs.dicom))
+        elif self.outputs.dicom and entry.instances:  # DICOM, but not one instance per slice
+            self.no_dicom.add(key)
+        self.predictions[-1].files.update(names)
         assert self.pool is not None and self.out is not None
-        self.pool.submit(lambda: self._volume_files(slices, volume, written))
+        self.pool.submit(lambda: self._volume_files(entry, names))
 
-    def _volume_files(
-        self, slices: dict[int, tuple[Any, np.ndarray]], volume: ItemVolume, names: list[str]
-    ) -> None:
-        """Put a volume's maps back into its file grid and write its NIfTI files (on a writer
-        thread): voxel for voxel over the source, with its affine (and header, for NIfTI)."""
-        data = np.zeros(volume.geometry.grid, np.float32)
-        for index, (_, amap) in slices.items():
-            volume.geometry.view.put(data, index, amap)
-        data = data.reshape(volume.geometry.source_shape)
+    def _volume_files(self, entry: _Volume, names: dict[str, str]) -> None:
+        """Put a volume's maps back into its file grid and write its files (on a writer
+        thread): voxel for voxel over the source, with its geometry."""
+        geometry = entry.volume.geometry
+        grid = np.zeros(geometry.grid, np.float32)
+        for index, amap in entry.maps.items():
+            geometry.view.put(grid, index, amap)
         assert self.out is not None
-        _save_nifti(self.out / names[0], data, volume, np.float32)
-        if len(names) > 1:
-            mask = self.decisions.mask(data).astype(np.uint8)
-            _save_nifti(self.out / names[1], mask, volume, np.uint8)
+        data = grid.reshape(geometry.source_shape)
+        save_volume(self.out / names["anomaly"], data, geometry)
+        mask = self.decisions.mask(grid) if self.decisions.pixel is not None else None
+        if mask is not None:
+            save_volume(
+                self.out / names["volume_mask"], mask.astype(np.uint8).reshape(data.shape), geometry
+            )
+        dicom = [k for k in DICOM_FILES if k in names]
+        if dicom:
+            assert self.algorithm is not None
+            order = sorted(entry.instances)
+            files = [entry.instances[k][0] for k in order]
+            uids = [entry.instances[k][1] for k in order]
+            # a series' grid is (columns, rows, slices): frame k is slice k as stored, rows first
+            frames = {"dicom-seg": mask, "dicom-pmap": grid}
+            for kind in dicom:
+                layers = np.transpose(frames[kind], (2, 1, 0))
+                write_dicom(kind, self.out / names[kind], layers, files, uids, self.algorithm)
 
     def gather(self) -> list[SlicePrediction]:
         """Every rank's predictions, on every rank, in input order (by ``order`` of

@@ -53,7 +53,7 @@ def run_reproduce(
     if not cfg.table_only:
         check_writable(param("out"), out, folder=True)
         for target in cfg.targets:
-            dataset_root(base.data_path, target)  # a missing dataset stops before any work
+            dataset_root(base.data_path, target, base.layout)  # stops before any work
         cells = plan(cfg.targets, cfg.settings, cfg.draws)
         if distributed.is_main():
             save_yaml(record, out / RECORD)

@@ -43,7 +43,8 @@ from iqeclip.config import ServeConfig
 from iqeclip.data.readers import Declared, Limits, OverLimit, declared
 from iqeclip.data.readers.model_input import forget_volumes
 from iqeclip.errors import UserError
-from iqeclip.inference.files import PREDICTIONS, VOLUMES
+from iqeclip.inference.dicom_outputs import available_dicom_outputs
+from iqeclip.inference.files import DICOM_FILES, PREDICTIONS, VOLUMES
 from iqeclip.inference.inputs import checkpoint_reading
 from iqeclip.inference.listing import expand_inputs
 from iqeclip.inference.predict import predict
@@ -272,9 +273,8 @@ class Jobs:
         self.budget = Budget(self.limits.pixels_at_once, self.limits.waiting)
         self.reading = checkpoint_reading(detector.meta, None, None)  # its axis and orientation
         thresholds = detector.meta.get("thresholds") or {}
-        self.outputs = "input,overlay,map,npy" + (
-            ",mask" if thresholds.get("pixel") is not None else ""
-        )
+        self.pixel = thresholds.get("pixel")
+        self.outputs = "input,overlay,map,npy" + (",mask" if self.pixel is not None else "")
         self.done: OrderedDict[str, Path] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -334,13 +334,16 @@ class Jobs:
         """predict on the upload (inside its share of the budget), and the answer."""
         out = folder / "out"
         reader = self.limits.reader
+        # a DICOM series also gets its Parametric Map, and its Segmentation with a pixel
+        # threshold: what a PACS viewer shows over the series
+        dicom = available_dicom_outputs(expand_inputs([path]), self.pixel)
         try:
             predictions = predict(
                 self.source,
                 [path],
                 out,
                 detector=self.detector,
-                outputs=self.outputs,
+                outputs=",".join([self.outputs, *dicom]),
                 batch_size=self.batch_size,
                 workers=0,  # one upload: no reader processes forked from the server's threads
                 max_megapixels=reader.megapixels,
@@ -437,6 +440,12 @@ class Jobs:
             }
             for v in predictions.volumes
         ]
+        dicom = [
+            {"kind": kind, "name": name, "url": f"{url}/{name}"}
+            for p in predictions.slices
+            for kind, name in p.files.items()
+            if kind in DICOM_FILES
+        ]
         # the headline: the one volume, or the one image (a zip of several inputs has none)
         head = {}
         if len(volumes) == 1 and volumes[0]["n_slices"] == len(slices) + len(blank):
@@ -453,5 +462,6 @@ class Jobs:
             "slices": slices,
             "blank_slices": blank,
             "volumes": volumes,
+            "dicom": dicom,
             "download": f"{url}/download",
         }

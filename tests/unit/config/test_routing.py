@@ -126,7 +126,7 @@ def test_the_derived_routing_is_the_published_one():
     common = {"obj", "data_path", "batch_size", "seed", "device", "workers", "log_path"}
     common |= {"metrics_json", "overwrite", "on_bad_input", "cache_dir", "cache_dtype"}
     common |= {"cache_budget_gb", "report_dir", "manifest", "min_lesion_px", "margin", "window"}
-    common |= {"percentile", "axis", "orientation"}
+    common |= {"percentile", "axis", "orientation", "layout", "label_values"}
     train = {"epochs", "learning_rate", "save_dir", "select", "resume", "save_every"}
     few = {"shot", "iterate", "fewshot_seed_dir"}
     own = {"normal_dir", "abnormal_dir", "masks_dir"}
@@ -135,14 +135,15 @@ def test_the_derived_routing_is_the_published_one():
     assert run["test-zero"] == common | {"ckpt_path"}
     assert run["test-few"] == common | few | {"ckpt_path"}
     assert run["reproduce"] == {
-        *("data_path", "batch_size", "seed", "device", "workers", "on_bad_input", "cache_dir"),
+        *("data_path", "layout", "batch_size", "seed", "device", "workers", "on_bad_input"),
+        "cache_dir",
         *("cache_dtype", "cache_budget_gb", "fewshot_seed_dir", "epochs", "learning_rate"),
         *("select", "save_every"),
     }
     assert set(resume_fixed(RunConfig)) == {
         *("obj", "setting", "shot", "iterate", "batch_size", "seed", "learning_rate", "select"),
         *("epochs", "normal_dir", "abnormal_dir", "masks_dir", "manifest", "min_lesion_px"),
-        *("margin", "window", "percentile", "axis", "orientation"),
+        *("margin", "window", "percentile", "axis", "orientation", "label_values"),
     }
     assert (
         *("model_name", "img_size", "features_list", "prompt_len", "deep_prompt_len"),

@@ -134,7 +134,9 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     nib = pytest.importorskip("nibabel")
     image, mask = brats_case(nib, tmp_path, "p03")
     wrong = tmp_path / "wrong_seg.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 5), np.uint8), AFFINE), str(wrong))
+    far = AFFINE.copy()
+    far[:3, 3] = 1000.0  # a metre away: it labels no voxel of the image
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 5), np.uint8), far), str(wrong))
     shifted = tmp_path / "shifted_seg.nii.gz"
     moved = AFFINE.copy()
     moved[0, 3] = 5.0
@@ -152,11 +154,11 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     with pytest.raises(UserError, match=r"line 3: .*missing.nii.gz: no such file"):
         read_manifest(csv, DEFAULT_READING)
     manifest = read_manifest(csv, DEFAULT_READING, policy="skip")
-    assert len(manifest.split("train")) == 5  # the good row: every non-constant slice
+    assert len(manifest.split("train")) == 10  # the good and the shifted (resampled) rows
     reasons = {s.path.name: s.reason for s in manifest.skipped}
     assert reasons["missing.nii.gz"] == "no such file or folder"
-    assert "is 8x8x5 voxels in the image's voxel order" in reasons["wrong_seg.nii.gz"]
-    assert "their affines differ by up to 5" in reasons["shifted_seg.nii.gz"]
+    assert "does not overlap" in reasons["wrong_seg.nii.gz"]
+    assert "shifted_seg.nii.gz" not in reasons  # another grid: resampled onto the image's
     with pytest.raises(UserError, match=r"^min_lesion_px must be at least 1"):
         read_manifest(csv, DEFAULT_READING, min_lesion_px=0)
     with pytest.raises(UserError, match=r"^margin must be at least 0"):

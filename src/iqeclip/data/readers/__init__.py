@@ -19,6 +19,10 @@ Modules:
 - :mod:`~iqeclip.data.readers.nifti`: NIfTI volumes (:class:`NiftiReader`);
   :mod:`~iqeclip.data.readers.itk`: NRRD and MetaImage volumes, read with SimpleITK
   (:class:`ItkReader`); both slice by the one rule of :mod:`~iqeclip.data.readers.volume`;
+- :mod:`~iqeclip.data.readers.labels`: label volumes (NIfTI, NRRD / MetaImage / Slicer
+  ``.seg.nrrd``, DICOM-SEG) put on their image's grid, exactly or resampled by nearest
+  neighbour, and the ``--label_values`` that count; :mod:`~iqeclip.data.readers.cached`: the
+  decoded volumes kept for the next slices;
 - :mod:`~iqeclip.data.readers.model_input`: a sample's model input and mask (:func:`model_input`,
   :func:`mask_input`) under a run's :class:`Reading` (:mod:`~iqeclip.data.readers.reading`),
   the one path every command takes;

@@ -20,7 +20,6 @@ from iqeclip.data.readers.dicom_series import read_dicom_files, series_header
 from iqeclip.data.readers.errors import cannot_read
 from iqeclip.data.readers.intensity import DEFAULT_INTENSITY, Intensity
 from iqeclip.data.readers.limits import DEFAULT_LIMITS, Declared, Limits
-from iqeclip.data.readers.nifti import NIFTI_SUFFIXES
 from iqeclip.data.readers.reader import FileReader
 from iqeclip.data.readers.reading import Reading
 from iqeclip.data.readers.registry import reader_for
@@ -29,6 +28,8 @@ __all__ = ["DICOM_SUFFIXES", "DicomReader", "SeriesReader", "read_dicom_series"]
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 """Names of DICOM files; a file without a known suffix is DICOM by its magic."""
+_SERIES_LABELS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".dcm")
+"""The names a series folder's label volume may take in ``--masks``, after the folder's."""
 
 
 class DicomReader(FileReader):
@@ -108,10 +109,12 @@ def read_dicom_series(
 
 class SeriesReader(FileReader):
     """A folder, read as the DICOM series it holds (:func:`read_dicom_series`); its label
-    volume is ``<folder name>.nii.gz`` (or ``.nii``) in the ``--masks`` folder."""
+    volume is named like the folder in the ``--masks`` folder (:meth:`mask_in`), and its results
+    can go back as DICOM objects (``dicom_objects``)."""
 
     name = "series"
     partial = True
+    dicom_objects = True
 
     def sniff(self, path: Path) -> bool:
         return path.is_dir()
@@ -125,5 +128,7 @@ class SeriesReader(FileReader):
         return series_header(path, _series_files(path), reading.limits)
 
     def mask_in(self, path: Path, masks: Path) -> Path | None:
-        named = [masks / f"{path.name}{suffix}" for suffix in NIFTI_SUFFIXES]
-        return next((m for m in named if m.is_file()), named[-1])
+        """The label volume named like the folder: ``<folder>.nii.gz`` (or ``.nii``, a 3D
+        Slicer ``.seg.nrrd``, ``.nrrd``, ``.mha``, a DICOM-SEG ``.dcm``), the first found."""
+        named = [masks / f"{path.name}{suffix}" for suffix in _SERIES_LABELS]
+        return next((m for m in named if m.is_file()), named[0])

@@ -40,6 +40,7 @@ __all__ = [
     "SEGMENTATION_SUFFIX",
     "ItkReader",
     "itk_image",
+    "itk_reason",
     "itk_voxels",
     "ras_affine",
     "read_itk_header",
@@ -109,7 +110,7 @@ def read_itk_header(path: Path, what: str) -> Any:
     try:
         reader.ReadImageInformation()
     except Exception as exc:  # ITK's message: the file's fault
-        raise cannot_read(what, path, _itk_reason(exc)) from None
+        raise cannot_read(what, path, itk_reason(exc)) from None
     return reader
 
 
@@ -120,7 +121,7 @@ def sitk_pixel_name(pixel_id: int) -> str:
     return str(sitk.GetPixelIDValueAsString(pixel_id))
 
 
-def _itk_reason(exc: Exception) -> str:
+def itk_reason(exc: Exception) -> str:
     """ITK's exception text without its source locations: the last line that says something."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     said = [line for line in lines if not line.startswith(("Exception thrown", "sitk::", "File"))]
@@ -175,7 +176,7 @@ class ItkReader(FileReader):
         try:
             voxels = itk_voxels(header.Execute())
         except Exception as exc:  # a truncated file or a missing data file fails here
-            raise cannot_read(self.name, path, _itk_reason(exc)) from None
+            raise cannot_read(self.name, path, itk_reason(exc)) from None
         voxels = voxels.reshape(volume.source_shape)
         return volume_slices(
             voxels, volume, path, reading.orientation, reading.intensity, suffix=self.writes

@@ -35,11 +35,14 @@ class Reader(Protocol):
         partial: Its inputs are folders whose unreadable files are left out one by one under
             ``--on_bad_input skip`` (:meth:`read` lists them in ``bad``) instead of refusing the
             whole input.
+        dicom_objects: Its inputs are DICOM series whose results can go back as DICOM objects
+            that reference their instances (``predict --outputs dicom-seg,dicom-pmap``).
     """
 
     name: str
     suffixes: tuple[str, ...]
     partial: bool
+    dicom_objects: bool
 
     def sniff(self, path: Path) -> bool:
         """Whether it reads ``path``, a folder or a file no reader claims by suffix."""
@@ -97,6 +100,7 @@ class FileReader:
     name = "file"
     suffixes: tuple[str, ...] = ()
     partial = False
+    dicom_objects = False
 
     def sniff(self, path: Path) -> bool:
         return False

@@ -1,4 +1,5 @@
-"""Write a small synthetic medical anomaly-detection benchmark in the MVFA/BMAD folder layout.
+"""Write a small synthetic medical anomaly-detection benchmark in the MVFA layout (or BMAD's own:
+``iqeclip synth --layout bmad``, :func:`~iqeclip.data.synth.writer.write_benchmark`).
 
 The benchmark lets the tests and the offline demo run without downloading any real data. It holds
 six datasets that imitate the six MVFA/BMAD ones, each with a plausible toy anatomy, speckle or

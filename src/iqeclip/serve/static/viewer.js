@@ -77,9 +77,28 @@ function render() {
   }
   $("slice").value = start;
   $("download").href = result.download;
+  showDicom(result.dicom || []);
   $("status").textContent = `${result.filename}: ${result.slices.length} slice(s) scored`;
   $("result").hidden = false;
   showSlice(start);
+}
+
+// a DICOM series' Segmentation and Parametric Map, for a PACS viewer
+function showDicom(files) {
+  const where = $("dicom");
+  where.replaceChildren();
+  where.hidden = files.length === 0;
+  if (files.length === 0) return;
+  where.append("for a PACS viewer: ");
+  files.forEach((f, i) => {
+    const link = document.createElement("a");
+    link.href = f.url;
+    link.download = f.name;
+    link.textContent =
+      f.kind === "dicom-seg" ? "DICOM Segmentation (mask)" : "DICOM Parametric Map (probability)";
+    if (i > 0) where.append(", ");
+    where.append(link);
+  });
 }
 
 function showSlice(i) {

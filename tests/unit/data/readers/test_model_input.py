@@ -90,7 +90,7 @@ def test_label_volume_aligned_to_a_series(tmp_path, pydicom, nib):
     # each slice as the image is viewed: rows down the columns of the grid
     assert len(got) == 3 and all(np.array_equal(g, labels[:, :, k].T) for k, g in enumerate(got))
     moved = affine.copy()
-    moved[:3, 3] += 0.5  # half a millimetre off
+    moved[:3, 3] += 1000.0  # a metre off: nowhere near the series
     nib.save(nib.Nifti1Image(labels, moved), str(mask))
     with pytest.raises(UserError, match=r"seg\.nii\.gz is not in the space of"):
         label_slices(mask, folder)
