@@ -27,10 +27,14 @@ from iqeclip.cli.options import Section, Values
 from iqeclip.config import (
     BENCH_MODEL,
     DEMO_MODEL,
+    IMPORT_MODEL,
+    IMPORT_READ,
     BenchmarkConfig,
     CalibrateConfig,
     DemoConfig,
+    ExportCheckpointConfig,
     ExportConfig,
+    ImportCheckpointConfig,
     ModelConfig,
     PredictConfig,
     ReportConfig,
@@ -195,6 +199,23 @@ def cmd_export(command: str, values: Values) -> None:
     )
 
 
+def cmd_import_checkpoint(command: str, values: Values) -> None:
+    from iqeclip.apps.published import import_checkpoint, summary
+
+    cfg = ImportCheckpointConfig(**values["import"])
+    given = {"obj": cfg.obj, "setting": cfg.setting, "shot": cfg.shot, "overwrite": cfg.overwrite}
+    out, imported = import_checkpoint(cfg.source, cfg.out, values["model"], **given)
+    print("\n".join(summary(cfg.source, out, imported)))
+
+
+def cmd_export_checkpoint(command: str, values: Values) -> None:
+    from iqeclip.apps.published import export_published
+
+    cfg = ExportCheckpointConfig(**values["export-checkpoint"])
+    out, block = export_published(cfg.ckpt_path, cfg.out, cfg.overwrite, cfg.text_block)
+    print(f"{cfg.ckpt_path} written to {out} in the published layout (IQM text block {block!r})")
+
+
 def cmd_serve(command: str, values: Values) -> None:
     from iqeclip.serve import serve
 
@@ -299,7 +320,7 @@ COMMANDS: dict[str, Command] = {
         cmd_reproduce,
     ),
     "predict": Command(
-        "score your own images, DICOM series and NIfTI volumes with a checkpoint",
+        "score your own images, DICOM series and NIfTI, NRRD and MetaImage volumes with a checkpoint",
         (MOVED_WEIGHTS, Section("predict", PredictConfig)),
         cmd_predict,
         required=("out",),
@@ -308,6 +329,34 @@ COMMANDS: dict[str, Command] = {
         "export a checkpoint's whole scoring path as one ONNX graph (iqeclip[export])",
         (MOVED_WEIGHTS, Section("export", ExportConfig)),
         cmd_export,
+        required=("ckpt_path", "out"),
+    ),
+    "import-checkpoint": Command(
+        "convert a checkpoint of the published IQE-CLIP code into an iqeclip checkpoint",
+        (
+            Section(
+                "model",
+                ModelConfig,
+                overrides=True,
+                defaults={
+                    **IMPORT_MODEL,
+                    **dict.fromkeys(IMPORT_READ, "read off the tensors"),
+                },
+                help={
+                    "use_global": "the file was trained with the conditioning on: its published "
+                    "training command did NOT pass --use_global (default off: every README "
+                    "command passes it, and there it turned the conditioning off)"
+                },
+            ),
+            Section("import", ImportCheckpointConfig),
+        ),
+        cmd_import_checkpoint,
+        required=("out",),
+    ),
+    "export-checkpoint": Command(
+        "write an iqeclip checkpoint in the published code's layout (--format published)",
+        (Section("export-checkpoint", ExportCheckpointConfig),),
+        cmd_export_checkpoint,
         required=("ckpt_path", "out"),
     ),
     "serve": Command(

@@ -24,15 +24,20 @@ from iqeclip.config.shared import (
     OUT,
     OVERWRITE,
     SEED,
+    SETTING,
     SHOT,
     WORKERS,
 )
 from iqeclip.errors import UserError, param
 
 __all__ = [
+    "IMPORT_MODEL",
+    "IMPORT_READ",
     "BenchmarkConfig",
     "DemoConfig",
+    "ExportCheckpointConfig",
     "ExportConfig",
+    "ImportCheckpointConfig",
     "ReportConfig",
     "ReproduceConfig",
     "ServeConfig",
@@ -42,6 +47,13 @@ __all__ = [
 
 DEMO_MODEL = {"model_name": "iqe-tiny", "pretrain": "none", "img_size": 128}
 """The model ``iqeclip demo`` runs when no --model_name is given (another model: the paper's)."""
+IMPORT_MODEL = {"model_name": "ViT-L-14-336", "img_size": 240, "use_global": False}
+"""What ``iqeclip import-checkpoint`` assumes where a published file cannot tell, as the IQE-CLIP
+README's commands ran: ViT-L-14-336 at 240 px, and ``use_global`` off, because every README
+command passes ``--use_global``, which the published scripts declared ``store_false``: the flag
+turned the conditioning off. The other model flags keep iqeclip's defaults, the paper's."""
+IMPORT_READ = ("prompt_len", "deep_prompt_len", "total_d_layer_len", "iqm_layers")
+"""The model fields ``import-checkpoint`` reads off a published file's tensors."""
 BENCH_MODEL = {"model_name": "ViT-B-16", "pretrain": "none", "img_size": 240}
 """The model ``iqeclip benchmark`` measures unless told otherwise."""
 MAX_UPLOAD_MB = 10_000
@@ -166,6 +178,38 @@ class ExportConfig(Checked):
     ckpt_path: str | None = CKPT_PATH(None)
     format: str = Option("export format", choices=("onnx",))("onnx")
     out: str | None = Option("the model file to write (e.g. model.onnx)")(None)
+    overwrite: bool = OVERWRITE(False, help="replace an existing --out file")
+
+
+@dataclass
+class ImportCheckpointConfig(Checked):
+    """``iqeclip import-checkpoint``: a checkpoint of the published IQE-CLIP code as an iqeclip
+    checkpoint."""
+
+    source: str = Option(
+        "the published checkpoint (the .pth its train_zero.py / train_few.py saved)",
+        positional=True,
+    )("")
+    out: str | None = OUT(None, help="the iqeclip checkpoint to write (e.g. ckpt/Brain_4.pth)")
+    obj: str = OBJ("custom", help="the dataset it was trained for (recorded in the checkpoint)")
+    setting: str | None = SETTING(
+        None, help="what it was trained as: zero or few (None: few with --shot, else zero)"
+    )
+    shot: int | None = SHOT(None, help="K of a few-shot checkpoint (the K of <obj>_<K>.pth)")
+    overwrite: bool = OVERWRITE(False, help="replace an existing --out file")
+
+
+@dataclass
+class ExportCheckpointConfig(Checked):
+    """``iqeclip export-checkpoint``: an iqeclip checkpoint in the published code's layout."""
+
+    ckpt_path: str | None = CKPT_PATH(None)
+    format: str = Option("checkpoint layout", choices=("published",))("published")
+    out: str | None = Option("the .pth to write, for the published test_*.py scripts")(None)
+    text_block: str | None = Option(
+        "the name of the IQM's text cross-attention in the published layout (None: the name "
+        "the imported file had, else crossattention_text)"
+    )(None)
     overwrite: bool = OVERWRITE(False, help="replace an existing --out file")
 
 

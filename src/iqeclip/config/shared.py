@@ -53,7 +53,7 @@ TEST = ("test-zero", "test-few")
 FEW = ("train-few", "test-few")
 RUNS = (*TRAIN, *TEST)
 REPRODUCE = ("reproduce",)
-MODEL_COMMANDS = (*RUNS, "demo", "reproduce", "benchmark", "info")
+MODEL_COMMANDS = (*RUNS, "demo", "reproduce", "benchmark", "info", "import-checkpoint")
 """The commands that take every model option (test-* as overrides of the checkpoint's)."""
 SCORE = ("predict", "serve", "calibrate")
 """The commands that score with a checkpoint: of its model, only moved weights and precision."""

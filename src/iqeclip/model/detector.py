@@ -182,6 +182,45 @@ class IQEClip(nn.Module):
         model.meta = load_checkpoint(model, path, stored)
         return model
 
+    @classmethod
+    def from_published(
+        cls, path: str | Path, device: torch.device | str = "cpu", **config: Any
+    ) -> IQEClip:
+        """A detector holding a checkpoint of the published IQE-CLIP code
+        (:mod:`~iqeclip.model.published`).
+
+        Args:
+            path: the published ``.pth`` file (read without unpickling code).
+            device: where to build it.
+            **config: model fields the tensors cannot tell (``model_name``, ``img_size``,
+                ``features_list``, ``use_global``...; defaults:
+                :data:`~iqeclip.model.published.ASSUMED`); the prompt lengths, the text-prompt
+                depth and the IQM depth are read off the tensors.
+
+        Returns:
+            The detector; ``model.meta["imported"]`` says what was read, assumed and dropped.
+
+        Raises:
+            UserError: one line naming the file or the flag at fault: a file that is not plain
+                tensors, a tensor missing, left over or of another shape, a contradicting flag.
+        """
+        from iqeclip.model import published
+
+        path = Path(path)
+        flat = published.read_published(path)
+        inferred = published.infer(flat, path)
+        cfg, read, assumed = published.published_config(inferred, config, path)
+        model = cls.build(cfg, device)
+        expected = {k: v.shape for k, v in model.head.state_dict().items()}
+        block = published.text_block_of(flat, path)
+        state, dropped = published.to_head_state(flat, expected, block, path)
+        model.head.load_state_dict(state)
+        model.meta = {
+            "imported": {"file": path.name, "text_block": block, "read": read}
+            | {"assumed": assumed, "dropped": dropped}
+        }
+        return model
+
     @property
     def device(self) -> torch.device:
         """Where the model runs."""
