@@ -13,6 +13,9 @@ The public API::
 
     from iqeclip import IQEClip, ModelConfig
     model = IQEClip.build(ModelConfig(model_name="iqe-tiny", pretrain="none", img_size=64))
+    published = IQEClip.from_published("Brain_4.pth")  # a checkpoint of the published code
+
+    iqeclip.build_bank("ckpt/Brain.pth", "ckpt/Brain_bank.pth", normal="my/normal")  # a memory
 
 :func:`predict` returns :class:`~iqeclip.inference.results.Predictions`; a new file format is
 one reader class and :func:`register_reader`, a new per-slice output one function and
@@ -38,6 +41,7 @@ _LAZY = {
     "VolumePrediction": "iqeclip.inference.results",
     "register_writer": "iqeclip.inference.writers",
     "register_reader": "iqeclip.data.readers",
+    "build_bank": "iqeclip.inference.bank",
 }
 
 __all__ = ["ModelConfig", "__version__", *_LAZY]

@@ -270,12 +270,22 @@ def test_demo_writes_table_report_and_figure(bench, tmp_path, capsys):
     assert re.search(r"^zero +0 +\d\.\d{4}", printed, re.M) and re.search(
         r"^few +4 +\d\.\d{4}", printed, re.M
     )
+    # the bank row: the zero-shot checkpoint with the 16 normal valid images, tested the same way
+    bank_row = re.search(r"^zero\+bank +0 +(\d\.\d{4})", printed, re.M)
+    assert bank_row and "a memory of 16 normal Brain images" in printed
+    bank_metrics = json.loads((out / "zero_bank.json").read_text())
+    assert bank_row[1] == f"{bank_metrics['image_auroc']:.4f}"
+    assert bank_metrics["n_images"] == json.loads((out / "zero.json").read_text())["n_images"]
+    from iqeclip.model.checkpoint import read_checkpoint
+
+    stored = read_checkpoint(out / "ckpt" / "Brain_bank.pth")[2]["bank"]
+    assert len(stored["images"]) == 16 and stored["weight"] == 0.5
     assert "not the accuracy of pretrained CLIP" in printed
     assert "below 0.5" in printed and "iqeclip demo --model_name ViT-L-14-336" in printed
     # a short summary: no resolved options (-v shows them), no progress bars off a terminal
     assert len(printed.splitlines()) <= 40, printed
     assert "learning_rate: " not in printed and "it/s" not in captured.err + printed
-    reports = [out / "zero" / "report.html", out / "few-4" / "report.html"]
+    reports = [out / s / "report.html" for s in ("zero", "zero+bank", "few-4")]
     assert all(path.is_file() for path in reports)
     assert all(str(path) in printed for path in reports)
     assert "learning_rate: " in (out / "demo.log").read_text()  # the log file keeps them
@@ -298,4 +308,4 @@ def test_demo_writes_table_report_and_figure(bench, tmp_path, capsys):
         for x in range(picture.shape[1])
         if (picture[:, x] == top).all(axis=1).any() and (picture[:, x] == bottom).all(axis=1).any()
     ]
-    assert bar and min(bar) > 3 * 64  # right of the input and the two map columns
+    assert bar and min(bar) > 4 * 64  # right of the input and the three map columns

@@ -23,4 +23,4 @@ def test_volume_score_topk_takes_ascii_digits(k):
 def test_settings_take_ascii_shot_counts(shots):
     with pytest.raises(UserError, match=rf"^settings '{shots}': use zero or a shot count"):
         parse_settings(["zero", shots])
-    assert parse_settings(["zero", "16", "4"]) == [0, 16, 4]
+    assert parse_settings(["zero", "16", "4", "zero+bank-8"]) == [(0, 0), (16, 0), (4, 0), (0, 8)]

@@ -1,10 +1,12 @@
 """``iqeclip demo``: the paper's main job end to end, offline, on the synthetic benchmark.
 
 Builds the synthetic benchmark in a cache folder, trains zero-shot (leave ``--obj`` out) and
-4-shot for the same target, tests both, prints the result table and writes a report (metrics
-table and a figure of anomaly maps over test images). With the default random-init ``iqe-tiny``
-backbone the numbers show that the pipeline runs, not what pretrained CLIP achieves;
-``--model_name ViT-L-14-336 --pretrain FILE`` runs the same demo with real weights.
+4-shot for the same target, adds to the zero-shot checkpoint a memory bank of the target's normal
+``valid`` images (``iqeclip bank``: no training; an addition to the paper, not part of it), tests
+all three, prints the result table and writes a report (metrics table and a figure of anomaly
+maps over test images). With the default random-init ``iqe-tiny`` backbone the numbers show
+that the pipeline runs, not what pretrained CLIP achieves; ``--model_name ViT-L-14-336
+--pretrain FILE`` runs the same demo with real weights.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 
 from iqeclip.config import DEMO_MODEL, DemoConfig, ModelConfig, RunConfig, cache_home
 from iqeclip.data.datasets import ImageDataset
-from iqeclip.data.layout import list_split
+from iqeclip.data.layout import list_split, split_folders
 from iqeclip.engine.evaluate import KeptMaps, predict_samples
 from iqeclip.engine.workflows import train_few, train_zero
+from iqeclip.inference.bank import build_bank
+from iqeclip.inference.test import test
 from iqeclip.model.detector import IQEClip
 from iqeclip.report.content import metric_name
 from iqeclip.report.heatmaps import draw_contour, grid, overlay
@@ -35,6 +39,10 @@ ROWS_EXPLAINED = {
     "close to chance, so a value near 0.5, on either side (below 0.5: ranked the wrong way "
     "round), is what to expect, and a Pixel AUPRO near 0 (its maps cover almost none of a "
     "lesion at the false-positive rates AUPRO counts)",
+    "zero+bank": "zero+bank is the zero-shot checkpoint with a memory of the patches of {n} "
+    "normal {obj} images (no training): each test patch also scores by its distance to the "
+    "nearest normal patch, fused half and half with the zero-shot map; even a random backbone's "
+    "patches can differ where a lesion is, so this row may move away from chance, or not",
     "few": "{shot}-shot trains the head on {shot} normal and {shot} abnormal {obj} images; a "
     "random backbone lets it fit them only a little, so its values may also stay near chance, "
     "on either side",
@@ -45,13 +53,13 @@ report.md print it next to the numbers)."""
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of the metrics of each run."""
-    head = f"{'setting':<8} {'shot':>4} " + " ".join(f"{metric_name(c)[0]:>12}" for c in COLUMNS)
+    head = f"{'setting':<9} {'shot':>4} " + " ".join(f"{metric_name(c)[0]:>12}" for c in COLUMNS)
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = " ".join(
             f"{'-' if r[c] is None or r[c] != r[c] else f'{r[c]:.4f}':>12}" for c in COLUMNS
         )
-        lines.append(f"{r['setting']:<8} {r['shot']:>4} {cells}")
+        lines.append(f"{r['setting']:<9} {r['shot']:>4} {cells}")
     return "\n".join(lines)
 
 
@@ -101,8 +109,37 @@ def model_setting(name: str) -> str:
     return "zero" if name.startswith("zero") else "few"
 
 
+def _zero_bank(
+    model_overrides: dict[str, Any], args: DemoConfig, base: RunConfig, data_path: Path
+) -> tuple[RunConfig, dict[str, Any], int]:
+    """A bank of the target's normal ``valid`` images on the zero-shot checkpoint (the defaults
+    of ``iqeclip bank``), tested as the zero-shot row is: its run, metrics and image count."""
+    normal = split_folders(data_path, args.obj, "valid", args.layout).normal
+    ckpt = Path(base.save_dir) / f"{args.obj}_bank.pth"
+    zero_ckpt = Path(base.save_dir) / f"{args.obj}.pth"
+    _, record = build_bank(
+        zero_ckpt,
+        ckpt,
+        normal=normal,
+        batch_size=args.batch_size,
+        device=args.device,
+        overwrite=True,
+        seed=args.seed,
+    )
+    n = len(record["images"])
+    print(f"zero+bank: a memory of {n} normal {args.obj} images on the zero-shot checkpoint")
+    run = dataclasses.replace(
+        base,
+        setting="zero",
+        ckpt_path=str(ckpt),
+        metrics_json=str(Path(args.out) / "zero_bank.json"),
+        report_dir=str(Path(args.out) / "zero+bank"),
+    )
+    return run, test(model_overrides, run), n
+
+
 def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dict[str, Any]]:
-    """Run the demo; returns the metrics of both runs.
+    """Run the demo; returns the metrics of its three runs (zero, zero+bank, few).
 
     Args:
         model_overrides: model fields asked for (the rest: iqe-tiny, random init, 128 px).
@@ -154,12 +191,16 @@ def run_demo(model_overrides: dict[str, Any], args: DemoConfig) -> dict[str, dic
             f"zero-shot: {args.zero_epochs} epochs on the other datasets, then the {args.obj} test"
         )
         results = {"zero": train_zero(model_cfg, zero_run, write_test_report)}
+        bank_run, results["zero+bank"], n_normal = _zero_bank(
+            model_overrides, args, base, data_path
+        )
         print(
             f"{args.shot}-shot: {args.few_epochs} epochs on {args.shot} + {args.shot} {args.obj} images, then its test"
         )
         results[f"few-{args.shot}"] = train_few(model_cfg, few_run, write_test_report)
-    reports = [Path(run.report_dir) / "report.html" for run in (zero_run, few_run)]
-    _summary(model_cfg, model_overrides, args, data_path, results, reports)
+    runs = (zero_run, bank_run, few_run)
+    reports = [Path(run.report_dir) / "report.html" for run in runs]
+    _summary(model_cfg, model_overrides, args, (data_path, n_normal), results, reports)
     return results
 
 
@@ -167,14 +208,17 @@ def _summary(
     model_cfg: ModelConfig,
     model_overrides: dict[str, Any],
     args: DemoConfig,
-    data_path: Path,
+    data: tuple[Path, int],
     results: dict[str, dict[str, Any]],
     reports: list[Path],
 ) -> None:
-    """The result table, the notes, the maps figure and ``report.md`` of the demo."""
+    """The result table, the notes, the maps figure and ``report.md`` of the demo; ``data``: the
+    data folder and the number of normal images in the bank."""
     out = Path(args.out)
+    data_path, n_normal = data
     rows = [
         {"setting": "zero", "shot": 0, **results["zero"]},
+        {"setting": "zero+bank", "shot": 0, **results["zero+bank"]},
         {"setting": "few", "shot": args.shot, **results[f"few-{args.shot}"]},
     ]
     table = format_table(rows)
@@ -182,7 +226,7 @@ def _summary(
     notes = [RANDOM_NOTE] if random else [f"Backbone weights: {model_cfg.pretrain}."]
     if random:
         notes += [
-            f"{setting}: " + text.format(obj=args.obj, shot=args.shot)
+            f"{setting}: " + text.format(obj=args.obj, shot=args.shot, n=n_normal)
             for setting, text in ROWS_EXPLAINED.items()
         ]
         notes.append(f"The same demo with pretrained CLIP: {REAL_WEIGHTS} (or --pretrain FILE)")
@@ -190,6 +234,7 @@ def _summary(
     models = {}
     for name, ckpt in (
         ("zero-shot", out / "ckpt" / f"{args.obj}.pth"),
+        ("zero+bank", out / "ckpt" / f"{args.obj}_bank.pth"),
         (f"{args.shot}-shot", out / "ckpt" / f"{args.obj}_{args.shot}.pth"),
     ):
         models[name] = IQEClip.from_checkpoint(ckpt, device, **model_overrides)
@@ -201,10 +246,13 @@ def _summary(
         + "\n\n".join(notes)
         + f"\n\n```\n{table}\n```\n\n{definitions}\n\n"
         f"Zero-shot: trained on the other five datasets for {args.zero_epochs} epochs, last epoch "
-        f"kept; {args.shot}-shot: {args.few_epochs} epochs on the augmented support set; learning "
-        f"rate {args.learning_rate}. Checkpoints, logs and metrics JSON are in this folder; "
-        f"each test's report (curves, histograms, examples):\n\n{links}\n\n"
-        f"![anomaly maps: input, zero-shot, {args.shot}-shot; ground truth in green](maps.png)\n"
+        f"kept; zero+bank: that checkpoint with a memory bank of the {n_normal} normal "
+        f"{args.obj} valid images (iqeclip bank, default size and weight; no training; an "
+        f"addition to the paper, not part of it); {args.shot}-shot: {args.few_epochs} epochs on "
+        f"the augmented support set; learning rate {args.learning_rate}. Checkpoints, logs and "
+        f"metrics JSON are in this folder; each test's report (curves, histograms, examples):\n\n{links}\n\n"
+        f"![anomaly maps: input, zero-shot, zero+bank, {args.shot}-shot; ground truth in green]"
+        "(maps.png)\n"
     )
     atomic_write_text(out / "report.md", report)
     print()

@@ -9,7 +9,6 @@ file's name and sha256, what the tensors told, what was assumed and the tensors 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,9 @@ from iqeclip.model import published
 from iqeclip.model.architecture import Architecture
 from iqeclip.model.checkpoint import read_checkpoint, save_checkpoint
 from iqeclip.model.detector import IQEClip
-from iqeclip.runtime.files import atomic_write, check_writable
+from iqeclip.runtime.files import atomic_write, check_writable, sha256_of
 
 __all__ = ["export_published", "import_checkpoint", "summary"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _free(out: Path, overwrite: bool) -> None:
@@ -88,7 +79,7 @@ def import_checkpoint(
     model.head.load_state_dict(state, assign=True)
     imported = {
         "file": source.name,
-        "sha256": _sha256(source),
+        "sha256": sha256_of(source),
         "text_block": block,
         "read": read,
         "assumed": assumed,

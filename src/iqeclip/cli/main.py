@@ -22,6 +22,7 @@ from typing import Any
 
 from iqeclip import __version__
 from iqeclip.cli import options
+from iqeclip.cli.checkpoints import cmd_bank, cmd_export_checkpoint, cmd_import_checkpoint
 from iqeclip.cli.console import setup_logging
 from iqeclip.cli.options import Section, Values
 from iqeclip.config import (
@@ -29,6 +30,7 @@ from iqeclip.config import (
     DEMO_MODEL,
     IMPORT_MODEL,
     IMPORT_READ,
+    BankConfig,
     BenchmarkConfig,
     CalibrateConfig,
     DemoConfig,
@@ -199,23 +201,6 @@ def cmd_export(command: str, values: Values) -> None:
     )
 
 
-def cmd_import_checkpoint(command: str, values: Values) -> None:
-    from iqeclip.apps.published import import_checkpoint, summary
-
-    cfg = ImportCheckpointConfig(**values["import"])
-    given = {"obj": cfg.obj, "setting": cfg.setting, "shot": cfg.shot, "overwrite": cfg.overwrite}
-    out, imported = import_checkpoint(cfg.source, cfg.out, values["model"], **given)
-    print("\n".join(summary(cfg.source, out, imported)))
-
-
-def cmd_export_checkpoint(command: str, values: Values) -> None:
-    from iqeclip.apps.published import export_published
-
-    cfg = ExportCheckpointConfig(**values["export-checkpoint"])
-    out, block = export_published(cfg.ckpt_path, cfg.out, cfg.overwrite, cfg.text_block)
-    print(f"{cfg.ckpt_path} written to {out} in the published layout (IQM text block {block!r})")
-
-
 def cmd_serve(command: str, values: Values) -> None:
     from iqeclip.serve import serve
 
@@ -329,6 +314,12 @@ COMMANDS: dict[str, Command] = {
         "export a checkpoint's whole scoring path as one ONNX graph (iqeclip[export])",
         (MOVED_WEIGHTS, Section("export", ExportConfig)),
         cmd_export,
+        required=("ckpt_path", "out"),
+    ),
+    "bank": Command(
+        "add a memory of your normal images to a zero-shot checkpoint (docs/model.md)",
+        (Section("bank", BankConfig),),
+        cmd_bank,
         required=("ckpt_path", "out"),
     ),
     "import-checkpoint": Command(

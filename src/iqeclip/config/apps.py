@@ -33,6 +33,7 @@ from iqeclip.errors import UserError, param
 __all__ = [
     "IMPORT_MODEL",
     "IMPORT_READ",
+    "BankConfig",
     "BenchmarkConfig",
     "DemoConfig",
     "ExportCheckpointConfig",
@@ -131,9 +132,11 @@ class ReproduceConfig(Checked):
     targets: list[str] = Option("target datasets (columns of the table)", nargs="+")(
         ["Histopathology", "Chest", "Retina_OCT2017", "Brain", "Liver", "Retina_RESC"]
     )
-    settings: list[str] = Option("zero and/or shot counts K (rows of the table)", nargs="+")(
-        ["zero", "2", "4", "8", "16"]
-    )
+    settings: list[str] = Option(
+        "zero, shot counts K and/or zero+bank-K (the zero-shot checkpoint with a memory bank of K "
+        "normal valid images; rows of the table)",
+        nargs="+",
+    )(["zero", "2", "4", "8", "16"])
     draws: int = Option(
         "draws per setting: few-shot draw 0 is the K-shot.txt list, the others seeded random "
         "support sets; zero-shot draws vary the training seed",
@@ -178,6 +181,30 @@ class ExportConfig(Checked):
     ckpt_path: str | None = CKPT_PATH(None)
     format: str = Option("export format", choices=("onnx",))("onnx")
     out: str | None = Option("the model file to write (e.g. model.onnx)")(None)
+    overwrite: bool = OVERWRITE(False, help="replace an existing --out file")
+
+
+@dataclass
+class BankConfig(Checked):
+    """``iqeclip bank``: a memory of a site's normal images on a zero-shot checkpoint."""
+
+    ckpt_path: str | None = CKPT_PATH(None, help="the zero-shot checkpoint")
+    normal: str | None = Option("folder of normal images (walked as predict walks it)")(None)
+    manifest: str | None = Option("CSV manifest: its normal rows of the train split")(None)
+    out: str | None = OUT(
+        None, help="the checkpoint with the bank to write (e.g. ckpt/Brain_bank.pth)"
+    )
+    bank_size: int = Option(
+        "memory entries kept per tapped level (greedy coreset of the patches)", minimum=1
+    )(2048)
+    bank_weight: float = Option(
+        "the bank's share of the fused map and score: (1 - w) * zero-shot + w * bank",
+        minimum=0,
+        maximum=1,
+    )(0.5)
+    batch_size: int = BATCH_SIZE(8, help="images per forward pass")
+    device: str = DEVICE("auto")
+    seed: int = SEED(0, help="the coreset's first entry")
     overwrite: bool = OVERWRITE(False, help="replace an existing --out file")
 
 

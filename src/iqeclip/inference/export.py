@@ -37,17 +37,23 @@ PROTOBUF_LIMIT = 2**31  # bytes: an ONNX file larger than this needs external da
 
 
 class ScoringGraph(nn.Module):
-    """What ``predict`` computes of a batch, as one module: maps and both image scores."""
+    """What ``predict`` computes of a batch, as one module: maps and both image scores (fused
+    with a memory bank's when the checkpoint has one: its entries become constants)."""
 
     def __init__(self, model: IQEClip) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.model(images)
+        patch_tokens, global_emb = self.model.features(images)
+        logits = self.model.logits(patch_tokens, global_emb)
         size = self.model.config.img_size
         maps, zero = score(logits.query, logits.text, size, "zero")
         _, few = score(logits.query, logits.text, size, "few")
+        if self.model.bank is not None:
+            _, few = self.model.with_bank(patch_tokens, maps, few)
+            maps, zero = self.model.with_bank(patch_tokens, maps, zero)
+            maps = maps.reshape(-1, size, size)  # the sides stay static in the graph
         return maps, zero, few
 
 

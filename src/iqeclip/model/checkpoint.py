@@ -45,6 +45,9 @@ def save_checkpoint(
         k: v.detach().to("cpu", torch.float32).contiguous()
         for k, v in model.head.state_dict().items()
     }
+    bank = getattr(model, "bank", None)
+    if bank is not None:  # the normal patches of iqeclip bank, with their record in meta
+        state.update(bank.state())
     return _write(Path(path), state, model.config, meta or {})
 
 
@@ -207,6 +210,24 @@ def stored_config(data: dict[str, Any], where: str, resolve: bool = False) -> Mo
     return config
 
 
+def _load_bank(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any], where: str
+) -> dict[str, torch.Tensor]:
+    """Put a checkpoint's memory bank (``bank.*`` tensors and ``meta["bank"]``) on ``model``,
+    checked; the head's state without it."""
+    from iqeclip.model.bank import BANK_PREFIX, MemoryBank
+
+    tensors = {k: v for k, v in state.items() if k.startswith(BANK_PREFIX)}
+    record = meta.get("bank")
+    if not tensors and record is None:
+        return state
+    if not isinstance(record, dict) or not tensors:
+        raise UserError(f"{where}: its bank tensors and bank record do not go together: corrupt")
+    levels, dim = len(model.config.features_list or ()), model.arch.embed_dim
+    model.bank = MemoryBank.from_state(tensors, record, levels, dim, where).to(model.device)
+    return {k: v for k, v in state.items() if k not in tensors}
+
+
 def load_checkpoint(
     model: torch.nn.Module,
     path: str | Path,
@@ -237,6 +258,7 @@ def load_checkpoint(
             f"{model.config.pretrain!r}",
             stacklevel=2,
         )
+    state = _load_bank(model, state, meta, f"{param('ckpt_path')} {path}")
     own = model.head.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
     extra = [k for k in state if k not in own]

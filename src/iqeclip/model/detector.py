@@ -21,6 +21,7 @@ from iqeclip.config import ModelConfig
 from iqeclip.errors import UserError, param
 from iqeclip.model.architecture import NUM_QUERIES, Architecture
 from iqeclip.model.backbone import Backbone, TextTower, activation_name, create_clip
+from iqeclip.model.bank import MemoryBank, fuse
 from iqeclip.model.iqm import IQM
 from iqeclip.model.prompts import (
     ClassTokens,
@@ -74,6 +75,13 @@ class IQEHead(nn.Module):
         self.iqm = IQM(dim, cfg.iqm_layers, cfg.iqm_heads, cfg.dropout)
         self.register_buffer("token_ids", token_ids, persistent=False)
 
+    def dense(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """The projected patch features ``(T, B, L, D)`` of the frozen taps ``(T, B, L, Dv)``:
+        what both branches compare, and what a memory bank stores (unit length)."""
+        return torch.stack(
+            [proj(p) for proj, p in zip(self.projections, patch_tokens, strict=True)]
+        )
+
     def text_embeddings(self, global_emb: torch.Tensor, tower: TextTower) -> torch.Tensor:
         """Prompted text embeddings ``(B, 2, D)`` (computed once and broadcast without use_global)."""
         text = encode_prompts(
@@ -97,9 +105,7 @@ class IQEHead(nn.Module):
         dtype = self.class_tokens.tokens.dtype
         patch_tokens, global_emb = patch_tokens.to(dtype), global_emb.to(dtype)
         levels, batch = patch_tokens.shape[:2]
-        dense = torch.stack(
-            [proj(p) for proj, p in zip(self.projections, patch_tokens, strict=True)]
-        )
+        dense = self.dense(patch_tokens)
         text = self.text_embeddings(global_emb, tower)  # (B, 2, D)
         queries = self.queries(global_emb).expand(batch, -1, -1)
 
@@ -131,6 +137,7 @@ class IQEClip(nn.Module):
         self.arch = arch
         self.activation = activation_name(backbone)  # what open_clip actually built
         self.meta: dict[str, Any] = {}  # a loaded checkpoint's metadata (run, thresholds)
+        self.bank: MemoryBank | None = None  # normal patches of the site (iqeclip bank)
 
     @classmethod
     def build(cls, config: ModelConfig, device: torch.device | str = "cpu") -> IQEClip:
@@ -255,9 +262,23 @@ class IQEClip(nn.Module):
     def predict_features(
         self, patch_tokens: torch.Tensor, global_emb: torch.Tensor, setting: Setting
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`predict` from frozen features (e.g. read from the feature cache)."""
+        """:meth:`predict` from frozen features (e.g. read from the feature cache); with a
+        :attr:`bank`, fused with the distance of the patches to it (:mod:`~iqeclip.model.bank`)."""
         logits = self.logits(patch_tokens, global_emb)
-        return score(logits.query, logits.text, self.config.img_size, setting)
+        maps, scores = score(logits.query, logits.text, self.config.img_size, setting)
+        if self.bank is None:
+            return maps, scores
+        return self.with_bank(patch_tokens, maps, scores)
+
+    def with_bank(
+        self, patch_tokens: torch.Tensor, maps: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps and scores fused with the bank's (:func:`~iqeclip.model.bank.fuse`)."""
+        assert self.bank is not None
+        dtype = self.head.class_tokens.tokens.dtype
+        units = F.normalize(self.head.dense(patch_tokens.to(dtype)).float(), dim=-1)
+        bank_maps, bank_scores = self.bank.score(units, self.config.img_size)
+        return fuse(maps, scores, bank_maps, bank_scores, self.bank.weight)
 
     def trainable_parameters(self) -> dict[str, int]:
         """Trainable parameter count of each head module, in construction order."""

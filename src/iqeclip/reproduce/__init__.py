@@ -1,10 +1,12 @@
 """``iqeclip reproduce``: the paper's whole result grid in one resumable command.
 
 :mod:`~iqeclip.reproduce.grid` plans and runs the cells (one training + test per target,
-setting and draw, each in its own folder, resumable and locked); :mod:`~iqeclip.reproduce.cells`
-reads and checks the cells' files; :mod:`~iqeclip.reproduce.table` turns the finished cells into
-``results.csv``, the paper-layout tables (marking the cells not run or unreadable) and the
-AUROC-against-K figure, beside the published references of ``references.yaml``.
+setting and draw, each in its own folder, resumable and locked; :mod:`~iqeclip.reproduce.bank`
+the ``zero+bank-K`` cells: a bank of normal images on the zero cell's checkpoint, no training);
+:mod:`~iqeclip.reproduce.cells` reads and checks the cells' files;
+:mod:`~iqeclip.reproduce.table` turns the finished cells into ``results.csv``, the paper-layout
+tables (marking the cells not run or unreadable) and the AUROC-against-K figure, beside the
+published references of ``references.yaml``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from iqeclip.config import ModelConfig, ReproduceConfig, RunConfig
 from iqeclip.data.layout import dataset_root
 from iqeclip.errors import UserError, param
+from iqeclip.reproduce.bank import draw_normal
 from iqeclip.reproduce.grid import Cell, plan, run_grid
 from iqeclip.reproduce.table import write_tables
 from iqeclip.runtime import distributed
@@ -55,6 +58,9 @@ def run_reproduce(
         for target in cfg.targets:
             dataset_root(base.data_path, target, base.layout)  # stops before any work
         cells = plan(cfg.targets, cfg.settings, cfg.draws)
+        for cell in cells:
+            if cell.bank and cell.draw == 0:  # enough normal images for the bank's draws
+                draw_normal(base, cell.target, cell.bank, base.seed)
         if distributed.is_main():
             save_yaml(record, out / RECORD)
         outcome = run_grid(model_cfg, base, cells, out, cfg.jobs, record)

@@ -44,6 +44,7 @@ RESULT_COLUMNS = (
     "target",
     "setting",
     "shot",
+    "bank",
     "draw",
     "seed",
     "n_images",
@@ -167,16 +168,24 @@ def _cell_record(path: Path, cell: Cell) -> dict[str, Any]:
     missing = [k for k in _CELL_KEYS if k not in done]
     if missing:
         raise UserError(f"{path}: lacks {', '.join(missing)}")
-    if (done["target"], done["shot"], done["draw"]) != (cell.target, cell.shot, cell.draw):
+    bank = done.get("bank", 0)  # a grid of before the banks: none
+    if (done["target"], done["shot"], bank, done["draw"]) != (
+        cell.target,
+        cell.shot,
+        cell.bank,
+        cell.draw,
+    ):
+        written = f"bank {bank}" if bank else f"shot {done['shot']}"
         raise UserError(
-            f"{path}: written for {done['target']} shot {done['shot']} draw {done['draw']}, "
-            f"not for the cell of its folder"
+            f"{path}: written for {done['target']} {written} draw {done['draw']}, not for the "
+            "cell of its folder"
         )
     _check(
         path,
         done,
         {
             "seed": ("an integer", _integer),
+            "bank": ("an integer", _integer),
             "n_images": ("an integer or null", lambda v: v is None or _integer(v)),
             "seconds": ("a number or null", _number),
             "select": ("a string or null", lambda v: v is None or isinstance(v, str)),
@@ -223,6 +232,7 @@ def _row(folder: Path, cell: Cell, bootstrap: int, seed: int) -> dict[str, Any] 
         "target": cell.target,
         "setting": cell.setting,
         "shot": cell.shot,
+        "bank": cell.bank,
         "draw": cell.draw,
         "seed": done["seed"],
         "n_images": done["n_images"],
@@ -250,12 +260,13 @@ def collect(out: Path, bootstrap: int, seed: int, planned: Sequence[Cell] = ()) 
         cell = Cell.parse(folder) if folder.is_dir() else None
         if cell is None:
             logger.warning(
-                f"{folder}: not a cell folder (<target>/zero|<K>-shot/draw<d>), left out"
+                f"{folder}: not a cell folder (<target>/zero|<K>-shot|zero+bank-<K>/draw<d>), "
+                "left out"
             )
         else:
             found.append(cell)
     if not planned and found:
-        settings = dict.fromkeys("zero" if c.shot == 0 else str(c.shot) for c in found)
+        settings = dict.fromkeys(c.text for c in sorted(found, key=lambda c: c.kind))
         targets = dict.fromkeys(c.target for c in found)
         planned = plan(list(targets), list(settings), max(c.draw for c in found) + 1)
     grid = Collected([], list(dict.fromkeys([*planned, *found])), [], [])
@@ -274,6 +285,12 @@ def collect(out: Path, bootstrap: int, seed: int, planned: Sequence[Cell] = ()) 
             grid.rows.append(row)
     order = {t: i for i, t in enumerate(TARGETS)}
     grid.rows.sort(
-        key=lambda r: (order.get(r["target"], len(order)), r["target"], r["shot"], r["draw"])
+        key=lambda r: (
+            order.get(r["target"], len(order)),
+            r["target"],
+            r["shot"],
+            r["bank"],
+            r["draw"],
+        )
     )
     return grid

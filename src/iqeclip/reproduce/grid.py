@@ -3,12 +3,15 @@
 A cell is one (target, setting, draw): ``zero`` trains zero-shot with the seed ``--seed + draw``;
 ``K`` trains K-shot on the MVFA support list ``<target>/<K>-shot.txt`` for draw 0 and on a
 seeded random draw of K normal + K abnormal ``valid`` images (``--iterate -1``, seed
-``--seed + draw``) for the others. Each cell has its own folder ``<out>/<target>/<setting>/
-draw<d>/`` holding its ``config.yaml``, checkpoint, ``metrics.json``, ``log.txt``, test report
-(``report/``, with the per-image ``scores.csv``), ``support.txt`` (few-shot: the support set in
-the MVFA list format) and, written last, ``cell.json``: a cell with ``cell.json`` is finished and
-never redone. A killed cell continues from its training state (``--resume``); a cell being run by
-another ``reproduce`` process holds ``.lock`` (``fcntl.flock``) and is left to it.
+``--seed + draw``) for the others; ``zero+bank-K`` adds to the zero cell's checkpoint of the same
+draw a memory bank of K normal ``valid`` images drawn with that seed, and tests it as the zero
+cell tests (:mod:`~iqeclip.reproduce.bank`). Each cell has its own folder ``<out>/<target>/
+<setting>/draw<d>/`` (``zero``, ``<K>-shot`` or ``zero+bank-<K>``) holding its ``config.yaml``,
+checkpoint, ``metrics.json``, ``log.txt``, test report (``report/``, with the per-image
+``scores.csv``), ``support.txt`` (few-shot: the support set in the MVFA list format; a bank: its
+normal images, ``n-0:``) and, written last, ``cell.json``: a cell with ``cell.json`` is finished
+and never redone. A killed cell continues from its training state (``--resume``); a cell being
+run by another ``reproduce`` process holds ``.lock`` (``fcntl.flock``) and is left to it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -45,6 +48,9 @@ __all__ = [
     "read_json",
     "run_cell",
     "run_grid",
+    "setting_text",
+    "summary",
+    "tested",
 ]
 
 TARGETS: tuple[str, ...] = (
@@ -58,7 +64,8 @@ TARGETS: tuple[str, ...] = (
 """The paper's six targets (:data:`~iqeclip.data.layout.CLASS_INDEX`), in its table order."""
 DONE = "cell.json"
 """Written last into a cell's folder: the cell is finished."""
-_SETTING = re.compile(r"zero|([0-9]+)-shot")
+_SETTING = re.compile(r"zero|([0-9]+)-shot|zero\+bank-([0-9]+)")
+_BANK = re.compile(r"zero\+bank-([0-9]+)")
 _DRAW = re.compile(r"draw([0-9]+)")
 
 logger = logging.getLogger(__name__)
@@ -66,23 +73,37 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Cell:
-    """One (target, setting, draw) of the grid; ``shot`` is 0 for zero-shot."""
+    """One (target, setting, draw) of the grid; ``shot`` is 0 for zero-shot, ``bank`` the K
+    normal images of a ``zero+bank-K`` cell (its ``shot`` is 0), else 0."""
 
     target: str
     shot: int
     draw: int
+    bank: int = 0
 
     @property
     def setting(self) -> str:
+        """``zero``, ``few`` or ``zero+bank`` (``results.csv``'s and ``cell.json``'s setting)."""
+        if self.bank:
+            return "zero+bank"
         return "zero" if self.shot == 0 else "few"
 
     @property
+    def kind(self) -> tuple[int, int]:
+        """``(shot, bank)``: the row of the table; sorted: zero, zero+bank-K, then K-shot."""
+        return self.shot, self.bank
+
+    @property
+    def text(self) -> str:
+        """The setting as ``--settings`` takes it: ``zero``, ``K`` or ``zero+bank-K``."""
+        return setting_text(self.shot, self.bank)
+
+    @property
     def folder(self) -> Path:
-        return (
-            Path(self.target)
-            / ("zero" if self.shot == 0 else f"{self.shot}-shot")
-            / (f"draw{self.draw}")
+        name = (
+            f"zero+bank-{self.bank}" if self.bank else f"{self.shot}-shot" if self.shot else "zero"
         )
+        return Path(self.target) / name / f"draw{self.draw}"
 
     @classmethod
     def parse(cls, folder: Path) -> Cell | None:
@@ -93,7 +114,7 @@ class Cell:
         shot, index = _SETTING.fullmatch(setting), _DRAW.fullmatch(draw)
         if not (shot and index):
             return None
-        cell = cls(target, int(shot[1] or 0), int(index[1]))
+        cell = cls(target, int(shot[1] or 0), int(index[1]), int(shot[2] or 0))
         return cell if cell.folder == Path(target, setting, draw) else None
 
     def run_config(self, base: RunConfig, folder: Path) -> RunConfig:
@@ -101,7 +122,7 @@ class Cell:
         return dataclasses.replace(
             base,
             obj=self.target,
-            setting=self.setting,
+            setting="few" if self.shot else "zero",
             shot=self.shot or base.shot,
             iterate=-1 if self.draw else 0,
             seed=base.seed + self.draw,
@@ -112,24 +133,36 @@ class Cell:
         )
 
 
-def parse_settings(settings: Sequence[str]) -> list[int]:
-    """``zero`` and shot counts (``2 4 8 16``) as shots (0 = zero-shot), in the given order."""
-    shots = []
-    for text in settings:
+def setting_text(shot: int, bank: int = 0) -> str:
+    """A setting as ``--settings`` takes it: ``zero``, ``K`` or ``zero+bank-K``."""
+    return f"zero+bank-{bank}" if bank else str(shot) if shot else "zero"
+
+
+def parse_settings(settings: Sequence[str]) -> list[tuple[int, int]]:
+    """``zero``, shot counts (``2 4 8 16``) and ``zero+bank-K`` as ``(shot, bank)`` pairs (shot 0:
+    zero-shot; bank K: a zero-shot checkpoint with a bank of K normal images), in the given
+    order."""
+    kinds = []
+    for text in map(str, settings):
+        bank = _BANK.fullmatch(text)
         if text == "zero":
-            shots.append(0)
-        elif str(text).isascii() and str(text).isdigit() and int(text) >= 1:
-            shots.append(int(text))
+            kinds.append((0, 0))
+        elif text.isascii() and text.isdigit() and int(text) >= 1:
+            kinds.append((int(text), 0))
+        elif bank and text.isascii() and int(bank[1]) >= 1:
+            kinds.append((0, int(bank[1])))
         else:
-            raise UserError(f"{param('settings')} {text!r}: use zero or a shot count such as 4")
-    return shots
+            raise UserError(
+                f"{param('settings')} {text!r}: use zero or a shot count such as 4, or "
+                "zero+bank-K (K normal images, K >= 1)"
+            )
+    return kinds
 
 
 def plan(targets: Sequence[str], settings: Sequence[str], draws: int) -> list[Cell]:
     """Every cell, target by target, setting by setting, draw by draw."""
-    return [
-        Cell(t, shot, d) for t in targets for shot in parse_settings(settings) for d in range(draws)
-    ]
+    kinds = parse_settings(settings)
+    return [Cell(t, shot, d, bank) for t in targets for shot, bank in kinds for d in range(draws)]
 
 
 @contextlib.contextmanager
@@ -158,9 +191,6 @@ def run_cell(
         out: The grid's folder.
         record: The grid's resolved options, saved (with the cell's run) as ``config.yaml``.
     """
-    from iqeclip.engine.workflows import train_few, train_zero
-    from iqeclip.report.run import write_test_report
-
     folder = out / cell.folder
     main = distributed.is_main()
     with contextlib.ExitStack() as stack:
@@ -175,35 +205,57 @@ def run_cell(
         decision = distributed.broadcast(decision)
         if decision != "free":
             return decision
-        run = cell.run_config(base, folder)
-        resume = state_path(checkpoint_path(run)).exists()
-        run = dataclasses.replace(run, resume=resume, overwrite=not resume)
-        seconds = None
-        if checkpoint_path(run).exists() and not resume and _tested(folder, cell):
-            pass  # killed after its results were written: nothing left to train or test
+        if cell.bank:  # reproduce.bank registers itself (the package imports it)
+            done = CELL_RUNNERS["bank"](model_cfg, base, cell, out, record)
         else:
-            if main:
-                save_yaml({**record, "cell": dataclasses.asdict(run)}, folder / "config.yaml")
-            start = time.perf_counter()
-            train = train_zero if cell.setting == "zero" else train_few
-            try:
-                train(model_cfg, run, write_test_report)
-            except UserError as exc:
-                if not resume:
-                    raise
-                raise UserError(
-                    f"cell {cell.folder} cannot continue: {exc.message} (the grid's options "
-                    f"changed? use another {param('out')}, or delete that cell's folder)"
-                ) from None
-            seconds = time.perf_counter() - start
+            done = _run_trained(model_cfg, base, cell, folder, record)
         if main:
-            _write_support(folder, checkpoint_path(run), cell.shot)
-            metrics = read_json(folder / "metrics.json")
-            done = {**dataclasses.asdict(cell), "setting": cell.setting, "seed": run.seed}
-            done |= {"select": run.select, "seconds": seconds, "n_images": metrics.get("n_images")}
-            done["resumed"] = resume
             atomic_write_text(folder / DONE, json.dumps(done, indent=2) + "\n")
     return "ran"
+
+
+CELL_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {}
+"""Runners of the cells that train nothing, by kind: ``bank`` (:mod:`iqeclip.reproduce.bank`,
+which adds itself here, so that this module need not import it)."""
+
+
+def _run_trained(
+    model_cfg: ModelConfig, base: RunConfig, cell: Cell, folder: Path, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Train and test a zero or K-shot cell (resuming a killed one); its ``cell.json`` record."""
+    from iqeclip.engine.workflows import train_few, train_zero
+    from iqeclip.report.run import write_test_report
+
+    main = distributed.is_main()
+    run = cell.run_config(base, folder)
+    resume = state_path(checkpoint_path(run)).exists()
+    run = dataclasses.replace(run, resume=resume, overwrite=not resume)
+    seconds = None
+    if checkpoint_path(run).exists() and not resume and tested(folder, cell):
+        pass  # killed after its results were written: nothing left to train or test
+    else:
+        if main:
+            save_yaml({**record, "cell": dataclasses.asdict(run)}, folder / "config.yaml")
+        start = time.perf_counter()
+        train = train_zero if cell.shot == 0 else train_few
+        try:
+            train(model_cfg, run, write_test_report)
+        except UserError as exc:
+            if not resume:
+                raise
+            raise UserError(
+                f"cell {cell.folder} cannot continue: {exc.message} (the grid's options "
+                f"changed? use another {param('out')}, or delete that cell's folder)"
+            ) from None
+        seconds = time.perf_counter() - start
+    done: dict[str, Any] = {}
+    if main:
+        _write_support(folder, checkpoint_path(run), cell.shot)
+        metrics = read_json(folder / "metrics.json")
+        done = {**dataclasses.asdict(cell), "setting": cell.setting, "seed": run.seed}
+        done |= {"select": run.select, "seconds": seconds, "n_images": metrics.get("n_images")}
+        done["resumed"] = resume
+    return done
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -224,7 +276,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return record
 
 
-def _tested(folder: Path, cell: Cell) -> bool:
+def tested(folder: Path, cell: Cell) -> bool:
     """Whether the cell's test wrote its ``metrics.json``: a cell killed after that has nothing
     left to run; one whose file cannot be read is logged and run again."""
     try:
@@ -286,7 +338,7 @@ def run_grid(
         outcome[how].append(cell)
         bar.update()
         if how == "ran" and distributed.is_main():
-            logger.info(f"cell {cell.folder}: {_summary(out / cell.folder)}")
+            logger.info(f"cell {cell.folder}: {summary(out / cell.folder)}")
 
     try:
         if jobs <= 1:
@@ -307,7 +359,8 @@ def run_grid(
     return outcome
 
 
-def _summary(folder: Path) -> str:
+def summary(folder: Path) -> str:
+    """A finished cell's one line: its image and pixel AUROC and how long it took."""
     metrics, done = read_json(folder / "metrics.json"), read_json(folder / DONE)
     if "image_auroc" not in metrics:
         return "no test split to evaluate on"

@@ -4,14 +4,14 @@
   read and checked by :func:`~iqeclip.reproduce.cells.collect`), with the bootstrap intervals of
   its image and pixel AUROC.
 - ``table.md``, ``table.tex``, ``table.html``: the paper's layout. Settings are rows (zero-shot,
-  then K-shot), targets are columns with AC (image AUROC) and, where the target has masks, AS
-  (pixel AUROC), in %, as mean ± standard deviation over the draws, then the average columns;
-  the reference methods of ``references.yaml`` are rows beside ours. A grid that is not finished
-  says so, and how many of its cells are (above the table, in the LaTeX table's last row and in
-  a warning); an entry with fewer draws than the grid asks says ``k of N draws``, one without a
-  finished draw ``not run`` or ``unreadable``.
+  zero+bank-K, then K-shot), targets are columns with AC (image AUROC) and, where the target has
+  masks, AS (pixel AUROC), in %, as mean ± standard deviation over the draws, then the average
+  columns; the reference methods of ``references.yaml`` are rows beside ours (none beside a
+  bank). A grid that is not finished says so, and how many of its cells are (above the table, in
+  the LaTeX table's last row and in a warning); an entry with fewer draws than the grid asks
+  says ``k of N draws``, one without a finished draw ``not run`` or ``unreadable``.
 - ``curves.svg`` (inline in the HTML): AUROC against K per target, mean ± std band, references
-  as markers.
+  as markers (zero-shot and K-shot: the zero+bank-K rows are in the tables only).
 """
 
 from __future__ import annotations
@@ -47,9 +47,18 @@ LEGEND = (
     f"entries '(partial)'); '{NOT_RUN}': no finished draw (never started, killed, or running "
     f"elsewhere); '{UNREADABLE}': a file of the cell cannot be read (the log names it)."
 )
+BANK_NOTE = (
+    "- zero+bank-K: the zero-shot checkpoint of the same draw with a memory bank of K normal "
+    "valid images of the target drawn with the draw's seed (iqeclip bank; no training; an "
+    "addition to the paper, not part of it: no published reference)."
+)
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 logger = logging.getLogger(__name__)
+
+
+Kind = tuple[int, int]
+"""A row of the table: ``(shot, bank)`` (:attr:`~iqeclip.reproduce.grid.Cell.kind`)."""
 
 
 class _Tally(NamedTuple):
@@ -60,13 +69,13 @@ class _Tally(NamedTuple):
     unreadable: int
 
 
-def _tallies(grid: Collected) -> dict[tuple[str, int], _Tally]:
-    """The tally of each (target, shot) of the grid."""
+def _tallies(grid: Collected) -> dict[tuple[str, Kind], _Tally]:
+    """The tally of each (target, kind) of the grid."""
     finished, unreadable = set(grid.finished), set(grid.unreadable)
-    out: dict[tuple[str, int], _Tally] = {}
+    out: dict[tuple[str, Kind], _Tally] = {}
     for cell in grid.cells:
-        asked, done, broken = out.get((cell.target, cell.shot), _Tally(0, 0, 0))
-        out[(cell.target, cell.shot)] = _Tally(
+        asked, done, broken = out.get((cell.target, cell.kind), _Tally(0, 0, 0))
+        out[(cell.target, cell.kind)] = _Tally(
             asked + 1, done + (cell in finished), broken + (cell in unreadable)
         )
     return out
@@ -85,12 +94,13 @@ def _status(grid: Collected) -> str | None:
     )
 
 
-def aggregate(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Per (target, shot): mean, standard deviation (ddof 1; 0 for one draw) and count of the image
-    (``AC``) and pixel (``AS``) AUROC over the draws, in %."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+def aggregate(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, Kind], dict[str, Any]]:
+    """Per (target, kind): mean, standard deviation (ddof 1; 0 for one draw) and count of the
+    image (``AC``) and pixel (``AS``) AUROC over the draws, in %."""
+    groups: dict[tuple[str, Kind], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["target"], int(row["shot"])), []).append(row)
+        kind = (int(row["shot"]), int(row.get("bank") or 0))
+        groups.setdefault((row["target"], kind), []).append(row)
     out = {}
     for key, members in groups.items():
         cell = {}
@@ -139,24 +149,26 @@ def load_references(path: str | Path | None = None) -> list[dict[str, Any]]:
     return data
 
 
-def _setting_name(shot: int) -> str:
+def _setting_name(shot: int, bank: int = 0) -> str:
+    if bank:
+        return f"zero+bank-{bank}"
     return "zero-shot" if shot == 0 else f"{shot}-shot"
 
 
 def _layout(
-    cells: Sequence[Cell], agg: dict[tuple[str, int], dict[str, Any]]
-) -> tuple[list[str], list[int], list[str]]:
-    """The targets, shots and mask targets (with an AS value, or known to have masks) of the
-    grid's cells, finished or not."""
+    cells: Sequence[Cell], agg: dict[tuple[str, Kind], dict[str, Any]]
+) -> tuple[list[str], list[Kind], list[str]]:
+    """The targets, kinds (zero, zero+bank-K, K-shot) and mask targets (with an AS value, or
+    known to have masks) of the grid's cells, finished or not."""
     order = {t: i for i, t in enumerate(TARGETS)}
     targets = sorted({c.target for c in cells}, key=lambda t: (order.get(t, len(order)), t))
-    shots = sorted({c.shot for c in cells})
+    kinds = sorted({c.kind for c in cells})
     pixel = [
         t
         for t in targets
         if CLASS_INDEX.get(t, 0) > 0 or any("AS" in agg[k] for k in agg if k[0] == t)
     ]
-    return targets, shots, pixel
+    return targets, kinds, pixel
 
 
 def _columns(targets: list[str], pixel: list[str]) -> list[tuple[str, str]]:
@@ -183,23 +195,23 @@ def _value(value: tuple[float, float, int] | None, tally: _Tally) -> str:
     return text
 
 
-def _ours(agg, tallies, shot: int, targets: list[str], pixel: list[str]) -> list[str]:
+def _ours(agg, tallies, kind: Kind, targets: list[str], pixel: list[str]) -> list[str]:
     cells = []
     for target, metric in _columns(targets, pixel):
         if target == "average":
             names = targets if metric == "AC" else pixel
-            values = [agg[(t, shot)][metric] for t in names if metric in agg.get((t, shot), {})]
+            values = [agg[(t, kind)][metric] for t in names if metric in agg.get((t, kind), {})]
             if not names or len(values) < len(names):
                 cells.append("–")
                 continue
             short = any(
-                n < tallies[(t, shot)].asked for t, (_, _, n) in zip(names, values, strict=True)
+                n < tallies[(t, kind)].asked for t, (_, _, n) in zip(names, values, strict=True)
             )
             mean = np.mean([m for m, _, _ in values])
             cells.append(f"{mean:.2f} (partial)" if short else f"{mean:.2f}")
             continue
-        tally = tallies.get((target, shot), _Tally(0, 0, 0))
-        cells.append(_value(agg.get((target, shot), {}).get(metric), tally))
+        tally = tallies.get((target, kind), _Tally(0, 0, 0))
+        cells.append(_value(agg.get((target, kind), {}).get(metric), tally))
     return cells
 
 
@@ -216,14 +228,15 @@ def _reference(entry: dict[str, Any], targets: list[str], pixel: list[str]) -> l
     return cells
 
 
-def _rows(agg, tallies, refs, targets, shots, pixel) -> list[tuple[str, str, list[str]]]:
-    """(setting, method, cells) in table order: ours, then the references of that setting."""
+def _rows(agg, tallies, refs, targets, kinds, pixel) -> list[tuple[str, str, list[str]]]:
+    """(setting, method, cells) in table order: ours, then the references of that setting (none
+    for a bank)."""
     out = []
-    for shot in shots:
-        ours = _ours(agg, tallies, shot, targets, pixel)
-        out.append((_setting_name(shot), "iqeclip (this run)", ours))
+    for shot, bank in kinds:
+        ours = _ours(agg, tallies, (shot, bank), targets, pixel)
+        out.append((_setting_name(shot, bank), "iqeclip (this run)", ours))
         for entry in refs:
-            if int(entry["shot"]) == shot:
+            if not bank and int(entry["shot"]) == shot:
                 out.append(
                     (_setting_name(shot), entry["method"], _reference(entry, targets, pixel))
                 )
@@ -248,7 +261,7 @@ def _intervals(results: Sequence[dict[str, Any]]) -> list[list[str]]:
     return [
         [
             r["target"],
-            _setting_name(int(r["shot"])),
+            _setting_name(int(r["shot"]), int(r.get("bank") or 0)),
             str(r["draw"]),
             span(r["image_auroc_ci_low"], r["image_auroc_ci_high"]),
             span(r["pixel_auroc_ci_low"], r["pixel_auroc_ci_high"]),
@@ -411,10 +424,11 @@ def write_tables(
     atomic_write_text(out / "results.csv", buffer.getvalue())
     agg = aggregate(rows)
     refs = load_references(references)
-    targets, shots, pixel = _layout(grid.cells, agg)
+    targets, kinds, pixel = _layout(grid.cells, agg)
     columns = _columns(targets, pixel)
     tallies = _tallies(grid)
-    table = _rows(agg, tallies, refs, targets, shots, pixel)
+    table = _rows(agg, tallies, refs, targets, kinds, pixel)
+    shots = [shot for shot, bank in kinds if not bank]  # the figure's: zero and K-shot
     asked = sorted({t.asked for t in tallies.values()})
     per = f"{asked[0]}" if len(asked) == 1 else f"{asked[0]} to {asked[-1]}"
     draws = (
@@ -436,8 +450,10 @@ def write_tables(
             for e in refs
             if int(e["shot"]) in shots
         ),
+        *([BANK_NOTE] if len(shots) < len(kinds) else []),
     ]
-    figure = curves_svg(agg, refs, targets, shots)
+    plain = {(t, kind[0]): v for (t, kind), v in agg.items() if not kind[1]}
+    figure = curves_svg(plain, refs, targets, shots)
     written = {
         "table.md": _markdown(table, columns, notes, _intervals(rows), status),
         "table.tex": _latex(table, columns, status),
