@@ -16,6 +16,8 @@ import json
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,6 +100,35 @@ def cost(bench: Path, work: Path, img_size: int, repeats: int = 5) -> dict:
     }
 
 
+_PEAK = """
+import resource, sys, torch
+from pathlib import Path
+from iqeclip.data.readers import as_input, model_input
+from iqeclip.model.detector import IQEClip
+model = IQEClip.from_checkpoint(sys.argv[1])
+images = sorted(Path(sys.argv[2]).iterdir())[:32]
+batch = as_input(torch.stack([model_input(p, None, int(sys.argv[3])) for p in images]), model.device)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.predict(batch, "zero")
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory(bench: Path, work: Path, img_size: int) -> dict:
+    """The peak resident memory (KiB) of a process that loads a checkpoint and scores 32
+    images, and how much the scoring itself added, with and without the bank of :func:`cost`."""
+    images = bench / "Brain_AD" / "test" / "good" / "img"
+    out = {}
+    for name, ckpt in (("zero", work / "ck" / "Brain.pth"), ("bank", work / "Brain_bank_all.pth")):
+        argv = [sys.executable, "-c", _PEAK, str(ckpt), str(images), str(img_size)]
+        before, after = map(
+            int, subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+        )
+        out[name] = {"peak_kib": after, "scoring_kib": after - before}
+    out["peak_ratio"] = out["bank"]["peak_kib"] / out["zero"]["peak_kib"]
+    return out
+
+
 def size_sweep(bench: Path, work: Path, img_size: int) -> list[dict]:
     """Image scores and AUROC of Brain with banks of 64 images cut to each size, against the
     bank that keeps every patch."""
@@ -132,10 +163,12 @@ def run() -> None:
     figures = {
         "accuracy": accuracy(bench, args.work, args.img_size, args.epochs),
         "cost": cost(bench, args.work, args.img_size),
+        "memory": peak_memory(bench, args.work, args.img_size),
         "sizes": size_sweep(bench, args.work, args.img_size),
     }
     (args.work / "bank_figures.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures["cost"]))
+    print(json.dumps(figures["memory"]))
     for row in figures["sizes"]:
         print(json.dumps(row))
 
