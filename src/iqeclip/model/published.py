@@ -262,7 +262,7 @@ def to_head_state(
         if tuple(tensor.shape) != tuple(size):
             raise UserError(
                 f"{path}: {name} has shape {tuple(tensor.shape)}, this model needs "
-                f"{tuple(size)} (check --model_name and the model flags)"
+                f"{tuple(size)} (check {param('model_name')} and the model flags)"
             )
         state[key] = tensor.to(torch.float32).contiguous()
     used = {published_name(key, text_block) for key in expected}
