@@ -19,15 +19,9 @@ from iqeclip.model import published
 from iqeclip.model.architecture import Architecture
 from iqeclip.model.checkpoint import read_checkpoint, save_checkpoint
 from iqeclip.model.detector import IQEClip
-from iqeclip.runtime.files import atomic_write, check_writable, sha256_of
+from iqeclip.runtime.files import atomic_write, check_free, sha256_of
 
 __all__ = ["export_published", "import_checkpoint", "summary"]
-
-
-def _free(out: Path, overwrite: bool) -> None:
-    check_writable(param("out"), out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass {param('overwrite')} to replace it")
 
 
 def _run(setting: str | None, shot: int | None, obj: str) -> dict[str, Any]:
@@ -68,23 +62,9 @@ def import_checkpoint(
     """
     source, out = Path(source), Path(out)
     run = _run(setting, shot, obj)
-    _free(out, overwrite)
-    flat = published.read_published(source)
-    inferred = published.infer(flat, source)
-    config, read, assumed = published.published_config(inferred, model_flags, source)
-    model = IQEClip.build(config, device="meta")  # the head's names and shapes; no weights
-    expected = {k: v.shape for k, v in model.head.state_dict().items()}
-    block = published.text_block_of(flat, source)
-    state, dropped = published.to_head_state(flat, expected, block, source)
-    model.head.load_state_dict(state, assign=True)
-    imported = {
-        "file": source.name,
-        "sha256": sha256_of(source),
-        "text_block": block,
-        "read": read,
-        "assumed": assumed,
-        "dropped": dropped,
-    }
+    check_free(param("out"), out, overwrite)
+    model = IQEClip.from_published(source, "meta", **model_flags)  # no backbone weights read
+    imported = {**model.meta["imported"], "sha256": sha256_of(source)}
     save_checkpoint(out, model, {"run": run, "imported": imported})
     return out, imported
 
@@ -117,7 +97,7 @@ def export_published(
         The path written and the text cross-attention's name used.
     """
     ckpt_path, out = Path(ckpt_path), Path(out)
-    _free(out, overwrite)
+    check_free(param("out"), out, overwrite)
     config, state, meta = read_checkpoint(ckpt_path)
     block = text_block or meta.get("imported", {}).get("text_block") or published.DEFAULT_TEXT_BLOCK
     width = Architecture.from_name(config.model_name).embed_dim

@@ -30,7 +30,7 @@ from iqeclip.model.bank import DEFAULT_BANK_SIZE, DEFAULT_WEIGHT, MemoryBank, co
 from iqeclip.model.checkpoint import save_checkpoint
 from iqeclip.model.detector import IQEClip
 from iqeclip.runtime.device import resolve_device
-from iqeclip.runtime.files import check_writable, sha256_of
+from iqeclip.runtime.files import check_free, sha256_of
 
 __all__ = ["build_bank"]
 
@@ -99,9 +99,7 @@ def build_bank(
     out = Path(out)
     if normal is None and manifest is None:
         raise UserError(f"give the normal images: {param('normal')} and/or {param('manifest')}")
-    check_writable(param("out"), out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass {param('overwrite')} to replace it")
+    check_free(param("out"), out, overwrite)
     model = IQEClip.from_checkpoint(ckpt_path, resolve_device(device))
     if model.meta.get("run", {}).get("setting") == "few":
         raise UserError(

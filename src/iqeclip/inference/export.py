@@ -30,7 +30,7 @@ from iqeclip.inference.detectors import INPUT_NAME, META_KEYS, OUTPUT_NAMES, req
 from iqeclip.model.backbone import plain_attention
 from iqeclip.model.detector import IQEClip
 from iqeclip.model.scoring import score
-from iqeclip.runtime.files import atomic_write, check_writable
+from iqeclip.runtime.files import atomic_write, check_free
 
 OPSET = 18
 PROTOBUF_LIMIT = 2**31  # bytes: an ONNX file larger than this needs external data
@@ -83,9 +83,7 @@ def export_checkpoint(
         raise UserError(f"{param('format')} {fmt}: the export format is onnx")
     require("onnx")
     out = Path(out)
-    check_writable(param("out"), out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{param('out')} {out} exists; pass {param('overwrite')} to replace it")
+    check_free(param("out"), out, overwrite)
     overrides = {**(model_overrides or {}), "precision": "fp32"}
     model = IQEClip.from_checkpoint(ckpt_path, "cpu", **overrides)
     return model, export_onnx(model, out)

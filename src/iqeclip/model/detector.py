@@ -198,7 +198,8 @@ class IQEClip(nn.Module):
 
         Args:
             path: the published ``.pth`` file (read without unpickling code).
-            device: where to build it.
+            device: where to build it (``meta``: the head holds the file's tensors, the
+                backbone nothing; enough to write an iqeclip checkpoint).
             **config: model fields the tensors cannot tell (``model_name``, ``img_size``,
                 ``features_list``, ``use_global``...; defaults:
                 :data:`~iqeclip.model.published.ASSUMED`); the prompt lengths, the text-prompt
@@ -221,7 +222,7 @@ class IQEClip(nn.Module):
         expected = {k: v.shape for k, v in model.head.state_dict().items()}
         block = published.text_block_of(flat, path)
         state, dropped = published.to_head_state(flat, expected, block, path)
-        model.head.load_state_dict(state)
+        model.head.load_state_dict(state, assign=torch.device(device).type == "meta")
         model.meta = {
             "imported": {"file": path.name, "text_block": block, "read": read}
             | {"assumed": assumed, "dropped": dropped}

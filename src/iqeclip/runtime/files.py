@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from iqeclip.errors import UserError
+from iqeclip.errors import UserError, param
 
 
 def sha256_of(path: Path) -> str:
@@ -170,6 +170,14 @@ def check_writable(flag: str, path: str | Path | None, folder: bool = False) -> 
         raise UserError(
             f"{flag} {path}: cannot write in {existing} (permission denied or read-only)"
         )
+
+
+def check_free(flag: str, path: str | Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output file that cannot be written or that exists without
+    ``overwrite`` (``<flag> <path> exists; pass --overwrite to replace it``)."""
+    check_writable(flag, path)
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{flag} {path} exists; pass {param('overwrite')} to replace it")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
