@@ -4,11 +4,12 @@
 (``torch.utils.flop_counter``: 2 per multiply-add of every matrix product and convolution,
 the attention products included); with
 the measured backbone time this gives the achieved GFLOP/s. :func:`breakdown` splits the
-inference path of a batch into its parts, per image: the vision tower, the text tower and the IQM
-(timed by forward hooks while ``predict`` runs; the backbone figure is the whole frozen
-visual path, taps and global embedding), the maps and the blur (the scoring functions
-called on the batch's logits), the rest of the head, and beside the model the metrics of the
-batch and the reading of one PNG per image from disk (``data``).
+inference path of a batch into its parts, per image: the vision tower and the IQM (timed by
+forward hooks while ``predict`` runs; the backbone figure is the whole frozen visual path, taps
+and global embedding), the prompted text tower, the maps and the blur (the head's text pass and
+the scoring functions called on the batch's features and logits), the rest of the head, and
+beside the model the metrics of the batch and the reading of one PNG per image from disk
+(``data``).
 """
 
 from __future__ import annotations
@@ -86,11 +87,7 @@ def breakdown(
     device, batch = model.device, len(images)
     size = model.config.img_size
     inputs = images.to(device)
-    parts = {  # the prompted text pass runs the tower's blocks one by one
-        "backbone": [model.backbone],
-        "text": list(model.backbone.text.transformer.resblocks),
-        "iqm": [model.head.iqm],
-    }
+    parts = {"backbone": [model.backbone], "iqm": [model.head.iqm]}
     model.predict(inputs, "zero")  # warm-up
     totals, handles = _hooked(parts, device)
     try:
@@ -100,8 +97,13 @@ def breakdown(
             handle.remove()
     result = {name: 1000 * total / rounds / batch for name, total in totals.items()}
     with torch.no_grad():
-        logits = model(inputs)
+        patches, glob = model.features(inputs)
+        logits = model.logits(patches, glob)
         maps = probability_maps(logits.query, size).mean(dim=0)
+    with torch.no_grad(), model.autocast():  # the text pass as the head runs it
+        result["text"] = _median_ms(
+            lambda: model.head.text_embeddings(glob, model.backbone.text), device, rounds, batch
+        )
     result["maps"] = _median_ms(
         lambda: (probability_maps(logits.query, size), probability_maps(logits.text, size)),
         device,

@@ -6,8 +6,9 @@ inserted after SOT and replaced before every later block (VPT-deep, one shared p
 the text is pooled at the last class token, which sees the whole prompt under the causal mask.
 
 Because of that causal mask nothing after the last class token can change the pooled output, so
-the sequence is cut right after it (15 tokens instead of 77 for the paper configuration); the
-position embeddings are those of the full-length layout, so the result is the same.
+the sequence ends there (15 tokens instead of 77 for the paper configuration; the position
+embeddings are those of the full-length layout), and nothing before the class tokens depends on
+the image, so that prefix is computed once per batch (:func:`encode_prompts`).
 """
 
 from __future__ import annotations
@@ -113,55 +114,88 @@ def encode_prompts(
     token_ids: torch.Tensor,
     class_tokens: torch.Tensor,
     prompts: TextPrompts | None,
-    length: int | None = None,
 ) -> torch.Tensor:
-    """Run both prompts for every image through the frozen text transformer in one batched pass.
+    """Run both prompts for every image through the frozen text transformer, the shared prefix once.
+
+    The sequence of prompt ``s`` for image ``b`` is ``[SOT, prompt slot, words, class tokens of
+    b]``. Under the causal mask the positions before the class tokens (the *prefix*) never see
+    them, and the slot is replaced before every block by an image-independent projection, so the
+    prefix's hidden states are the same for every image in every layer (docs/model.md, "The
+    shared prefix of the text"). It is computed once per prompt, with its keys and values kept per
+    layer; only the ``r`` class-token positions run per image, attending to the prefix and to
+    themselves, as a decoder does with a key-value cache. The function is that of the full
+    per-image pass (tested against it); autograd sums the prefix's gradients over the batch.
 
     Args:
         tower: frozen CLIP text pieces.
         token_ids: ``(2, E + 1)`` from :func:`prompt_token_ids` (EOT last).
         class_tokens: ``(Bc, r, D)`` class-based prompting tokens (``Bc`` = batch or 1).
         prompts: learnable deep prompts, or ``None`` for ``total_d_layer_len = 0``.
-        length: pad the sequence with the tokenizer's padding to this length (77 reproduces the
-            untruncated computation; ``None`` = cut after the last class token).
 
     Returns:
         ``(Bc, 2, D)`` L2-normalised text embeddings, channel 0 normal, 1 abnormal.
     """
     eot = token_ids.shape[1] - 1
     n_cls = class_tokens.shape[1]
-    bc = class_tokens.shape[0]
     pos = tower.positional_embedding
-    words = tower.token_embedding(token_ids[:, :eot]) + pos[:eot]  # (2, E, D)
-    cls = class_tokens + pos[eot : eot + n_cls]  # (Bc, r, D)
-    parts = [words.unsqueeze(1).expand(-1, bc, -1, -1), cls.unsqueeze(0).expand(2, -1, -1, -1)]
-    n_prompt = prompts.prompt_len if prompts is not None else 0
-    if length is not None:
-        n_pad = length - n_prompt - eot - n_cls
-        pad_ids = torch.zeros(n_pad, dtype=torch.long, device=token_ids.device)
-        pad = tower.token_embedding(pad_ids) + pos[eot + n_cls : eot + n_cls + n_pad]
-        parts.append(pad.expand(2, bc, -1, -1))
-    x = torch.cat(parts, dim=2).flatten(0, 1)  # (2 Bc, T, D)
-
-    def with_prompt(x: torch.Tensor, prompt: torch.Tensor, replace: bool) -> torch.Tensor:
-        rest = x[:, 1 + n_prompt :] if replace else x[:, 1:]
-        return torch.cat([x[:, :1], prompt.expand(x.shape[0], -1, -1).to(x.dtype), rest], dim=1)
-
+    prefix = tower.token_embedding(token_ids[:, :eot]) + pos[:eot]  # (2, E, D)
+    cls = (
+        (class_tokens + pos[eot : eot + n_cls]).unsqueeze(0).expand(2, -1, -1, -1)
+    )  # (2, Bc, r, D)
     if prompts is not None:
-        x = with_prompt(x, prompts.shallow(), replace=False)
-    seq = x.shape[1]
-    mask = tower.attn_mask[:seq, :seq].to(x.dtype)
-    batch_first = getattr(tower.transformer, "batch_first", True)
+        prefix = _with_prompt(prefix, prompts.shallow(), replace=False)
+    length = prefix.shape[1]  # P: SOT, the prompt slot, the E - 1 words
+    mask = tower.attn_mask[: length + n_cls, : length + n_cls]
     for i, block in enumerate(tower.transformer.resblocks):
         if prompts is not None and i > 0:
-            x = with_prompt(x, prompts.deep(i), replace=True)
-        if batch_first:
-            x = block(x, attn_mask=mask)
-        else:
-            x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+            prefix = _with_prompt(prefix, prompts.deep(i), replace=True)
+        prefix, cls = _cached_block(block, prefix, cls, mask)
     # LayerNorms and the projection act per token: only the pooled one (last class token) is needed.
-    pooled = x[:, n_prompt + eot + n_cls - 1]
+    pooled = cls[:, :, -1]  # (2, Bc, D)
     if prompts is not None:
         pooled = prompts.prompt_norm(pooled)
     pooled = tower.project(tower.ln_final(pooled))
-    return F.normalize(pooled, dim=-1).view(2, bc, -1).transpose(0, 1)
+    return F.normalize(pooled, dim=-1).transpose(0, 1)
+
+
+def _with_prompt(prefix: torch.Tensor, prompt: torch.Tensor, replace: bool) -> torch.Tensor:
+    """``prefix`` ``(2, P, D)`` with ``prompt`` ``(1, n, D)`` right after SOT, inserted or
+    replacing the slot."""
+    rest = prefix[:, 1 + prompt.shape[1] :] if replace else prefix[:, 1:]
+    slot = prompt.expand(prefix.shape[0], -1, -1).to(prefix.dtype)
+    return torch.cat([prefix[:, :1], slot, rest], dim=1)
+
+
+def _cached_block(
+    block: nn.Module, prefix: torch.Tensor, cls: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pre-LN residual attention block of open_clip's text transformer, run on the prefix
+    ``(2, P, D)`` (causal self-attention) and on the class tokens ``(2, Bc, r, D)``, whose queries
+    attend to the prefix's keys and values and to their own (the rows ``P..P+r`` of the causal
+    ``mask``). The block's own weights, in the order of its ``forward``: ``x + ls_1(attn(ln_1(x)))``,
+    then ``x + ls_2(mlp(ln_2(x)))``; every per-token step runs on the prefix's and the class
+    tokens' rows stacked, one matrix product each, and only the attention is computed apart.
+    """
+    attn = block.attn
+    heads = attn.num_heads
+    length, batch = prefix.shape[1], cls.shape[1]
+    n_prefix = prefix.shape[0] * length
+    rows = torch.cat([prefix.flatten(0, 1), cls.flatten(0, 2)])  # (2 P + 2 Bc r, D)
+    qkv = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias)
+
+    def split(t: torch.Tensor) -> list[torch.Tensor]:  # (..., T, 3D) -> 3 x (..., H, T, D/H)
+        return [p.unflatten(-1, (heads, -1)).transpose(-3, -2) for p in t.chunk(3, dim=-1)]
+
+    def merge(t: torch.Tensor) -> torch.Tensor:  # (..., H, T, D/H) -> (... T, D)
+        return t.transpose(-3, -2).flatten(-2).flatten(0, -2)
+
+    q_p, k_p, v_p = split(qkv[:n_prefix].view(*prefix.shape[:2], -1))
+    q_c, k_c, v_c = split(qkv[n_prefix:].view(*cls.shape[:3], -1))
+    mask = mask.to(q_p.dtype)
+    out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=mask[:length, :length])
+    keys = torch.cat([k_p.unsqueeze(1).expand(-1, batch, -1, -1, -1), k_c], dim=-2)
+    values = torch.cat([v_p.unsqueeze(1).expand(-1, batch, -1, -1, -1), v_c], dim=-2)
+    out_c = F.scaled_dot_product_attention(q_c, keys, values, attn_mask=mask[length:])
+    rows = rows + block.ls_1(attn.out_proj(torch.cat([merge(out_p), merge(out_c)])))
+    rows = rows + block.ls_2(block.mlp(block.ln_2(rows)))
+    return rows[:n_prefix].view(prefix.shape), rows[n_prefix:].view(cls.shape)

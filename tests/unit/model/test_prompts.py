@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+import copy
 
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
+
+from iqeclip.config import ModelConfig
+from iqeclip.errors import UserError
+from iqeclip.model import architecture, detector
+from iqeclip.model.architecture import Architecture
+from iqeclip.model.backbone import TextTower, create_clip
+from iqeclip.model.detector import IQEClip
+from iqeclip.model.losses import iqe_loss
 from iqeclip.model.prompts import ClassTokens, InstanceTokens, encode_prompts, prompt_token_ids
 
 NORMAL_IDS = [49406, 320, 1125, 539, 320, 5967, 27, 347, 1874, 91, 29, 269, 49407]
@@ -23,37 +35,57 @@ def _class_tokens(tiny, batch: int) -> torch.Tensor:
     return tiny.head.class_tokens(torch.randn(batch, 128))
 
 
-def test_batched_text_pass_equals_per_sequence_passes(tiny):
+def direct_text(tower, token_ids, class_tokens, prompts, length: int = 77) -> torch.Tensor:
+    """The prompted text of every image computed the direct way, as the published code does: each
+    image's two full-length sequences (SOT, prompt slot, words, class tokens, padding to
+    ``length``) through open_clip's own blocks under the full causal mask, pooled at the last
+    class token. ``encode_prompts`` must give the same function."""
+    eot, n_cls = token_ids.shape[1] - 1, class_tokens.shape[1]
+    n_prompt = prompts.prompt_len if prompts is not None else 0
+    pos = tower.positional_embedding
+    pad = torch.zeros(length - n_prompt - eot - n_cls, dtype=torch.long)
+    assert tower.transformer.batch_first
+    out = []
+    for cls in class_tokens:
+        for ids in token_ids:
+            x = torch.cat([tower.token_embedding(ids[:eot]), cls, tower.token_embedding(pad)])
+            x = (x + pos[: length - n_prompt]).unsqueeze(0)
+            if prompts is not None:
+                x = torch.cat([x[:, :1], prompts.shallow(), x[:, 1:]], dim=1)
+            for i, block in enumerate(tower.transformer.resblocks):
+                if prompts is not None and i > 0:
+                    x = torch.cat([x[:, :1], prompts.deep(i), x[:, 1 + n_prompt :]], dim=1)
+                x = block(x, attn_mask=tower.attn_mask[:length, :length])
+            pooled = x[0, n_prompt + eot + n_cls - 1]
+            if prompts is not None:
+                pooled = prompts.prompt_norm(pooled)
+            out.append(F.normalize(tower.project(tower.ln_final(pooled)), dim=-1))
+    return torch.stack(out).view(len(class_tokens), 2, -1)
+
+
+@pytest.mark.parametrize("deep", [True, False], ids=["deep-prompts", "no-deep-prompts"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_shared_prefix_equals_the_direct_per_image_pass(tiny, deep, batch):
+    head, tower = tiny.head, tiny.backbone.text
+    cls = _class_tokens(tiny, batch)
+    prompts = head.text_prompts if deep else None
+    with torch.no_grad():
+        cached = encode_prompts(tower, head.token_ids, cls, prompts)
+        direct = direct_text(tower, head.token_ids, cls, prompts)
+    assert cached.shape == (batch, 2, 128)
+    torch.testing.assert_close(cached, direct, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cached.norm(dim=-1), torch.ones(batch, 2))
+
+
+def test_each_image_gets_its_own_text_whatever_the_batch(tiny):
     head, tower = tiny.head, tiny.backbone.text
     cls = _class_tokens(tiny, 3)
     with torch.no_grad():
         batched = encode_prompts(tower, head.token_ids, cls, head.text_prompts)
         for i in range(3):
-            for s in range(2):
-                one = encode_prompts(
-                    tower, head.token_ids[s : s + 1].repeat(2, 1), cls[i : i + 1], head.text_prompts
-                )
-                torch.testing.assert_close(batched[i, s], one[0, 0], rtol=1e-5, atol=1e-6)
-    assert batched.shape == (3, 2, 128)
-    torch.testing.assert_close(batched.norm(dim=-1), torch.ones(3, 2))
-
-
-def test_truncated_text_equals_full_length_text(tiny):
-    head, tower = tiny.head, tiny.backbone.text
-    cls = _class_tokens(tiny, 2)
-    with torch.no_grad():
-        short = encode_prompts(tower, head.token_ids, cls, head.text_prompts)
-        full = encode_prompts(tower, head.token_ids, cls, head.text_prompts, length=77)
-    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
-
-
-def test_truncation_is_exact_without_deep_prompts(tiny):
-    tower = tiny.backbone.text
-    cls = _class_tokens(tiny, 2)
-    with torch.no_grad():
-        short = encode_prompts(tower, tiny.head.token_ids, cls, None)
-        full = encode_prompts(tower, tiny.head.token_ids, cls, None, length=77)
-    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+            one = encode_prompts(tower, head.token_ids, cls[i : i + 1], head.text_prompts)
+            torch.testing.assert_close(batched[i], one[0], rtol=0, atol=1e-6)
+    assert not torch.allclose(batched[0], batched[1])  # the images' class tokens differ
 
 
 def test_pooled_token_sees_both_class_tokens_and_each_deep_prompt(tiny):
@@ -94,3 +126,97 @@ def test_instance_tokens_with_and_without_global():
     )
     torch.testing.assert_close(on(g), on.tokens + by_hand)
     assert sum(p.numel() for p in ClassTokens(2, 768, True).parameters()) == 2 * 768 + 2 * 3 + 2 + 1
+
+
+def _direct_model(monkeypatch) -> None:
+    """Make the head encode its text the direct per-image way (:func:`direct_text`)."""
+    monkeypatch.setattr(detector, "encode_prompts", direct_text)
+
+
+def _trained_looking(model: IQEClip) -> IQEClip:
+    torch.manual_seed(1)
+    with torch.no_grad():  # not the initial head: every branch and prompt matters
+        for p in model.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("iqe-tiny", False), ("ViT-B-16", False), ("ViT-S-32", True)],
+    ids=["iqe-tiny", "ViT-B-16", "ViT-S-32-quickgelu"],  # text width 128/512/384, 4/8/6 heads
+)
+def arch_model(request) -> IQEClip:
+    name, quick_gelu = request.param
+    torch.manual_seed(0)
+    config = ModelConfig(model_name=name, pretrain="none", img_size=64, quick_gelu=quick_gelu)
+    return _trained_looking(IQEClip.build(config))
+
+
+def test_maps_equal_those_of_the_direct_text_pass(arch_model, monkeypatch):
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    features = arch_model.features(images)
+    cached = {s: arch_model.predict_features(*features, s) for s in ("zero", "few")}
+    text = arch_model.head.text_embeddings(features[1], arch_model.backbone.text)
+    _direct_model(monkeypatch)
+    for setting, (maps, scores) in cached.items():
+        direct_maps, direct_scores = arch_model.predict_features(*features, setting)
+        torch.testing.assert_close(maps, direct_maps, rtol=0, atol=1e-6)
+        torch.testing.assert_close(scores, direct_scores, rtol=0, atol=1e-6)
+    direct = arch_model.head.text_embeddings(features[1], arch_model.backbone.text)
+    torch.testing.assert_close(text, direct, rtol=0, atol=1e-6)
+
+
+def _step_gradients(model: IQEClip, features, masks, labels) -> dict[str, torch.Tensor]:
+    """The gradients of one training step (the head and the loss of ``train_step``)."""
+    model.head.zero_grad(set_to_none=True)
+    torch.manual_seed(5)  # the same dropout draws in both runs
+    logits = model.head(*features, model.backbone.text)
+    iqe_loss(logits, masks, labels, segmentation=True).backward()
+    return {n: p.grad.clone() for n, p in model.head.named_parameters() if p.grad is not None}
+
+
+def test_training_gradients_equal_those_of_the_direct_text_pass(arch_model, monkeypatch):
+    """In float64, so that what is compared is the function and not fp32 rounding: in fp32 the
+    direct pass's own text gradients are up to 1.2e-5 (relative) from the float64 ones, and the
+    two passes differ from each other by as much (docs/model.md)."""
+    gen = torch.Generator().manual_seed(4)
+    labels = torch.tensor([0, 1, 0, 1])
+    masks = (torch.rand(4, 1, 64, 64, generator=gen) > 0.9).double() * labels.view(4, 1, 1, 1)
+    features = arch_model.features(torch.rand(4, 3, 64, 64, generator=gen))
+    model = copy.deepcopy(arch_model)
+    model.head.double()  # and the text tower; the frozen vision tower is not used
+    model.backbone.text.double()
+    features = [f.double() for f in features]
+    cached = _step_gradients(model, features, masks, labels)
+    _direct_model(monkeypatch)
+    direct = _step_gradients(model, features, masks, labels)
+    assert cached.keys() == direct.keys() == dict(model.head.named_parameters()).keys()
+    for name in cached:  # every text parameter, and the rest of the head with them
+        # (+1e-12: a few are 0 in exact arithmetic, e.g. class_tokens.conv.bias, a per-token
+        # constant that the LayerNorms in front of every use remove)
+        assert (cached[name] - direct[name]).norm() <= 1e-5 * direct[name].norm() + 1e-12, name
+    for name in ("class_tokens.conv.weight", "text_prompts.deep_prompt_embeddings"):
+        assert direct[name].norm() > 1e-6
+
+
+def test_every_supported_text_tower_is_the_block_the_prefix_pass_runs():
+    """The prefix pass uses each text block's pieces itself (``_cached_block``): a pre-LN block
+    with one packed-projection multi-head attention and no extra key/value biases (the mask is
+    open_clip's causal one, sliced, as the direct pass uses it whole). Every architecture iqeclip accepts is checked (built on the meta device, no weights)."""
+    accepted = []
+    for name, cfg in architecture.model_configs().items():
+        try:
+            Architecture.from_name(name)
+        except UserError:
+            continue
+        accepted.append(name)
+        clip = create_clip(name, "none", cfg["vision_cfg"]["image_size"], False, device="meta")
+        tower = TextTower(clip)
+        for block in tower.transformer.resblocks:
+            assert type(block) is ResidualAttentionBlock, name
+            attn = block.attn
+            assert attn._qkv_same_embed_dim and attn.in_proj_bias is not None, name
+            assert attn.bias_k is None and not attn.add_zero_attn and attn.dropout == 0, name
+            assert not hasattr(block, "ln_1_kv"), name
+    assert {"iqe-tiny", "ViT-B-16", "ViT-L-14-336", "ViT-H-14"} <= set(accepted)
