@@ -1,10 +1,13 @@
-"""IQM: parameter counts derived from its definition, level batching, dropout."""
+"""IQM: parameter counts derived from its definition, level batching, dropout, the attention's
+hand-written backward."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from iqeclip.model.iqm import IQM, AttentionBlock, IQMLayer
+from iqeclip.model.iqm import IQM, AttentionBlock, IQMLayer, MemoryAttention, attend
 
 
 def _attention_params(d: int) -> int:
@@ -61,16 +64,81 @@ def test_dropout_is_inactive_at_zero_and_in_eval():
     assert not torch.allclose(on(*args), on.eval()(*args))
 
 
-def test_attention_equals_the_direct_key_value_form():
-    torch.manual_seed(0)
-    block = AttentionBlock(32, 4, 0.0).eval()
-    x, memory = torch.randn(3, 2, 32), torch.randn(3, 17, 32)
-    n, q, d, h = 3, 2, 32, 4
+def _direct(block: AttentionBlock, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """The textbook form: every memory token projected into keys and values (no dropout)."""
+    n, q, d = x.shape
+    h = block.heads
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(n, -1, h, d // h).transpose(1, 2)
 
     k, v = heads(block.key(memory)), heads(block.value(memory))
     att = (heads(block.query(x)) @ k.transpose(-1, -2) / (d // h) ** 0.5).softmax(-1)
-    direct = block.norm(x + block.out((att @ v).transpose(1, 2).reshape(n, q, d)))
-    torch.testing.assert_close(block(x, memory), direct, rtol=1e-5, atol=1e-5)
+    return block.norm(x + block.out((att @ v).transpose(1, 2).reshape(n, q, d)))
+
+
+def test_attention_equals_the_direct_key_value_form():
+    torch.manual_seed(0)
+    block = AttentionBlock(32, 4, 0.0).eval()
+    x, memory = torch.randn(3, 2, 32), torch.randn(3, 17, 32)
+    torch.testing.assert_close(block(x, memory), _direct(block, x, memory), rtol=1e-5, atol=1e-5)
+
+
+def _attention_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    n, q, h, d, m = 3, 2, 4, 16, 7
+    shapes = ((n, q, h, d), (n, h, q, 1), (n, m, d))
+    return tuple(torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes)
+
+
+def test_memory_attention_backward_is_the_gradient_of_its_forward():
+    torch.manual_seed(0)
+    inputs = _attention_inputs(torch.float64)
+    assert torch.autograd.gradcheck(lambda *t: MemoryAttention.apply(*t, 4, 0.0), inputs)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_memory_attention_gradients_equal_autograds(dropout: float):
+    """Against autograd through :func:`attend` itself, the same random stream for dropout."""
+    torch.manual_seed(0)
+    inputs = _attention_inputs(torch.float64)
+    grads = []
+    for fn in (
+        lambda *t: MemoryAttention.apply(*t, 4, dropout),
+        lambda *t: attend(*t, 4, dropout)[2:],
+    ):
+        torch.manual_seed(1)
+        att, pooled = fn(*inputs)
+        torch.manual_seed(2)
+        loss = (att.sum(-1) * torch.randn_like(att.sum(-1))).sum() + (
+            pooled * torch.randn_like(pooled)
+        ).sum()
+        grads.append(torch.autograd.grad(loss, inputs))
+    for mine, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_dropout_draws_as_f_dropout():
+    """The mask comes from the random stream ``F.dropout`` of the weights would have used."""
+    torch.manual_seed(0)
+    q_mem, key_bias, memory = (t.detach() for t in _attention_inputs(torch.float32))
+    torch.manual_seed(5)
+    probs, noise, att, _ = attend(q_mem, key_bias, memory, 4, 0.3)
+    torch.manual_seed(5)
+    assert noise is not None and torch.equal(att, F.dropout(probs, 0.3, training=True))
+
+
+def test_block_gradients_equal_the_direct_forms():
+    """Every parameter's and both inputs' gradients (self-attention: the memory is the input)."""
+    torch.manual_seed(0)
+    block = AttentionBlock(32, 4, 0.0).double().train()
+    x = torch.randn(3, 2, 32, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(3, 17, 32, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 2, 32, dtype=torch.float64)
+    for mem in (memory, x):
+        grads = []
+        for forward in (block, lambda a, b: _direct(block, a, b)):
+            inputs = (x, mem) if mem is memory else (x,)
+            loss = (forward(x, mem) * weight).sum()
+            grads.append(torch.autograd.grad(loss, [*inputs, *block.parameters()]))
+        for mine, direct in zip(*grads, strict=True):
+            torch.testing.assert_close(mine, direct, rtol=1e-9, atol=1e-12)
