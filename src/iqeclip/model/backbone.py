@@ -39,6 +39,7 @@ from iqeclip.model.architecture import (
     Architecture,
     pretrain_source,
 )
+from iqeclip.model.invariance import per_image
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -299,10 +300,5 @@ class Backbone(nn.Module):
             images.to(self.dtype), indices=self.taps, output_fmt="NLC"
         )
         pooled = out["image_features"]  # ln_post(CLS): the tower has no projection of its own
-        if torch.onnx.is_in_onnx_export():  # one graph for any batch size (docs/model.md)
-            glob = pooled @ self.proj
-        else:
-            glob = (
-                torch.cat([row @ self.proj for row in pooled.split(1)]) if len(pooled) else pooled
-            )
+        glob = per_image(lambda rows: rows @ self.proj, pooled)
         return torch.stack(out["image_intermediates"]).float(), glob.float()

@@ -116,7 +116,10 @@ class IQEHead(nn.Module):
         refined = refined.view(levels, batch, NUM_QUERIES, -1)
         unit = F.normalize(dense, dim=-1)
         query_logits = unit @ F.normalize(refined, dim=-1).transpose(-1, -2)
-        text_logits = self.class_tokens.prompt_temp.exp() * (unit @ text.transpose(-1, -2))
+        # one (levels x patches, D) @ (D, 2) product per image: a batch of one is not folded
+        # into another kernel than a larger batch takes (docs/model.md, one image, one answer)
+        text_cos = torch.einsum("tbld,bcd->tblc", unit, text)
+        text_logits = self.class_tokens.prompt_temp.exp() * text_cos
         return LevelLogits(query=query_logits, text=text_logits)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqeclip.model.backbone import TextTower
+from iqeclip.model.invariance import per_image
 
 NORMAL_PROMPT = "a photo of a normal <|class|>."
 ABNORMAL_PROMPT = "a photo of a abnormal <|class|>."
@@ -62,7 +63,7 @@ class InstanceTokens(nn.Module):
         """Args: global_emb ``(B, D)``. Returns ``(B, n, D)``, or ``(1, n, D)`` without use_global."""
         if self.conv is None:
             return self.tokens
-        return self.tokens + self.conv(global_emb.unsqueeze(1).to(self.tokens.dtype))
+        return self.tokens + per_image(self.conv, global_emb.unsqueeze(1).to(self.tokens.dtype))
 
 
 class ClassTokens(InstanceTokens):
@@ -154,7 +155,7 @@ def encode_prompts(
     pooled = cls[:, :, -1]  # (2, Bc, D)
     if prompts is not None:
         pooled = prompts.prompt_norm(pooled)
-    pooled = tower.project(tower.ln_final(pooled))
+    pooled = per_image(tower.project, tower.ln_final(pooled), dim=1)  # 2 rows per image
     return F.normalize(pooled, dim=-1).transpose(0, 1)
 
 

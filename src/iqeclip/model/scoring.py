@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from iqeclip.model.invariance import per_image
+
 TEXT_WEIGHT = 0.2
 QUERY_WEIGHT = 0.8
 SIGMA = 8.0
@@ -95,6 +97,10 @@ def gaussian_blur(
     return F.conv1d(x, kernel.view(1, 1, -1)).reshape(b, w, h).transpose(1, 2)
 
 
+def _pixel_mean(maps: torch.Tensor) -> torch.Tensor:
+    return maps.mean(dim=(1, 2))
+
+
 def score(
     query_logits: torch.Tensor, text_logits: torch.Tensor, size: int, setting: Setting
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +126,7 @@ def score(
     if setting == "zero":
         image = patch_scores(query_logits).sum(dim=0) + patch_scores(text_logits).sum(dim=0)
     elif setting == "few":
-        image = query_map.mean(dim=(1, 2)) + text_map.mean(dim=(1, 2))
+        image = per_image(_pixel_mean, query_map) + per_image(_pixel_mean, text_map)
     else:
         raise ValueError(f"unknown setting {setting!r}")
     return maps, image
