@@ -178,7 +178,9 @@ class FeatureCache:
         stacked = torch.from_numpy(np.stack(entries).astype(np.float32, copy=False)).to(device)
         t, n_patch, width = self.shape
         patch = stacked[:, : t * n_patch * width].view(-1, t, n_patch, width).transpose(0, 1)
-        return patch, stacked[:, t * n_patch * width :]
+        # in the backbone's own layout: some kernels' rounding depends on the strides, and the
+        # head must compute on the same tensors from the cache as from the backbone
+        return patch.contiguous(), stacked[:, t * n_patch * width :].contiguous()
 
     def hit_rate(self) -> str:
         total = self.hits + self.misses
