@@ -175,12 +175,17 @@ class FeatureCache:
             if self.dtype == np.float32:
                 return patch.float(), glob.float()
             entries = list(flat)
-        stacked = torch.from_numpy(np.stack(entries).astype(np.float32, copy=False)).to(device)
+        # each entry copied once, straight into the layout the backbone returns (contiguous
+        # (T, B, L, Dv)): some kernels' rounding depends on the strides, and the head must
+        # compute on the same tensors from the cache as from the backbone
         t, n_patch, width = self.shape
-        patch = stacked[:, : t * n_patch * width].view(-1, t, n_patch, width).transpose(0, 1)
-        # in the backbone's own layout: some kernels' rounding depends on the strides, and the
-        # head must compute on the same tensors from the cache as from the backbone
-        return patch.contiguous(), stacked[:, t * n_patch * width :].contiguous()
+        size = t * n_patch * width
+        patch = np.empty((t, len(entries), n_patch, width), dtype=np.float32)
+        glob = np.empty((len(entries), self.entry_len - size), dtype=np.float32)
+        for i, entry in enumerate(entries):
+            patch[:, i] = entry[:size].reshape(t, n_patch, width)
+            glob[i] = entry[size:]
+        return torch.from_numpy(patch).to(device), torch.from_numpy(glob).to(device)
 
     def hit_rate(self) -> str:
         total = self.hits + self.misses
